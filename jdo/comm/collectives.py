@@ -1,0 +1,44 @@
+"""Collectives over the worker axis, written for one worker, with dense numpy references.
+
+Each function takes one worker's value ``x`` and must run under a lifting that binds
+``axis_name`` (``jax.vmap(..., axis_name=)``, ``jax.shard_map`` over a mesh axis, ``jax.pmap``).
+Each ``*_reference`` takes the stacked value ``xs`` (leading ``[W]`` axis, numpy) and returns the
+stacked result every worker should hold.
+"""
+
+import jax
+import numpy as np
+
+from jdo._axis import WORKERS
+
+
+def worker_index(axis_name: str = WORKERS) -> jax.Array:
+    """This worker's index in ``[0, W)`` (int32 scalar)."""
+    return jax.lax.axis_index(axis_name)
+
+
+def num_workers(axis_name: str = WORKERS) -> int:
+    """The number of workers W on ``axis_name`` (a static Python int)."""
+    return jax.lax.axis_size(axis_name)
+
+
+def mean(x, axis_name: str = WORKERS):
+    """All-reduce mean of a pytree: every worker gets ``(1/W) Σ_j x_j``."""
+    return jax.lax.pmean(x, axis_name)
+
+
+def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
+    """All-reduce sum of a pytree: every worker gets ``Σ_j x_j``."""
+    return jax.lax.psum(x, axis_name)
+
+
+def mean_reference(xs: np.ndarray) -> np.ndarray:
+    """Dense reference for :func:`mean` on stacked ``xs: [W, ...]``."""
+    xs = np.asarray(xs)
+    return np.broadcast_to(xs.mean(axis=0, keepdims=True), xs.shape).copy()
+
+
+def sum_reference(xs: np.ndarray) -> np.ndarray:
+    """Dense reference for :func:`sum` on stacked ``xs: [W, ...]``."""
+    xs = np.asarray(xs)
+    return np.broadcast_to(xs.sum(axis=0, keepdims=True), xs.shape).copy()

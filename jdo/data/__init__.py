@@ -1,0 +1,24 @@
+"""Data: bundled and local datasets, synthetic problems with known optima, worker partitions,
+per-worker batches and losses."""
+
+from jdo.data import partition
+from jdo.data.batching import sample_batch
+from jdo.data.datasets import Dataset, digits, from_npz, load_idx, mnist_idx
+from jdo.data.losses import make_loss
+from jdo.data.partition import WorkerData
+from jdo.data.synthetic import heterogeneous_least_squares, least_squares, logistic_regression
+
+__all__ = [
+    "Dataset",
+    "WorkerData",
+    "digits",
+    "from_npz",
+    "heterogeneous_least_squares",
+    "least_squares",
+    "load_idx",
+    "logistic_regression",
+    "make_loss",
+    "mnist_idx",
+    "partition",
+    "sample_batch",
+]
