@@ -11,4 +11,14 @@ from jdo.lifting import LIFTINGS, lift
 
 __version__ = "0.1.0"
 
-__all__ = ["LIFTINGS", "WORKERS", "lift", "algorithms", "comm", "data", "models", "transforms", "__version__"]
+__all__ = [
+    "LIFTINGS",
+    "WORKERS",
+    "lift",
+    "algorithms",
+    "comm",
+    "data",
+    "models",
+    "transforms",
+    "__version__",
+]

@@ -53,9 +53,7 @@ def allreduce_sgd(
         return AllReduceSGDState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
     def step(state, batch, key):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, key
-        )
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return AllReduceSGDState(params, opt_state, state.step + 1), {"loss": loss, **metrics}

@@ -32,7 +32,7 @@ def dirichlet(
         parts: list[list[int]] = [[] for _ in range(num_workers)]
         for c in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == c))
-            cuts = (np.cumsum(rng.dirichlet(alpha * np.ones(num_workers)))[:-1] * len(idx))
+            cuts = np.cumsum(rng.dirichlet(alpha * np.ones(num_workers)))[:-1] * len(idx)
             for w, chunk in enumerate(np.split(idx, cuts.astype(int))):
                 parts[w].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:

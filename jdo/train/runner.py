@@ -1,0 +1,383 @@
+"""The runner: config -> data, model, algorithm -> lifted, jitted chunks of K steps -> metrics.
+
+``run(cfg)`` is what ``python -m experiments.train`` calls; ``build`` and ``fit`` are the two
+halves for notebooks that want their own algorithm or data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import hydra.utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from jdo import comm
+from jdo._axis import WORKERS
+from jdo.algorithms import Algorithm
+from jdo.data import Dataset, WorkerData, make_loss, partition, sample_batch
+from jdo.lifting import lift
+from jdo.models import functional
+from jdo.train.config import ConfigError, validate
+from jdo.train.mesh import make_mesh
+from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
+
+log = logging.getLogger("jdo")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a run needs, built on the host: no device work has happened yet."""
+
+    algorithm: Algorithm
+    apply: Callable  # apply(params, x) -> model output
+    loss_fn: Callable  # loss_fn(params, batch, key) -> (loss, metrics)
+    params: Any  # initial params, shared by every worker
+    data: WorkerData  # every worker's part of the training set, [W, n_max, ...]
+    dataset: Dataset  # for the test set, the data kind and a known optimum
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from a config
+# ----------------------------------------------------------------------------------------------
+
+
+def _instantiate(node, key: str, **kwargs):
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except MissingMandatoryValue as e:
+        missing = getattr(e, "full_key", "") or key
+        raise ConfigError(str(missing), "is required (set it on the command line)") from None
+    except Exception as e:  # hydra wraps the factory's own error
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
+
+
+def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed: int):
+    """Index arrays, one per worker, from a ``partition`` config node."""
+    name = cfg_partition["name"]
+    try:
+        if name == "iid":
+            return partition.iid(len(dataset.x_train), num_workers, seed)
+        if name == "dirichlet":
+            return partition.dirichlet(
+                dataset.y_train, num_workers, float(cfg_partition["alpha"]), seed
+            )
+        if name == "shard":
+            return partition.by_shard(
+                dataset.y_train, num_workers, int(cfg_partition["shards_per_worker"]), seed
+            )
+        if dataset.groups is None:
+            raise ValueError(f"the {dataset.name} data has no natural partition")
+        return partition.natural(dataset.groups, num_workers)
+    except ValueError as e:
+        raise ConfigError("partition", str(e)) from None
+
+
+def build(cfg: Mapping) -> Experiment:
+    """Data, model and algorithm from a validated config (see ``conf/``)."""
+    workers, seed = int(cfg["workers"]), int(cfg["seed"])
+    dataset = _instantiate(cfg["task"]["data"], "task.data")
+    parts = split_data(dataset, cfg["partition"], workers, seed)
+    data = partition.stack(dataset.x_train, dataset.y_train, parts)
+    model = _instantiate(
+        cfg["model"], "model", in_shape=dataset.in_shape, num_outputs=dataset.num_outputs,
+        rngs=nnx.Rngs(seed),
+    )  # fmt: skip
+    apply, params = functional(model)
+    loss_fn = make_loss(apply, dataset.kind, dataset.l2)
+    optimizer = _instantiate(cfg["optimizer"], "optimizer")
+    algorithm = _instantiate(cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer)
+    return Experiment(algorithm, apply, loss_fn, params, data, dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def _test_batches(dataset: Dataset, batch_size: int):
+    n = len(dataset.x_test)
+    num = -(-n // batch_size)
+    pad = num * batch_size - n
+    padded = lambda a: np.concatenate([a, np.repeat(a[:1], pad, 0)]).reshape(
+        num, batch_size, *a.shape[1:]
+    )
+    weight = (np.arange(num * batch_size) < n).astype(np.float32).reshape(num, batch_size)
+    return {"x": padded(dataset.x_test), "y": padded(dataset.y_test), "weight": weight}
+
+
+def make_evaluate(exp: Experiment, batch_size: int):
+    """``evaluate(params_stacked) -> metrics`` of the averaged model and of every worker."""
+    batches = jax.device_put(_test_batches(exp.dataset, batch_size))
+    optimum = exp.dataset.optimum
+    if optimum is not None and jax.tree.structure(optimum) != jax.tree.structure(exp.params):
+        optimum = None  # the known optimum is for another model (e.g. an MLP on least squares)
+
+    def test_metrics(params):
+        def one(batch):
+            loss, metrics = exp.loss_fn(params, batch, None)
+            total = jnp.sum(batch["weight"])
+            return total, {"loss": loss * total, **{k: v * total for k, v in metrics.items()}}
+
+        totals, sums = jax.lax.map(one, batches)
+        return {k: jnp.sum(v) / jnp.sum(totals) for k, v in sums.items()}
+
+    @jax.jit
+    def evaluate(params_stacked):
+        mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), params_stacked)
+        out = {f"eval/avg_model/{k}": v for k, v in test_metrics(mean).items()}
+        per_worker = jax.vmap(test_metrics)(params_stacked)
+        for k, v in per_worker.items():
+            out[f"eval/workers/{k}_mean"] = jnp.mean(v)
+            out[f"eval/workers/{k}_min"] = jnp.min(v)
+            out[f"eval/workers/{k}_max"] = jnp.max(v)
+        if optimum is not None:
+            sq = jax.tree.map(lambda x, o: jnp.sum(jnp.square(x - o)), mean, optimum)
+            out["dist_to_opt"] = jnp.sqrt(sum(jax.tree.leaves(sq)))
+        return out
+
+    return evaluate
+
+
+@jax.jit
+def consensus_distance(params_stacked) -> jax.Array:
+    """``(1/W) Σ_i ||x_i − x̄||²`` over all parameters."""
+    sq = jax.tree.map(
+        lambda x: jnp.sum(jnp.square(x - jnp.mean(x, axis=0))) / x.shape[0], params_stacked
+    )
+    return sum(jax.tree.leaves(sq))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+
+def fit(
+    exp: Experiment,
+    *,
+    workers: int,
+    steps: int,
+    batch_size: int | None,
+    lifting: str = "vmap",
+    log_every: int = 50,
+    eval_every: int = 250,
+    eval_batch_size: int = 1024,
+    seed: int = 0,
+    output_dir: str | None = None,
+    tensorboard: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains ``exp`` for ``steps`` steps, ``log_every`` steps per jitted call.
+
+    Returns the summary (also written to ``output_dir/summary.json``); per-chunk metrics go to
+    ``output_dir/metrics.jsonl``. Returns the final state under the ``"state"`` key.
+    """
+    algo, num_chunks = exp.algorithm, steps // log_every
+
+    # -- mesh and placement -------------------------------------------------------------------
+    mesh = make_mesh(workers) if lifting == "shard_map" else None
+    place = (
+        (lambda t: jax.device_put(t, NamedSharding(mesh, P(WORKERS))))
+        if mesh is not None
+        else jax.device_put
+    )
+    data = place(tuple(exp.data))
+    key = jax.random.key(seed)
+    init_key, run_key = jax.random.split(key)
+
+    # -- per-worker chunk of K steps, lifted once ------------------------------------------------
+    def worker_step(state, x, y, count, key, t):
+        k = jax.random.fold_in(jax.random.fold_in(key, comm.worker_index()), t)
+        batch_key, step_key = jax.random.split(k)
+        return algo.step(state, sample_batch(x, y, count, batch_key, batch_size), step_key)
+
+    def worker_chunk(state, x, y, count, key, step0):
+        body = lambda s, t: worker_step(s, x, y, count, key, t)
+        return jax.lax.scan(body, state, step0 + jnp.arange(log_every))
+
+    chunk = jax.jit(
+        lift(worker_chunk, lifting, mesh=mesh, in_axes=(0, 0, 0, 0, None, None)),
+        donate_argnums=0,
+    )
+    init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
+    init_keys = jax.random.split(init_key, workers)
+
+    # -- compile, count bytes ------------------------------------------------------------------
+    t0 = time.perf_counter()
+    state = init(exp.params, init_keys)
+    step0 = jnp.zeros((), jnp.int32)
+    compiled = chunk.lower(state, *data, run_key, step0).compile()
+    compile_s = time.perf_counter() - t0
+    one_worker = lambda tree: jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
+    )
+    step_bytes = comm.worker_bytes(
+        worker_step, workers, one_worker(state), *one_worker(data), run_key, step0,
+        in_axes=(0, 0, 0, 0, None, None), platform=jax.default_backend(),
+    )  # fmt: skip
+    bytes_per_step = sum(step_bytes.values())
+    evaluate = make_evaluate(exp, eval_batch_size)
+
+    # -- loop: dispatch chunk c+1, then log chunk c while it runs -----------------------------
+    trackers = []
+    if output_dir is not None:
+        trackers.append(JsonlTracker(os.path.join(output_dir, "metrics.jsonl")))
+        if tensorboard:
+            trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb")))
+    tracker = MultiTracker(trackers)
+    bar = _progress(steps, progress)
+    record: dict[str, Any] = {}
+    pending = None
+    t_start = t_last = time.perf_counter()
+    try:
+        for c in range(num_chunks + 1):
+            if c < num_chunks:
+                state, metrics = compiled(state, *data, run_key, jnp.int32(c * log_every))
+            if pending is not None:
+                done_step, done_metrics, done_params = pending
+                record = _train_record(done_metrics, done_step, bytes_per_step)  # waits for it
+                now = time.perf_counter()
+                record["steps_per_s"] = log_every / max(now - t_last, 1e-9)
+                record["samples_per_s"] = (
+                    record["steps_per_s"] * workers * (batch_size or float(np.mean(exp.data.count)))
+                )
+                t_last = now
+                if done_params is not None:
+                    record.update({k: float(v) for k, v in evaluate(done_params).items()})
+                tracker.log(done_step, record)
+                bar.update(log_every)
+                bar.set_postfix(
+                    loss=f"{record['train/loss']:.4f}", sps=f"{record['steps_per_s']:.0f}"
+                )
+                if done_params is not None:
+                    log.info(_line(done_step, record))
+            if c < num_chunks:
+                end = (c + 1) * log_every
+                is_eval = end % eval_every == 0 or end == steps
+                params = algo.params(state) if is_eval else None
+                if params is not None:  # keep a copy: the next chunk donates the state
+                    params = jax.tree.map(jnp.copy, params)
+                pending = (end, metrics, params)
+    finally:
+        bar.close()
+        tracker.close()
+    wall_s = time.perf_counter() - t_start
+    summary = {
+        "workers": workers,
+        "lifting": lifting,
+        "steps": steps,
+        **record,
+        "bytes/step_by_kind": step_bytes,
+        "compile_s": compile_s,
+        "wall_s": wall_s,
+        "steps_per_s": steps / wall_s,
+    }
+    if output_dir is not None:
+        with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, default=float)
+    summary["state"] = state
+    return summary
+
+
+def _train_record(metrics, step: int, bytes_per_step: int) -> dict[str, float]:
+    metrics = jax.device_get(metrics)  # each [W, K]
+    per_worker = {k: np.mean(np.asarray(v, np.float64), axis=-1) for k, v in metrics.items()}
+    loss = per_worker["loss"]
+    if not np.all(np.isfinite(loss)):
+        bad = int(np.flatnonzero(~np.isfinite(loss))[0])
+        raise FloatingPointError(f"non-finite training loss on worker {bad} by step {step}")
+    record = {"train/loss": float(loss.mean()), "train/loss_min": float(loss.min()),
+              "train/loss_max": float(loss.max())}  # fmt: skip
+    for k, v in per_worker.items():
+        if k != "loss":
+            record[f"train/{k}"] = float(v.mean())
+    record["bytes/step"] = int(bytes_per_step)
+    record["bytes/total"] = int(bytes_per_step * step)
+    return record
+
+
+def _line(step: int, record: Mapping[str, float]) -> str:
+    keys = ("train/loss", "eval/avg_model/loss", "eval/avg_model/accuracy", "dist_to_opt",
+            "steps_per_s")  # fmt: skip
+    parts = [f"{k.split('/')[-1] if k.startswith('train') else k} {record[k]:.4g}"
+             for k in keys if k in record]  # fmt: skip
+    return f"step {step}: " + " | ".join(parts)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar on stderr (never in Hydra's log file); a no-op when disabled or not a TTY."""
+    if not enabled or not sys.stderr.isatty():
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5, leave=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig | Mapping, output_dir: str | None = None) -> dict[str, Any]:
+    """Validates ``cfg``, builds the experiment, trains it, writes the run directory.
+
+    The run directory gets ``config.yaml`` (resolved), ``metrics.jsonl`` and ``summary.json``.
+    Raises :class:`~jdo.train.ConfigError` before anything compiles if the config is bad.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception as e:
+        raise ConfigError("config", str(e)) from None
+    validate(container)
+    exp = build(cfg)
+    if output_dir is not None:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            OmegaConf.save(cfg, os.path.join(output_dir, "config.yaml"), resolve=True)
+        except OSError as e:
+            raise ConfigError("output_dir", f"cannot write {output_dir}: {e.strerror}") from None
+    trainer = container["trainer"]
+    return fit(
+        exp,
+        workers=container["workers"],
+        steps=trainer["steps"],
+        batch_size=trainer["batch_size"],
+        lifting=container["lifting"]["name"],
+        log_every=trainer["log_every"],
+        eval_every=trainer["eval_every"],
+        eval_batch_size=trainer["eval_batch_size"],
+        seed=container["seed"],
+        output_dir=output_dir,
+        tensorboard=bool(container["logger"]["tensorboard"]),
+        progress=bool(trainer["progress"]),
+    )
