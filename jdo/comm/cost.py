@@ -59,26 +59,24 @@ def shape_bytes(shape: str) -> int:
     return int(math.ceil(total))
 
 
+def _close(text: str, depth: int = 0) -> int:
+    """Index of the parenthesis that brings ``depth`` back to zero (or ``len(text)``)."""
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0:
+            return i
+    return len(text)
+
+
 def _split_shape_and_op(rhs: str) -> tuple[str, str, str, str]:
     """``'f32[2]{0} all-reduce(%a), attrs'`` -> (shape, opcode, operands, attrs)."""
     if rhs.startswith("("):  # tuple shape: up to its matching parenthesis
-        depth = 0
-        for i, ch in enumerate(rhs):
-            depth += ch == "("
-            depth -= ch == ")"
-            if depth == 0:
-                break
-        shape, rest = rhs[: i + 1], rhs[i + 1 :].lstrip()
+        end = _close(rhs)
+        shape, rest = rhs[: end + 1], rhs[end + 1 :].lstrip()
     else:
         shape, _, rest = rhs.partition(" ")
     opcode, _, rest = rest.partition("(")
-    depth, end = 1, len(rest)
-    for i, ch in enumerate(rest):
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth == 0:
-            end = i
-            break
+    end = _close(rest, depth=1)
     return shape, opcode.strip(), rest[:end], rest[end + 1 :]
 
 
@@ -180,7 +178,10 @@ def worker_bytes(
         spec = P() if axis is None else P(axis_name)
         return jax.ShapeDtypeStruct(shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
-    specs = [jax.tree.map(lambda x, a=a: global_spec(x, a), arg) for arg, a in zip(args, axes)]
+    specs = [
+        jax.tree.map(lambda x, a=a: global_spec(x, a), arg)
+        for arg, a in zip(args, axes, strict=True)
+    ]
     lifted = shard_map_workers(fn, mesh, axes, axis_name)
     lowered = jax.jit(lifted).trace(*specs).lower(lowering_platforms=(platform,))
     return hlo_collective_bytes(lowered.as_text(dialect="hlo"))

@@ -42,7 +42,10 @@ def least_squares(
     num_test: int = 256,
     seed: int = 0,
 ) -> Dataset:
-    """``y = x·w* + b* + ε`` with ``x ~ N(0, I)``; objective ``(1/2n)Σ(θᵀ[x 1] − y)² + (l2/2)||θ||²``."""
+    """``y = x·w* + b* + ε`` with ``x ~ N(0, I)``.
+
+    Objective: ``(1/2n) Σ (θᵀ[x 1] − y)² + (l2/2)||θ||²``.
+    """
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=dim), rng.normal()
     x = rng.normal(size=(num_samples + num_test, dim))

@@ -40,7 +40,7 @@ class JsonlTracker:
 
 
 class TensorBoardTracker:
-    """Scalars to a TensorBoard event file (needs ``tensorboardX``: ``pip install jdo[tensorboard]``)."""
+    """Scalars to a TensorBoard event file (needs ``pip install 'jdo[tensorboard]'``)."""
 
     def __init__(self, logdir: str):
         try:

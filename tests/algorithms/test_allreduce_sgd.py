@@ -33,7 +33,7 @@ def _single_worker(optimizer):
     )
     for t in range(STEPS):
         state, _ = step(
-            state, jax.tree.map(lambda b: b[t][None], merged), jnp.zeros((1, 2), jnp.uint32)
+            state, jax.tree.map(lambda b, t=t: b[t][None], merged), jnp.zeros((1, 2), jnp.uint32)
         )
     return jax.tree.map(lambda x: x[0], state.params)
 
@@ -50,7 +50,7 @@ def _run_lifted(optimizer, lifting, mesh):
     step = jax.jit(jdo.lift(algo.step, lifting, mesh=mesh))
     state = init(params, keys)
     for t in range(STEPS):
-        state, metrics = step(state, jax.tree.map(lambda b: b[t], batches), keys)
+        state, metrics = step(state, jax.tree.map(lambda b, t=t: b[t], batches), keys)
         if t % 8 == 0:
             jax.block_until_ready(metrics)  # see PITFALLS: never queue many collective steps
     return state.params
@@ -89,7 +89,7 @@ def test_users_own_pmap_loop_with_all_reduce_transform():
     pstep = jax.pmap(step, axis_name="workers")
     p, s = _stack(params), jax.pmap(tx.init)(_stack(params))
     for t in range(STEPS):
-        p, s = pstep(p, s, jax.tree.map(lambda b: b[t], batches))
+        p, s = pstep(p, s, jax.tree.map(lambda b, t=t: b[t], batches))
         if t % 8 == 0:
             jax.block_until_ready(p)
     reference = _single_worker(optax.sgd(0.1))
