@@ -72,3 +72,15 @@ def test_workers_do_not_share_batches(make_cfg, tmp_path):
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert line["train/loss_min"] < line["train/loss_max"]
     assert summary["steps"] == 25
+
+
+def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
+    run(make_cfg("debug=smoke", "logger.tensorboard=true"), output_dir=str(tmp_path))
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
+    cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
+    with pytest.raises(FloatingPointError, match="non-finite training loss on worker 0 by step 2"):
+        run(cfg, output_dir=str(tmp_path))
