@@ -14,6 +14,7 @@ Reported as ratios (jdo ÷ hand-written) of the minimum of per-round minima, wit
 from __future__ import annotations
 
 import argparse
+import functools
 
 from experiments.bench.common import interleaved_min, simulate_cpu_devices
 
@@ -95,9 +96,9 @@ def main(argv=None) -> list[dict]:
         # Functions of fixed inputs: the same work each call, no state carried between calls.
         times = interleaved_min(
             {
-                "hand": lambda h=hand: h(p, s, b),
-                "hand_again": lambda h=hand_again: h(p, s, b),
-                "jdo": lambda o=ours: o(state, b, k),
+                "hand": functools.partial(hand, p, s, b),
+                "hand_again": functools.partial(hand_again, p, s, b),
+                "jdo": functools.partial(ours, state, b, k),
             },
             rounds=args.rounds,
             calls=args.calls,

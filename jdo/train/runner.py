@@ -219,7 +219,7 @@ def fit(
     init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
     init_keys = jax.random.split(init_key, workers)
 
-    # -- compile (training chunk and evaluation), count bytes ------------------------------------------------------------------
+    # -- compile (training chunk and evaluation), count bytes -----------------------------------
     t0 = time.perf_counter()
     state = init(exp.params, init_keys)
     step0 = jnp.zeros((), jnp.int32)
