@@ -122,8 +122,17 @@ def _test_batches(dataset: Dataset, batch_size: int):
     return {"x": padded(dataset.x_test), "y": padded(dataset.y_test), "weight": weight}
 
 
+def consensus_distance(params_stacked) -> jax.Array:
+    """``(1/W) Σ_i ||x_i − x̄||²`` over all parameters of the stacked ``[W, ...]`` params."""
+    sq = jax.tree.map(
+        lambda x: jnp.sum(jnp.square(x - jnp.mean(x, axis=0))) / x.shape[0], params_stacked
+    )
+    return sum(jax.tree.leaves(sq))
+
+
 def make_evaluate(exp: Experiment, batch_size: int):
-    """``evaluate(params_stacked) -> metrics`` of the averaged model and of every worker."""
+    """``evaluate(params_stacked) -> metrics``: test metrics of the averaged model and of every
+    worker (mean/min/max), the consensus distance, and the distance to a known optimum."""
     batches = jax.device_put(_test_batches(exp.dataset, batch_size))
     optimum = exp.dataset.optimum
     if optimum is not None and jax.tree.structure(optimum) != jax.tree.structure(exp.params):
@@ -147,21 +156,13 @@ def make_evaluate(exp: Experiment, batch_size: int):
             out[f"eval/workers/{k}_mean"] = jnp.mean(v)
             out[f"eval/workers/{k}_min"] = jnp.min(v)
             out[f"eval/workers/{k}_max"] = jnp.max(v)
+        out["consensus"] = consensus_distance(params_stacked)
         if optimum is not None:
             sq = jax.tree.map(lambda x, o: jnp.sum(jnp.square(x - o)), mean, optimum)
             out["dist_to_opt"] = jnp.sqrt(sum(jax.tree.leaves(sq)))
         return out
 
     return evaluate
-
-
-@jax.jit
-def consensus_distance(params_stacked) -> jax.Array:
-    """``(1/W) Σ_i ||x_i − x̄||²`` over all parameters."""
-    sq = jax.tree.map(
-        lambda x: jnp.sum(jnp.square(x - jnp.mean(x, axis=0))) / x.shape[0], params_stacked
-    )
-    return sum(jax.tree.leaves(sq))
 
 
 # ----------------------------------------------------------------------------------------------

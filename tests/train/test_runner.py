@@ -36,6 +36,7 @@ def test_vmap_and_shard_map_runs_agree(make_cfg, tmp_path):
     for x, y in zip(_params(a), _params(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
     assert a["bytes/step"] == b["bytes/step"]
+    assert a["consensus"] < 1e-10  # all-reduce keeps the workers identical (to rounding)
 
 
 def test_same_seed_same_run_other_seed_other_run(make_cfg, tmp_path):
@@ -84,3 +85,11 @@ def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
     cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
     with pytest.raises(FloatingPointError, match="non-finite training loss on worker 0 by step 2"):
         run(cfg, output_dir=str(tmp_path))
+
+
+def test_consensus_distance_matches_numpy():
+    from jdo.train import consensus_distance
+
+    xs = {"a": np.random.default_rng(0).normal(size=(4, 3)), "b": np.arange(8.0).reshape(4, 2)}
+    expected = sum(np.sum((v - v.mean(0)) ** 2) / 4 for v in xs.values())
+    np.testing.assert_allclose(consensus_distance(xs), expected, rtol=1e-6)
