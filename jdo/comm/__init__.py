@@ -9,14 +9,26 @@ from jdo.comm.collectives import (
     worker_index,
 )
 from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
+from jdo.comm.gossip import (
+    gossip_average,
+    mix,
+    mix_reference,
+    mix_rounds,
+    push_sum_average,
+)
 
 __all__ = [
     "KINDS",
     "collective_bytes",
+    "gossip_average",
     "hlo_collective_bytes",
     "mean",
     "mean_reference",
+    "mix",
+    "mix_reference",
+    "mix_rounds",
     "num_workers",
+    "push_sum_average",
     "sum",
     "sum_reference",
     "worker_bytes",

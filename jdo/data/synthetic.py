@@ -14,13 +14,8 @@ from jdo.data.datasets import Dataset
 
 
 def _linear_params(theta: np.ndarray) -> dict:
-    # theta = [kernel (d), bias]
-    return {
-        "dense": {
-            "kernel": theta[:-1, None].astype(np.float32),
-            "bias": theta[-1:].astype(np.float32),
-        }
-    }
+    # theta = [kernel (d), bias], kept in float64: comparisons run at the caller's precision.
+    return {"dense": {"kernel": theta[:-1, None].copy(), "bias": theta[-1:].copy()}}
 
 
 def _with_bias(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ halves for notebooks that want their own algorithm or data.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -56,8 +57,10 @@ class Experiment:
 
 
 def _instantiate(node, key: str, **kwargs):
+    """``node``'s ``_target_`` called with its config values and ``kwargs`` (Python objects
+    such as a loss function or a topology, which Hydra cannot merge into a config)."""
     try:
-        return hydra.utils.instantiate(node, **kwargs)
+        return hydra.utils.instantiate(node, _partial_=True)(**kwargs)
     except MissingMandatoryValue as e:
         missing = getattr(e, "full_key", "") or key
         raise ConfigError(str(missing), "is required (set it on the command line)") from None
@@ -66,6 +69,15 @@ def _instantiate(node, key: str, **kwargs):
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
+
+
+def _accepts(node, argument: str, key: str) -> bool:
+    """Whether the factory named by ``node._target_`` takes ``argument``."""
+    try:
+        factory = hydra.utils.get_method(node["_target_"])
+    except Exception as e:
+        raise ConfigError(f"{key}._target_", str(e)) from None
+    return argument in inspect.signature(factory).parameters
 
 
 def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed: int):
@@ -102,7 +114,18 @@ def build(cfg: Mapping) -> Experiment:
     apply, params = functional(model)
     loss_fn = make_loss(apply, dataset.kind, dataset.l2)
     optimizer = _instantiate(cfg["optimizer"], "optimizer")
-    algorithm = _instantiate(cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer)
+    extra = {}
+    if (
+        "topology"
+        in inspect.signature(hydra.utils.get_method(cfg["algorithm"]["_target_"])).parameters
+    ):
+        topology = _instantiate(cfg["topology"], "topology")
+        if topology.n != workers:
+            raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
+        extra["topology"] = topology
+    algorithm = _instantiate(
+        cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **extra
+    )
     return Experiment(algorithm, apply, loss_fn, params, data, dataset)
 
 
@@ -315,8 +338,8 @@ def _train_record(metrics, step: int, bytes_per_step: int) -> dict[str, float]:
 
 
 def _line(step: int, record: Mapping[str, float]) -> str:
-    keys = ("train/loss", "eval/avg_model/loss", "eval/avg_model/accuracy", "dist_to_opt",
-            "steps_per_s")  # fmt: skip
+    keys = ("train/loss", "eval/avg_model/loss", "eval/avg_model/accuracy", "consensus",
+            "dist_to_opt", "steps_per_s")  # fmt: skip
     parts = [f"{k.split('/')[-1] if k.startswith('train') else k} {record[k]:.4g}"
              for k in keys if k in record]  # fmt: skip
     return f"step {step}: " + " | ".join(parts)

@@ -1,0 +1,72 @@
+"""Gossip averaging of the parameters as an optax transform."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdo._axis import WORKERS
+from jdo.comm.gossip import mix_rounds
+from jdo.topology import Topology
+
+
+class GossipState(NamedTuple):
+    count: jax.Array  # int32: updates seen so far (selects W(t) and the periodic schedule)
+
+
+def gossip(
+    topology: Topology, *, every: int = 1, rounds: int = 1, axis_name: str = WORKERS
+) -> optax.GradientTransformation:
+    r"""Mixes the parameters with the neighbours after the local update (adapt-then-combine).
+
+    Placed last in a chain after an optimizer producing the local update :math:`u_i`, it turns
+    the update into one that lands on the gossip average of the locally updated parameters:
+
+    .. math:: x_i \leftarrow \sum_j W(t)_{ij}\,(x_j + u_j),
+
+    which is D-PSGD in its adapt-then-combine form (Lian et al. 2017, "Can Decentralized
+    Algorithms Outperform Centralized Algorithms?"):
+    ``optax.chain(optax.sgd(0.1), jdo.transforms.gossip(jdo.topology.ring(8)))``.
+    With ``every=H`` the mixing happens on every H-th update only (periodic gossip; local steps
+    in between); ``rounds=R`` mixes R times in a row (``W(t)^R`` for a static topology).
+
+    Needs ``params`` in ``update``. Under ``shard_map`` or ``vmap`` over ``axis_name``; the
+    topology's size must equal the number of workers.
+
+    Args:
+      topology: a doubly stochastic :class:`~jdo.topology.Topology` (mixing keeps the mean).
+      every: mix on updates ``0, H, 2H, ...``.
+      rounds: gossip steps per mixing.
+      axis_name: the workers' named axis.
+    """
+    if topology.stochastic != "doubly":
+        raise ValueError(
+            f"gossip needs a doubly stochastic topology (mixing must keep the worker mean); "
+            f"{topology!r} is {topology.stochastic} stochastic: use push_sum for directed graphs"
+        )
+    if every < 1 or rounds < 1:
+        raise ValueError(
+            f"gossip: every and rounds must be >= 1, got every={every}, rounds={rounds}"
+        )
+
+    def init_fn(params):
+        del params
+        return GossipState(jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("gossip needs the params: call update(updates, state, params)")
+        local = optax.apply_updates(params, updates)
+        event = state.count // every  # the gossip event's index selects W(t)
+        gossip_now = lambda x: mix_rounds(x, topology, event, rounds, axis_name)
+        if every == 1:
+            mixed = gossip_now(local)
+        else:
+            mixed = jax.lax.cond(state.count % every == 0, gossip_now, lambda x: x, local)
+        new_updates = jax.tree.map(lambda m, p: (m - p).astype(p.dtype), mixed, params)
+        return new_updates, GossipState(state.count + 1)
+
+    return optax.GradientTransformation(init_fn, update_fn)
