@@ -21,8 +21,9 @@ class Algorithm(NamedTuple):
       init: ``init(params, key) -> state``: one worker's state from its initial params.
       step: ``step(state, batch, key) -> (state, metrics)``: one step for one worker; talks to
         the others only through collectives on the factory's ``axis_name``.
-      params: ``params(state) -> params``: the model parameters held in a state (what is
-        evaluated, averaged and compared across workers).
+      params: ``params(state) -> params``: the model parameters held in ONE worker's state
+        (what is evaluated, averaged and compared across workers); ``jax.vmap`` it for the
+        stacked state.
     """
 
     init: Callable[[PyTree, jax.Array], PyTree]

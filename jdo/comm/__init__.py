@@ -6,6 +6,7 @@ from jdo.comm.collectives import (
     num_workers,
     sum,
     sum_reference,
+    varying,
     worker_index,
 )
 from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
@@ -31,6 +32,7 @@ __all__ = [
     "push_sum_average",
     "sum",
     "sum_reference",
+    "varying",
     "worker_bytes",
     "worker_index",
 ]

@@ -32,6 +32,22 @@ def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
     return jax.lax.psum(x, axis_name)
 
 
+def varying(x, axis_name: str = WORKERS):
+    """Types a pytree as varying over ``axis_name`` under ``shard_map`` (``lax.pcast``), so a
+    loop carry that enters per-worker leaves per-worker even when its new value came from an
+    all-reduce (which shard_map types as invariant). Moves no data; a no-op outside
+    ``shard_map`` (``vmap`` tracks no such types)."""
+    if axis_name not in jax.sharding.get_abstract_mesh().manual_axes:
+        return x
+
+    def one(a):
+        if axis_name in getattr(jax.typeof(a), "vma", ()):
+            return a
+        return jax.lax.pcast(a, axis_name, to="varying")
+
+    return jax.tree.map(one, x)
+
+
 def mean_reference(xs: np.ndarray) -> np.ndarray:
     """Dense reference for :func:`mean` on stacked ``xs: [W, ...]``."""
     xs = np.asarray(xs)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS
+from jdo.comm.collectives import varying
 from jdo.topology import Schedule, Topology
 
 
@@ -50,8 +51,8 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS):
       axis_name: the workers' named axis.
     """
     _check_size(topology, axis_name)
-    if topology.is_complete:
-        return jax.lax.pmean(x, axis_name)
+    if topology.is_complete:  # typed per-worker again, like the result of any other graph
+        return varying(jax.lax.pmean(x, axis_name), axis_name)
     branches = [functools.partial(_apply, s, axis_name=axis_name) for s in topology.schedules]
     if len(branches) == 1:
         return branches[0](x)
@@ -75,7 +76,7 @@ def push_sum_average(x, topology: Topology, steps: int, axis_name: str = WORKERS
     """Push-sum consensus (Kempe et al. 2003): mixes ``(x, w=1)`` ``steps`` times and returns
     ``x / w``, which tends to the workers' true average on any strongly connected
     column-stochastic (e.g. directed, time-varying) topology, where plain gossip does not."""
-    weight = jnp.ones((), jnp.float32)
+    weight = varying(jnp.ones((), jnp.float32), axis_name)
     body = lambda t, carry: mix(carry, topology, t, axis_name)
     num, weight = jax.lax.fori_loop(0, steps, body, (x, weight))
     return jax.tree.map(lambda a: a / weight.astype(a.dtype), num)

@@ -71,7 +71,7 @@ def heterogeneous_least_squares(
     xs, ys, groups = [], [], []
     for g in range(num_groups):
         w_g = w + heterogeneity * rng.normal(size=dim)
-        scale = np.exp(0.5 * rng.normal(size=dim))
+        scale = np.exp(0.25 * rng.normal(size=dim))
         x = rng.normal(size=(2 * samples_per_group, dim)) * scale
         xs.append(x)
         ys.append(x @ w_g + heterogeneity * rng.normal() + noise * rng.normal(size=len(x)))

@@ -24,7 +24,6 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from jdo import comm
 from jdo._axis import WORKERS
@@ -59,11 +58,11 @@ class Experiment:
 def _instantiate(node, key: str, **kwargs):
     """``node``'s ``_target_`` called with its config values and ``kwargs`` (Python objects
     such as a loss function or a topology, which Hydra cannot merge into a config)."""
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if missing:
+        raise ConfigError(missing[0], "is required (set it on the command line)")
     try:
         return hydra.utils.instantiate(node, _partial_=True)(**kwargs)
-    except MissingMandatoryValue as e:
-        missing = getattr(e, "full_key", "") or key
-        raise ConfigError(str(missing), "is required (set it on the command line)") from None
     except Exception as e:  # hydra wraps the factory's own error
         cause = e
         while cause.__cause__ is not None:
@@ -256,7 +255,8 @@ def fit(
         in_axes=(0, 0, 0, 0, None, None), platform=jax.default_backend(),
     )  # fmt: skip
     bytes_per_step = sum(step_bytes.values())
-    evaluate = make_evaluate(exp, eval_batch_size).lower(algo.params(state)).compile()
+    params_of = jax.jit(jax.vmap(algo.params))  # Algorithm.params is per worker
+    evaluate = make_evaluate(exp, eval_batch_size).lower(params_of(state)).compile()
     compile_s = time.perf_counter() - t0
 
     # -- loop: dispatch chunk c+1, then log chunk c while it runs -----------------------------
@@ -295,9 +295,8 @@ def fit(
             if c < num_chunks:
                 end = (c + 1) * log_every
                 is_eval = end % eval_every == 0 or end == steps
-                params = algo.params(state) if is_eval else None
-                if params is not None:  # keep a copy: the next chunk donates the state
-                    params = jax.tree.map(jnp.copy, params)
+                # A fresh array (params_of copies): the next chunk donates the state.
+                params = params_of(state) if is_eval else None
                 pending = (end, metrics, params)
     finally:
         bar.close()
