@@ -125,5 +125,7 @@ def test_collective_permute_bytes_per_step(topo, times, mesh8):
     counted = comm.collective_bytes(f, stacked, jnp.int32(0))
     assert counted["collective-permute"] == times * model_bytes
     assert counted["all-reduce"] == 0
-    assert comm.worker_bytes(lambda x, t: comm.mix(x, topo, t), 8, model, jnp.int32(0),
-                             in_axes=(0, None))["collective-permute"] == times * model_bytes  # fmt: skip
+    abstract = comm.worker_bytes(
+        lambda x, t: comm.mix(x, topo, t), 8, model, jnp.int32(0), in_axes=(0, None)
+    )
+    assert abstract["collective-permute"] == times * model_bytes
