@@ -1,7 +1,20 @@
 """Full algorithms as per-worker ``Algorithm(init, step)`` pairs, and a registry by name."""
 
-from jdo.algorithms.allreduce_sgd import AllReduceSGDState, allreduce_sgd
+from jdo.algorithms.allreduce_sgd import (
+    AllReduceSGDState,
+    TrainState,
+    allreduce_sgd,
+    from_transform,
+)
 from jdo.algorithms.base import Algorithm, LossFn, available, get, register
+from jdo.algorithms.communication import (
+    choco_sgd,
+    compressed_sgd,
+    diloco,
+    fedavg,
+    local_sgd,
+    powersgd,
+)
 from jdo.algorithms.decentralized import (
     DPSGDState,
     GradientTrackingState,
@@ -17,12 +30,20 @@ __all__ = [
     "DPSGDState",
     "GradientTrackingState",
     "PushSumState",
+    "TrainState",
     "LossFn",
     "allreduce_sgd",
     "available",
+    "choco_sgd",
+    "compressed_sgd",
+    "diloco",
     "dpsgd",
+    "fedavg",
+    "from_transform",
     "get",
     "gradient_tracking",
+    "local_sgd",
+    "powersgd",
     "push_sum",
     "register",
 ]

@@ -1,4 +1,4 @@
-"""Synchronous all-reduce data-parallel training."""
+"""Algorithms that are one optax transform chain around the local gradient."""
 
 from __future__ import annotations
 
@@ -13,12 +13,38 @@ from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.transforms import all_reduce
 
 
-class AllReduceSGDState(NamedTuple):
-    """One worker's state: its params (identical on all workers), optimizer state, step."""
+class TrainState(NamedTuple):
+    """One worker's state: its params, the transform chain's state, the step."""
 
     params: Any
     opt_state: optax.OptState
     step: jax.Array  # int32 scalar
+
+
+AllReduceSGDState = TrainState  # the name allreduce_sgd's state had first
+
+
+def _check_optimizer(optimizer, name):
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"{name}: optimizer must be an optax.GradientTransformation, "
+                        f"got {optimizer!r}")  # fmt: skip
+
+
+def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorithm:
+    """The algorithm ``x ← x + tx(∇f(x; ξ), x)`` for one worker, where ``tx`` may communicate
+    (all-reduce, gossip, compressed exchange, periodic averaging, ...)."""
+
+    def init(params, key):
+        del key
+        return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+    def step(state, batch, key):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), {"loss": loss, **metrics}
+
+    return Algorithm(init, step)
 
 
 @register("allreduce_sgd")
@@ -42,20 +68,7 @@ def allreduce_sgd(
       axis_name: the workers' named axis.
 
     Returns:
-      An :class:`~jdo.algorithms.Algorithm` whose state is :class:`AllReduceSGDState`.
+      An :class:`~jdo.algorithms.Algorithm` whose state is :class:`TrainState`.
     """
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
-    tx = optax.chain(all_reduce(axis_name), optimizer)
-
-    def init(params, key):
-        del key
-        return AllReduceSGDState(params, tx.init(params), jnp.zeros((), jnp.int32))
-
-    def step(state, batch, key):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return AllReduceSGDState(params, opt_state, state.step + 1), {"loss": loss, **metrics}
-
-    return Algorithm(init, step)
+    _check_optimizer(optimizer, "allreduce_sgd")
+    return from_transform(loss_fn, optax.chain(all_reduce(axis_name), optimizer))

@@ -12,6 +12,7 @@ from jdo.comm.collectives import (
 from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
 from jdo.comm.gossip import (
     gossip_average,
+    group_mean,
     mix,
     mix_reference,
     mix_rounds,
@@ -22,6 +23,7 @@ __all__ = [
     "KINDS",
     "collective_bytes",
     "gossip_average",
+    "group_mean",
     "hlo_collective_bytes",
     "mean",
     "mean_reference",

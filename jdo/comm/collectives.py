@@ -32,6 +32,15 @@ def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
     return jax.lax.psum(x, axis_name)
 
 
+def _varying_axes(aval) -> frozenset:
+    """The manual mesh axes an abstract value varies over (``.vma``; jax 0.10 keeps it in
+    ``.manual_axis_type.varying``)."""
+    if hasattr(aval, "vma"):
+        return frozenset(aval.vma)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset(getattr(manual, "varying", ()))
+
+
 def varying(x, axis_name: str = WORKERS):
     """Types a pytree as varying over ``axis_name`` under ``shard_map`` (``lax.pcast``), so a
     loop carry that enters per-worker leaves per-worker even when its new value came from an
@@ -41,7 +50,7 @@ def varying(x, axis_name: str = WORKERS):
         return x
 
     def one(a):
-        if axis_name in getattr(jax.typeof(a), "vma", ()):
+        if axis_name in _varying_axes(jax.typeof(a)):
             return a
         return jax.lax.pcast(a, axis_name, to="varying")
 

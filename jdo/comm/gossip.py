@@ -17,7 +17,7 @@ import numpy as np
 
 from jdo._axis import WORKERS
 from jdo.comm.collectives import varying
-from jdo.topology import Schedule, Topology
+from jdo.topology import Schedule, Topology, make_schedule
 
 
 def _check_size(topology: Topology, axis_name: str) -> None:
@@ -28,20 +28,20 @@ def _check_size(topology: Topology, axis_name: str) -> None:
         )
 
 
-def _apply(schedule: Schedule, x, axis_name: str):
+def _apply(schedule: Schedule, x, axis_name: str, decode):
     me = jax.lax.axis_index(axis_name)
 
     def weight(values, like):
         return jnp.asarray(np.asarray(values), like.dtype)[me]
 
-    out = jax.tree.map(lambda a: weight(schedule.self_weights, a) * a, x)
+    out = jax.tree.map(lambda a: weight(schedule.self_weights, a) * a, decode(x))
     for perm, weights in schedule.rounds:
-        received = jax.lax.ppermute(x, axis_name, perm)
+        received = decode(jax.lax.ppermute(x, axis_name, perm))
         out = jax.tree.map(lambda o, r, w=weights: o + weight(w, r) * r, out, received)
     return out
 
 
-def mix(x, topology: Topology, step=0, axis_name: str = WORKERS):
+def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None):
     """One gossip step: ``x_i ← Σ_j W(step)_ij x_j`` for a pytree ``x`` (one worker's value).
 
     Args:
@@ -49,11 +49,20 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS):
       topology: the graph; its size must equal the number of workers on ``axis_name``.
       step: int (Python or traced) selecting ``W(step)`` of a time-varying topology.
       axis_name: the workers' named axis.
+      decode: if given, ``x`` is a compressed payload: what travels is the payload, and the
+        result is ``Σ_j W_ij decode(x_j)`` (compressed gossip, as in CHOCO-SGD).
     """
     _check_size(topology, axis_name)
     if topology.is_complete:  # typed per-worker again, like the result of any other graph
+        if decode is not None:
+            gathered = jax.lax.all_gather(x, axis_name)
+            mean = jax.tree.map(lambda d: jnp.mean(d, 0), jax.vmap(decode)(gathered))
+            return varying(mean, axis_name)
         return varying(jax.lax.pmean(x, axis_name), axis_name)
-    branches = [functools.partial(_apply, s, axis_name=axis_name) for s in topology.schedules]
+    decode = decode or (lambda v: v)
+    branches = [
+        functools.partial(_apply, s, axis_name=axis_name, decode=decode) for s in topology.schedules
+    ]
     if len(branches) == 1:
         return branches[0](x)
     return jax.lax.switch(jnp.asarray(step, jnp.int32) % len(branches), branches, x)
@@ -64,6 +73,18 @@ def mix_rounds(x, topology: Topology, step=0, rounds: int = 1, axis_name: str = 
     for r in range(rounds):
         x = mix(x, topology, step * rounds + r, axis_name)
     return x
+
+
+def group_mean(x, group_size: int, axis_name: str = WORKERS):
+    """Mean within consecutive groups of ``group_size`` workers (workers ``[k·g, (k+1)·g)``):
+    ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured)."""
+    n = jax.lax.axis_size(axis_name)
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"group_size={group_size} must divide the {n} workers")
+    if group_size == n:
+        return varying(jax.lax.pmean(x, axis_name), axis_name)
+    block = np.kron(np.eye(n // group_size), np.full((group_size, group_size), 1.0 / group_size))
+    return _apply(make_schedule(block), x, axis_name, lambda v: v)
 
 
 def gossip_average(x, topology: Topology, steps: int, axis_name: str = WORKERS):

@@ -79,6 +79,11 @@ def _accepts(node, argument: str, key: str) -> bool:
     return argument in inspect.signature(factory).parameters
 
 
+def _required(node, argument: str) -> bool:
+    factory = hydra.utils.get_method(node["_target_"])
+    return inspect.signature(factory).parameters[argument].default is inspect.Parameter.empty
+
+
 def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed: int):
     """Index arrays, one per worker, from a ``partition`` config node."""
     name = cfg_partition["name"]
@@ -122,6 +127,12 @@ def build(cfg: Mapping) -> Experiment:
         if topology.n != workers:
             raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
         extra["topology"] = topology
+    if _accepts(cfg["algorithm"], "compressor", "algorithm"):
+        compressor = _instantiate(cfg["compression"], "compression")
+        # An optional compressor (diloco) stays off unless one is chosen.
+        required = _required(cfg["algorithm"], "compressor")
+        if required or compressor.name != "identity":
+            extra["compressor"] = compressor
     algorithm = _instantiate(
         cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **extra
     )

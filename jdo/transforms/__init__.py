@@ -1,6 +1,26 @@
 """Optax transforms that communicate over the worker axis: the import-into-your-loop surface."""
 
 from jdo.transforms.all_reduce import all_reduce
+from jdo.transforms.choco import ChocoState, choco
+from jdo.transforms.compressed import CompressedAllReduceState, compressed_all_reduce
+from jdo.transforms.diloco import DiLoCoState, diloco
 from jdo.transforms.gossip import GossipState, gossip
+from jdo.transforms.local import LocalSGDState, hierarchical_local_sgd, local_sgd
+from jdo.transforms.powersgd import PowerSGDState, powersgd
 
-__all__ = ["GossipState", "all_reduce", "gossip"]
+__all__ = [
+    "ChocoState",
+    "CompressedAllReduceState",
+    "DiLoCoState",
+    "GossipState",
+    "LocalSGDState",
+    "PowerSGDState",
+    "all_reduce",
+    "choco",
+    "compressed_all_reduce",
+    "diloco",
+    "gossip",
+    "hierarchical_local_sgd",
+    "local_sgd",
+    "powersgd",
+]

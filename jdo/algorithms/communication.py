@@ -1,0 +1,150 @@
+"""Communication-efficient algorithms: compressed all-reduce, PowerSGD, CHOCO-SGD, local SGD,
+DiLoCo and federated averaging. Each is a transform chain (see ``jdo.transforms``) around the
+local gradient, so its whole state is in the optax state."""
+
+from __future__ import annotations
+
+import optax
+
+from jdo import transforms
+from jdo._axis import WORKERS
+from jdo.algorithms.allreduce_sgd import _check_optimizer, from_transform
+from jdo.algorithms.base import Algorithm, LossFn, register
+from jdo.compress import Compressor
+from jdo.topology import Topology
+
+
+@register("compressed_sgd")
+def compressed_sgd(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    compressor: Compressor,
+    *,
+    error_feedback: str | None = "ef",
+    warmup_steps: int = 0,
+    seed: int = 0,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """Data-parallel SGD whose gradient all-reduce is compressed (top-k, QSGD, sign, casts),
+    with error feedback (EF or EF21): ``x ← x + opt(mean_i D(C(g_i + e_i)))``. See
+    :func:`jdo.transforms.compressed_all_reduce`."""
+    _check_optimizer(optimizer, "compressed_sgd")
+    tx = transforms.compressed_all_reduce(
+        compressor, error_feedback=error_feedback, warmup_steps=warmup_steps, seed=seed,
+        axis_name=axis_name,
+    )  # fmt: skip
+    return from_transform(loss_fn, optax.chain(tx, optimizer))
+
+
+@register("powersgd")
+def powersgd(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    rank: int = 4,
+    min_compression: float = 2.0,
+    warm_start: bool = True,
+    seed: int = 0,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """Data-parallel SGD with PowerSGD rank-r gradient all-reduce and error feedback
+    (Vogels et al. 2019). See :func:`jdo.transforms.powersgd`."""
+    _check_optimizer(optimizer, "powersgd")
+    tx = transforms.powersgd(rank, min_compression=min_compression, warm_start=warm_start,
+                             seed=seed, axis_name=axis_name)  # fmt: skip
+    return from_transform(loss_fn, optax.chain(tx, optimizer))
+
+
+@register("choco_sgd")
+def choco_sgd(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    topology: Topology,
+    compressor: Compressor,
+    *,
+    gamma: float = 1.0,
+    seed: int = 0,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """CHOCO-SGD (Koloskova et al. 2019): a local step, then compressed gossip of the change to
+    the public copies with consensus step ``gamma``. See :func:`jdo.transforms.choco`."""
+    _check_optimizer(optimizer, "choco_sgd")
+    tx = transforms.choco(topology, compressor, gamma=gamma, seed=seed, axis_name=axis_name)
+    return from_transform(loss_fn, optax.chain(optimizer, tx))
+
+
+@register("local_sgd")
+def local_sgd(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    every: int = 16,
+    start: int = 0,
+    group_size: int | None = None,
+    group_every: int | None = None,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """Local SGD: local optimizer steps, parameters averaged every ``every`` steps; post-local
+    SGD with ``start`` (average every step before it); hierarchical with ``group_size`` and
+    ``group_every``. See :func:`jdo.transforms.local_sgd`."""
+    _check_optimizer(optimizer, "local_sgd")
+    if group_size is None:
+        tx = transforms.local_sgd(every, start=start, axis_name=axis_name)
+    else:
+        if start:
+            raise ValueError("local_sgd: start (post-local) and group_size do not combine")
+        tx = transforms.hierarchical_local_sgd(group_size, group_every or 1, every,
+                                               axis_name=axis_name)  # fmt: skip
+    return from_transform(loss_fn, optax.chain(optimizer, tx))
+
+
+@register("diloco")
+def diloco(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    outer: optax.GradientTransformation | None = None,
+    sync_every: int = 64,
+    fragments: int = 1,
+    delay: int = 0,
+    mixing: float = 0.0,
+    compressor: Compressor | None = None,
+    participation: float = 1.0,
+    prox: float = 0.0,
+    seed: int = 0,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """DiLoCo / Streaming DiLoCo with ``optimizer`` as the inner optimizer; see
+    :func:`jdo.transforms.diloco`."""
+    _check_optimizer(optimizer, "diloco")
+    tx = transforms.diloco(
+        optimizer, outer, sync_every=sync_every, fragments=fragments, delay=delay,
+        mixing=mixing, compressor=compressor, participation=participation, prox=prox, seed=seed,
+        axis_name=axis_name,
+    )  # fmt: skip
+    return from_transform(loss_fn, tx)
+
+
+@register("fedavg")
+def fedavg(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    local_steps: int = 16,
+    participation: float = 1.0,
+    prox: float = 0.0,
+    server_optimizer: optax.GradientTransformation | None = None,
+    seed: int = 0,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    """Federated averaging (McMahan et al. 2017): ``local_steps`` client steps of
+    ``optimizer``, then the server averages the participating clients (``participation``
+    fraction per round, deterministic by ``seed``). ``prox=μ``: FedProx (Li et al. 2020);
+    ``server_optimizer`` (e.g. ``optax.adam``, ``optax.yogi``): FedOpt (Reddi et al. 2021) on
+    the pseudo-gradient; the default ``optax.sgd(1.0)`` is plain averaging."""
+    _check_optimizer(optimizer, "fedavg")
+    server = server_optimizer if server_optimizer is not None else optax.sgd(1.0)
+    tx = transforms.diloco(optimizer, server, sync_every=local_steps,
+                           participation=participation, prox=prox, seed=seed,
+                           axis_name=axis_name)  # fmt: skip
+    return from_transform(loss_fn, tx)
