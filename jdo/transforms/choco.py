@@ -47,6 +47,11 @@ def choco(
     """
     if topology.stochastic != "doubly":
         raise ValueError(f"choco needs a doubly stochastic topology; {topology!r} is not")
+    if topology.period != 1:
+        raise ValueError(
+            f"choco needs a static topology: {topology!r} changes every step, and the "
+            "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W"
+        )
     if not 0 < gamma <= 1:
         raise ValueError(f"choco: gamma must be in (0, 1], got {gamma}")
 
