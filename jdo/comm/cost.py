@@ -1,24 +1,27 @@
-"""Communication cost read from the compiled program.
+"""Communication cost read from the program XLA runs.
 
 ``collective_bytes(fn, *args)`` compiles ``fn`` and returns, by collective kind, the bytes ONE
 worker contributes per call: the size of each collective's operands on one device (its shard
 of an all-gather, its full buffer for an all-reduce or a reduce-scatter, what it forwards in a
 collective-permute). Async pairs count once (``*-start``; ``*-done`` is ignored). Collectives
-inside a ``while`` loop (``lax.scan``, ``fori_loop``) are multiplied by the loop's trip count
-when XLA knows it; of a ``conditional`` (``lax.cond``/``switch``), the most expensive branch
-counts. XLA may fuse the per-leaf all-reduces of a gradient pytree into one combined op; the
-byte total does not change, so count bytes, never ops.
+inside a ``while`` loop (``lax.scan``, ``fori_loop``) are multiplied by the loop's trip count.
+Of a ``conditional`` (``lax.cond``/``switch``) the most expensive branch counts, or with
+``conditionals="min"`` the cheapest: a periodic algorithm (local SGD, DiLoCo) sends the first
+on a communicating step and the second on the others. XLA may fuse the per-leaf all-reduces of
+a gradient pytree into one combined op; the byte total does not change, so count bytes, never
+ops.
 
 A ``vmap``-lifted step runs all workers on one device and compiles to no collective at all.
 :func:`worker_bytes` therefore lowers a per-worker function under ``shard_map`` on an
-abstract mesh of W workers (no devices needed): the bytes it would send with one worker per
-device.
+abstract mesh of W workers (no devices needed) and reads the HLO before optimisation: the
+bytes it would send with one worker per device (tests check it against the compiled count).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -86,8 +89,31 @@ def _operand_names(operands: str) -> list[str]:
     return [tok.split()[-1] for tok in operands.split(",") if tok.strip()]
 
 
-def hlo_collective_bytes(hlo_text: str) -> dict[str, int]:
-    """Bytes one device contributes per call, by collective kind, from HLO module text."""
+def _trip_count(computations, attrs: str) -> int | None:
+    """A while loop's trip count: XLA's ``known_trip_count`` (compiled HLO), else a condition
+    ``i < N`` on a constant N (HLO before optimisation; JAX's loops count from 0)."""
+    known = _TRIP.search(attrs)
+    if known:
+        return int(known.group(1))
+    cond = re.search(r"\bcondition=%?([\w.\-]+)", attrs)
+    instrs = computations.get(cond.group(1), []) if cond else []
+    constants = {name: ops for name, _, op, ops, _ in instrs if op == "constant"}
+    for _, _, op, operands, rest in instrs:
+        names = _operand_names(operands)
+        if op == "compare" and "direction=LT" in rest and len(names) == 2 and names[1] in constants:
+            return int(constants[names[1]])
+    return None
+
+
+def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, int]:
+    """Bytes one device contributes per call, by collective kind, from HLO module text.
+
+    ``conditionals="max"`` charges each ``conditional`` its most expensive branch (a step that
+    communicates); ``"min"`` its cheapest (a step that does not, for periodic algorithms).
+    """
+    if conditionals not in ("max", "min"):
+        raise ValueError(f"conditionals must be 'max' or 'min', got {conditionals!r}")
+    pick = max if conditionals == "max" else min
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -124,10 +150,16 @@ def hlo_collective_bytes(hlo_text: str) -> dict[str, int]:
             branches = _BRANCHES.search(attrs)
             if branches:
                 costs = [cost(b.strip().lstrip("%")) for b in branches.group(1).split(",")]
-                total += max(costs, key=lambda c: c.sum())
-            trips = _TRIP.search(attrs)
+                total += pick(costs, key=lambda c: c.sum())
+            times = 1
+            if opcode == "while":
+                times = _trip_count(computations, attrs)
+                if times is None:
+                    warnings.warn("a while loop with an unknown trip count: its collectives "
+                                  "are counted once", stacklevel=3)  # fmt: skip
+                    times = 1
             for callee in _CALLS.findall(attrs):
-                total += cost(callee) * (int(trips.group(1)) if trips and opcode == "while" else 1)
+                total += cost(callee) * times
         memo[comp] = total
         return total
 
@@ -159,6 +191,7 @@ def worker_bytes(
     in_axes: InAxes = 0,
     axis_name: str = WORKERS,
     platform: str = "cpu",
+    conditionals: str = "max",
 ) -> dict[str, int]:
     """Bytes one worker sends per call of the per-worker ``fn``, with one worker per device.
 
@@ -184,4 +217,4 @@ def worker_bytes(
     ]
     lifted = shard_map_workers(fn, mesh, axes, axis_name)
     lowered = jax.jit(lifted).trace(*specs).lower(lowering_platforms=(platform,))
-    return hlo_collective_bytes(lowered.as_text(dialect="hlo"))
+    return hlo_collective_bytes(lowered.as_text(dialect="hlo"), conditionals)

@@ -22,11 +22,45 @@ def _with_bias(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x, np.ones((len(x), 1))], axis=1)
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    # argmin (1/2n)||[x 1]θ - y||² + (l2/2)||θ||²
+def _ridge(x: np.ndarray, y: np.ndarray, l2: float, weights=None) -> np.ndarray:
+    # argmin Σ_j w_j (1/2)(θᵀ[x_j 1] − y_j)² + (l2/2)||θ||², weights summing to 1 (default 1/n)
     a = _with_bias(x.astype(np.float64))
-    n = len(a)
-    return np.linalg.solve(a.T @ a / n + l2 * np.eye(a.shape[1]), a.T @ y.astype(np.float64) / n)
+    w = np.full(len(a), 1.0 / len(a)) if weights is None else np.asarray(weights, np.float64)
+    return np.linalg.solve(
+        (a.T * w) @ a + l2 * np.eye(a.shape[1]), (a.T * w) @ y.astype(np.float64)
+    )
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float, weights=None) -> np.ndarray:
+    # argmin Σ_j w_j BCE(θᵀ[x_j 1], y_j) + (l2/2)||θ||² by Newton's method
+    a = _with_bias(x.astype(np.float64))
+    w = np.full(len(a), 1.0 / len(a)) if weights is None else np.asarray(weights, np.float64)
+    t = y.astype(np.float64)
+    theta = np.zeros(a.shape[1])
+    for _ in range(100):
+        q = 1.0 / (1.0 + np.exp(-a @ theta))
+        grad = a.T @ (w * (q - t)) + l2 * theta
+        hess = (a.T * (w * q * (1 - q))) @ a + l2 * np.eye(a.shape[1])
+        delta = np.linalg.solve(hess, grad)
+        theta -= delta
+        if np.abs(delta).max() < 1e-14:
+            break
+    return theta
+
+
+def optimum_of_parts(dataset: Dataset, parts: list[np.ndarray]) -> dict:
+    """The optimum of what W workers jointly minimise, ``(1/W) Σ_i f_i`` with ``f_i`` the mean
+    loss over worker i's part: every sample of part i weighs ``1/(W·n_i)``. Equals
+    ``dataset.optimum`` when the parts are equal and cover the data; otherwise (a remainder
+    dropped, unequal Dirichlet parts) it differs and this is the one the workers can reach."""
+    index = np.concatenate(parts)
+    weights = np.concatenate([np.full(len(p), 1.0 / (len(parts) * len(p))) for p in parts])
+    x, y = dataset.x_train[index], dataset.y_train[index]
+    if dataset.kind == "regression":
+        return _linear_params(_ridge(x, y[:, 0], dataset.l2, weights))
+    if dataset.kind == "binary":
+        return _linear_params(_logistic(x, y, dataset.l2, weights))
+    raise ValueError(f"no known optimum for {dataset.kind} data")
 
 
 def least_squares(
@@ -104,17 +138,7 @@ def logistic_regression(
     p = 1.0 / (1.0 + np.exp(-(x @ w + b)))
     y = (rng.uniform(size=len(x)) < p).astype(np.int32)
     x = x.astype(np.float32)
-    a = _with_bias(x[:num_samples].astype(np.float64))
-    t = y[:num_samples].astype(np.float64)
-    theta = np.zeros(a.shape[1])
-    for _ in range(100):
-        q = 1.0 / (1.0 + np.exp(-a @ theta))
-        grad = a.T @ (q - t) / len(a) + l2 * theta
-        hess = (a.T * (q * (1 - q))) @ a / len(a) + l2 * np.eye(a.shape[1])
-        delta = np.linalg.solve(hess, grad)
-        theta -= delta
-        if np.abs(delta).max() < 1e-14:
-            break
+    theta = _logistic(x[:num_samples], y[:num_samples], l2)
     return Dataset(
         "logistic_regression", x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:],
         "binary", 1, optimum=_linear_params(theta), l2=l2,

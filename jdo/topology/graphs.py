@@ -153,7 +153,9 @@ def _weighted(adj: np.ndarray, weights: str, directed: bool) -> tuple[np.ndarray
     n = adj.shape[0]
     if directed:
         a = adj + np.eye(n)
-        return a / a.sum(axis=0, keepdims=True), "column"
+        w = a / a.sum(axis=0, keepdims=True)
+        doubly = np.allclose(w.sum(axis=1), 1.0, atol=_TOL)  # e.g. a directed ring
+        return w, "doubly" if doubly else "column"
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if not np.array_equal(adj, adj.T):

@@ -53,6 +53,13 @@ def positive_float(cfg: Mapping, key: str) -> float:
     return float(value)
 
 
+def boolean(cfg: Mapping, key: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
 def one_of(cfg: Mapping, key: str, allowed: Iterable[str]) -> str:
     value, allowed = _get(cfg, key), tuple(allowed)
     if value not in allowed:
@@ -96,7 +103,9 @@ def validate(cfg: Mapping) -> None:
             "trainer.steps", f"must be a multiple of trainer.log_every ({log_every}), got {steps}"
         )
     positive_int(cfg, "trainer.eval_batch_size")
+    boolean(cfg, "trainer.progress")
     known_keys(cfg, "logger", LOGGER_KEYS)
+    boolean(cfg, "logger.tensorboard")
     partition = one_of(cfg, "partition.name", PARTITIONS)
     if partition == "dirichlet":
         positive_float(cfg, "partition.alpha")
@@ -105,3 +114,7 @@ def validate(cfg: Mapping) -> None:
     optimizer = _get(cfg, "optimizer")
     if "learning_rate" in optimizer:
         positive_float(cfg, "optimizer.learning_rate")
+    for name, value in optimizer.items():  # hyperparameters are numbers, flags or null
+        if name != "_target_" and not isinstance(value, (numbers.Real, type(None))):
+            raise ConfigError(f"optimizer.{name}", f"must be a number, true/false or null, "
+                              f"got {value!r}")  # fmt: skip

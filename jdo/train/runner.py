@@ -29,6 +29,7 @@ from jdo import comm
 from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.data import Dataset, WorkerData, make_loss, partition, sample_batch
+from jdo.data.synthetic import optimum_of_parts
 from jdo.lifting import lift
 from jdo.models import functional
 from jdo.train.config import ConfigError, validate
@@ -70,18 +71,12 @@ def _instantiate(node, key: str, **kwargs):
         raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
 
 
-def _accepts(node, argument: str, key: str) -> bool:
-    """Whether the factory named by ``node._target_`` takes ``argument``."""
+def _factory_parameters(node, key: str) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the factory named by ``node._target_``."""
     try:
-        factory = hydra.utils.get_method(node["_target_"])
-    except Exception as e:
-        raise ConfigError(f"{key}._target_", str(e)) from None
-    return argument in inspect.signature(factory).parameters
-
-
-def _required(node, argument: str) -> bool:
-    factory = hydra.utils.get_method(node["_target_"])
-    return inspect.signature(factory).parameters[argument].default is inspect.Parameter.empty
+        return inspect.signature(hydra.utils.get_method(node["_target_"])).parameters
+    except Exception:
+        raise ConfigError(f"{key}._target_", f"cannot import {node['_target_']!r}") from None
 
 
 def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed: int):
@@ -110,7 +105,13 @@ def build(cfg: Mapping) -> Experiment:
     workers, seed = int(cfg["workers"]), int(cfg["seed"])
     dataset = _instantiate(cfg["task"]["data"], "task.data")
     parts = split_data(dataset, cfg["partition"], workers, seed)
-    data = partition.stack(dataset.x_train, dataset.y_train, parts)
+    try:
+        data = partition.stack(dataset.x_train, dataset.y_train, parts)
+    except ValueError as e:
+        raise ConfigError("workers", f"{e} ({len(dataset.x_train)} training samples for "
+                          f"{workers} workers)") from None  # fmt: skip
+    if dataset.optimum is not None:  # the optimum of the objective the workers actually share
+        dataset = dataclasses.replace(dataset, optimum=optimum_of_parts(dataset, parts))
     model = _instantiate(
         cfg["model"], "model", in_shape=dataset.in_shape, num_outputs=dataset.num_outputs,
         rngs=nnx.Rngs(seed),
@@ -118,20 +119,19 @@ def build(cfg: Mapping) -> Experiment:
     apply, params = functional(model)
     loss_fn = make_loss(apply, dataset.kind, dataset.l2)
     optimizer = _instantiate(cfg["optimizer"], "optimizer")
-    extra = {}
-    if (
-        "topology"
-        in inspect.signature(hydra.utils.get_method(cfg["algorithm"]["_target_"])).parameters
-    ):
+    extra, accepted = {}, _factory_parameters(cfg["algorithm"], "algorithm")
+    if "topology" in accepted:
         topology = _instantiate(cfg["topology"], "topology")
         if topology.n != workers:
             raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
         extra["topology"] = topology
-    if _accepts(cfg["algorithm"], "compressor", "algorithm"):
+    if "compressor" in accepted:
         compressor = _instantiate(cfg["compression"], "compression")
-        # An optional compressor (diloco) stays off unless one is chosen.
-        required = _required(cfg["algorithm"], "compressor")
-        if required or compressor.name != "identity":
+        # An optional compressor (diloco's outer communication) stays off unless one is chosen.
+        if (
+            accepted["compressor"].default is inspect.Parameter.empty
+            or compressor.name != "identity"
+        ):
             extra["compressor"] = compressor
     algorithm = _instantiate(
         cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **extra
@@ -223,6 +223,9 @@ def fit(
     Returns the summary (also written to ``output_dir/summary.json``); per-chunk metrics go to
     ``output_dir/metrics.jsonl``. Returns the final state under the ``"state"`` key.
     """
+    for name, value in (("steps", steps), ("eval_every", eval_every)):
+        if value < 1 or value % log_every:
+            raise ValueError(f"{name}={value} must be a positive multiple of log_every={log_every}")
     algo, num_chunks = exp.algorithm, steps // log_every
 
     # -- mesh and placement -------------------------------------------------------------------
@@ -261,11 +264,14 @@ def fit(
     one_worker = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
     )
-    step_bytes = comm.worker_bytes(
+    count = lambda conditionals: comm.worker_bytes(
         worker_step, workers, one_worker(state), *one_worker(data), run_key, step0,
         in_axes=(0, 0, 0, 0, None, None), platform=jax.default_backend(),
+        conditionals=conditionals,
     )  # fmt: skip
+    step_bytes = count("max")  # a step that communicates
     bytes_per_step = sum(step_bytes.values())
+    quiet_bytes = sum(count("min").values())  # periodic algorithms' other steps
     params_of = jax.jit(jax.vmap(algo.params))  # Algorithm.params is per worker
     evaluate = make_evaluate(exp, eval_batch_size).lower(params_of(state)).compile()
     compile_s = time.perf_counter() - t0
@@ -278,6 +284,7 @@ def fit(
             trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb")))
     tracker = MultiTracker(trackers)
     bar = _progress(steps, progress)
+    samples_per_step = batch_size or float(np.mean(exp.data.count))  # per worker
     record: dict[str, Any] = {}
     pending = None
     t_start = t_last = time.perf_counter()
@@ -287,12 +294,10 @@ def fit(
                 state, metrics = compiled(state, *data, run_key, jnp.int32(c * log_every))
             if pending is not None:
                 done_step, done_metrics, done_params = pending
-                record = _train_record(done_metrics, done_step, bytes_per_step)  # waits for it
+                record = _train_record(done_metrics, done_step, bytes_per_step, quiet_bytes)
                 now = time.perf_counter()
                 record["steps_per_s"] = log_every / max(now - t_last, 1e-9)
-                record["samples_per_s"] = (
-                    record["steps_per_s"] * workers * (batch_size or float(np.mean(exp.data.count)))
-                )
+                record["samples_per_s"] = record["steps_per_s"] * workers * samples_per_step
                 t_last = now
                 if done_params is not None:
                     record.update({k: float(v) for k, v in evaluate(done_params).items()})
@@ -321,7 +326,8 @@ def fit(
         "bytes/step_by_kind": step_bytes,
         "compile_s": compile_s,
         "wall_s": wall_s,
-        "steps_per_s": steps / wall_s,
+        "steps_per_s": steps / wall_s,  # the whole run, evaluations included
+        "samples_per_s": steps / wall_s * workers * samples_per_step,
     }
     if output_dir is not None:
         with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
@@ -330,7 +336,10 @@ def fit(
     return summary
 
 
-def _train_record(metrics, step: int, bytes_per_step: int) -> dict[str, float]:
+def _train_record(metrics, step: int, bytes_per_step: int, quiet_bytes: int) -> dict[str, float]:
+    """Host-side metrics of one chunk (waits for it). For algorithms that communicate on some
+    steps only, ``bytes/step`` is a communicating step, ``bytes/step_quiet`` another step, and
+    ``bytes/total`` the upper bound ``bytes/step · step``."""
     metrics = jax.device_get(metrics)  # each [W, K]
     per_worker = {k: np.mean(np.asarray(v, np.float64), axis=-1) for k, v in metrics.items()}
     loss = per_worker["loss"]
@@ -343,6 +352,8 @@ def _train_record(metrics, step: int, bytes_per_step: int) -> dict[str, float]:
         if k != "loss":
             record[f"train/{k}"] = float(v.mean())
     record["bytes/step"] = int(bytes_per_step)
+    if quiet_bytes != bytes_per_step:
+        record["bytes/step_quiet"] = int(quiet_bytes)
     record["bytes/total"] = int(bytes_per_step * step)
     return record
 

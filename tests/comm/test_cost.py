@@ -117,3 +117,29 @@ def test_optax_chain_adam_bytes_unchanged(mesh8):
     tx = optax.chain(jdo.transforms.all_reduce(), optax.adam(1e-3))
     counted = jdo.comm.worker_bytes(lambda g, s: tx.update(g, s, g)[0], 8, params, tx.init(params))
     assert counted["all-reduce"] == 4 * num_params
+
+
+def test_worker_bytes_multiplies_loops_like_the_compiled_count(mesh8):
+    ring = [(i, (i + 1) % 8) for i in range(8)]
+
+    def f(x):  # x: f32[16] per worker; 3 all-reduces in a fori_loop, 5 ppermutes in a scan
+        y = jax.lax.fori_loop(0, 3, lambda i, c: jdo.comm.varying(jax.lax.pmean(c, "workers")), x)
+        body = lambda c, _: (jax.lax.ppermute(c, "workers", ring), None)
+        return jax.lax.scan(body, y, None, length=5)[0]
+
+    compiled = jdo.comm.collective_bytes(jax.jit(jdo.lift(f, "shard_map", mesh=mesh8)),
+                                         jnp.ones((8, 16)))  # fmt: skip
+    assert compiled["all-reduce"] == 3 * 64 and compiled["collective-permute"] == 5 * 64
+    assert jdo.comm.worker_bytes(f, 8, jnp.ones(16)) == compiled
+
+
+def test_periodic_communication_min_and_max(mesh8):
+    def f(x, t):  # all-reduce on every 4th step only
+        return jax.lax.cond(t % 4 == 0, lambda v: jdo.comm.varying(jax.lax.pmean(v, "workers")),
+                            lambda v: v, x)  # fmt: skip
+
+    args = (jnp.ones(16), jnp.int32(0))
+    assert jdo.comm.worker_bytes(f, 8, *args, in_axes=(0, None))["all-reduce"] == 64
+    assert jdo.comm.worker_bytes(
+        f, 8, *args, in_axes=(0, None), conditionals="min"
+    ) == dict.fromkeys(jdo.comm.KINDS, 0)

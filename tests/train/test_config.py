@@ -9,8 +9,8 @@ from tests.helpers import write_mnist_dir, write_npz
 from tests.train.conftest import CONF
 
 GROUPS = (
-    "task", "model", "algorithm", "topology", "optimizer", "partition", "lifting", "trainer",
-    "logger",
+    "task", "model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",
+    "trainer", "logger",
 )  # fmt: skip
 SMOKE = ("debug=smoke",)
 
@@ -29,6 +29,8 @@ def _needs(option_override, tmp_path):
         "partition=shard": ["partition.shards_per_worker=2"],
         "lifting=shard_map": ["workers=8"],
     }
+    if option_override.startswith("compression="):
+        return ["algorithm=compressed_sgd"]
     if option_override.startswith("topology="):
         return ["algorithm=dpsgd", "lifting=shard_map"]  # gossip on real devices
     return extra.get(option_override, [])
