@@ -9,6 +9,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import pytest
+from hydra import compose, initialize_config_dir
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -19,3 +22,14 @@ def mesh8():
 
     assert len(jax.devices()) == 8, "tests need 8 simulated CPU devices"
     return make_mesh(8)
+
+
+@pytest.fixture
+def make_cfg():
+    """Composes the real config with overrides, as the command line would."""
+
+    def _compose(*overrides):
+        with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose

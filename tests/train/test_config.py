@@ -5,8 +5,8 @@ import os
 import pytest
 
 from jdo.train import ConfigError, run, validate
+from tests.conftest import CONF
 from tests.helpers import write_mnist_dir, write_npz
-from tests.train.conftest import CONF
 
 GROUPS = (
     "task", "model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",

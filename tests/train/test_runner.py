@@ -61,9 +61,9 @@ def test_logged_bytes_are_the_gradient_all_reduce(make_cfg, tmp_path):
 @pytest.mark.parametrize("task", ["least_squares", "logistic"])
 def test_full_batch_gradient_descent_reaches_the_known_optimum(task, workers, make_cfg, tmp_path):
     cfg = make_cfg(
-        f"task={task}", f"workers={workers}", "optimizer=sgd", "optimizer.learning_rate=0.5", "trainer.batch_size=null",
-        "trainer.steps=2000", "trainer.log_every=100", "trainer.eval_every=1000",
-        "trainer.progress=false",
+        f"task={task}", f"workers={workers}", "optimizer=sgd", "optimizer.learning_rate=0.5",
+        "trainer.batch_size=null", "trainer.steps=2000", "trainer.log_every=100",
+        "trainer.eval_every=1000", "trainer.progress=false",
     )  # fmt: skip
     summary = run(cfg, output_dir=str(tmp_path))
     # float32 arithmetic: the distance to the float64 optimum settles at rounding level.
