@@ -30,7 +30,7 @@ def summary_table(summary: dict) -> str:
 
     def fmt(value):
         if isinstance(value, float):
-            return f"{value:,.4f}"
+            return f"{value:.3e}" if 0 < abs(value) < 1e-3 else f"{value:,.4f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     return "\n".join(f"  {k:<{width}}  {fmt(v)}" for k, v in rows)
