@@ -5,7 +5,7 @@ a named axis (``jdo.WORKERS``). The same per-worker function is then lifted with
 (many workers on one device) or ``jax.shard_map`` (one worker per device); see ``jdo.train``.
 """
 
-from jdo import algorithms, comm, compress, data, models, topology, train, transforms
+from jdo import algorithms, comm, compress, constrained, data, models, topology, train, transforms
 from jdo._axis import WORKERS
 from jdo.lifting import LIFTINGS, lift
 
@@ -18,6 +18,7 @@ __all__ = [
     "algorithms",
     "comm",
     "compress",
+    "constrained",
     "data",
     "models",
     "topology",

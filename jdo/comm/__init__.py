@@ -16,6 +16,7 @@ from jdo.comm.gossip import (
     mix,
     mix_reference,
     mix_rounds,
+    neighbour_sum,
     push_sum_average,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "mix",
     "mix_reference",
     "mix_rounds",
+    "neighbour_sum",
     "num_workers",
     "push_sum_average",
     "sum",

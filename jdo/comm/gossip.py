@@ -75,6 +75,15 @@ def mix_rounds(x, topology: Topology, step=0, rounds: int = 1, axis_name: str = 
     return x
 
 
+def neighbour_sum(x, topology: Topology, axis_name: str = WORKERS, step: int = 0):
+    """``Σ_{j ∈ N_i} x_j`` over the neighbours of ``topology`` at ``step`` (W_ij > 0, j ≠ i),
+    with unit weights: one ppermute per round of the topology's schedule."""
+    _check_size(topology, axis_name)
+    w = topology.mixing_matrix(step)
+    adjacency = ((w > 0) & ~np.eye(topology.n, dtype=bool)).astype(np.float64)
+    return _apply(make_schedule(adjacency), x, axis_name, lambda v: v)
+
+
 def group_mean(x, group_size: int, axis_name: str = WORKERS):
     """Mean within consecutive groups of ``group_size`` workers (workers ``[k·g, (k+1)·g)``):
     ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured)."""

@@ -1,0 +1,205 @@
+"""Lagrangian methods for ``min f(θ) s.t. g(θ) <= 0, h(θ) = 0``, run over all workers.
+
+Every worker holds the same θ and its own data; primal gradients and constraint values are
+averaged over the workers (one all-reduce each), so the problem solved is
+``min (1/W) Σ_i f_i(θ)  s.t.  (1/W) Σ_i g_i(θ) <= 0,  (1/W) Σ_i h_i(θ) = 0`` (a constraint on
+the whole data set; a constraint that needs no data is the same on every worker). Inequality
+multipliers stay >= 0. ``ineq`` / ``eq`` are ``fn(params, batch) -> array`` (or None); their
+sizes come from ``fn(params, None)`` unless ``num_ineq`` / ``num_eq`` are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdo._axis import WORKERS
+from jdo.algorithms.base import Algorithm, LossFn, register
+
+ConstraintFn = Callable[[Any, Any], jax.Array]
+METHODS = ("simultaneous", "alternating", "extragradient")
+
+
+class LagrangianState(NamedTuple):
+    params: Any
+    ineq_multipliers: jax.Array  # λ >= 0
+    eq_multipliers: jax.Array  # μ
+    opt_state: optax.OptState
+    rho: jax.Array  # penalty (augmented Lagrangian / quadratic penalty); 0 for plain GDA
+    step: jax.Array
+
+
+def _values(fn, params, batch, axis_name):
+    if fn is None:
+        return jnp.zeros((0,))
+    return jax.lax.pmean(jnp.atleast_1d(fn(params, batch)).astype(float), axis_name)
+
+
+def _count(fn, params, given: int | None, name: str) -> int:
+    """How many constraints ``fn`` returns: ``given``, or its shape on ``fn(params, None)``."""
+    if fn is None:
+        return 0
+    if given is not None:
+        return given
+    try:
+        return int(jnp.size(jnp.zeros(jax.eval_shape(fn, params, None).shape)))
+    except Exception as e:
+        raise ValueError(f"{name} needs the batch to be evaluated: pass num_{name}=") from e
+
+
+def _penalty(lam, mu, g, h, rho, kind):
+    """The multiplier/penalty terms of the Lagrangian, safe at ρ = 0 (no 0/0: a Cooper bug)."""
+    if kind == "lagrangian":
+        return jnp.sum(lam * g) + jnp.sum(mu * h)
+    if kind == "penalty":
+        return 0.5 * rho * (jnp.sum(jnp.maximum(g, 0.0) ** 2) + jnp.sum(h**2))
+    # augmented Lagrangian (Rockafellar): (1/2ρ)(max(0, λ + ρg)² − λ²) → λg as ρ → 0
+    safe = jnp.where(rho > 0, rho, 1.0)
+    shifted = (jnp.maximum(lam + safe * g, 0.0) ** 2 - lam**2) / (2.0 * safe)
+    ineq = jnp.where(rho > 0, shifted, lam * g)
+    return jnp.sum(ineq) + jnp.sum(mu * h) + 0.5 * rho * jnp.sum(h**2)
+
+
+def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growth, rho_max,
+          update_every, axis_name, num_ineq=None, num_eq=None):  # fmt: skip
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+    def lagrangian(params, lam, mu, rho_t, batch, key):
+        loss, metrics = loss_fn(params, batch, key)
+        g = jnp.atleast_1d(ineq(params, batch)) if ineq else jnp.zeros((0,))
+        h = jnp.atleast_1d(eq(params, batch)) if eq else jnp.zeros((0,))
+        return loss + _penalty(lam, mu, g, h, rho_t, kind), (loss, metrics)
+
+    def primal_grad(params, lam, mu, rho_t, batch, key):
+        grads, aux = jax.grad(lagrangian, has_aux=True)(params, lam, mu, rho_t, batch, key)
+        return jax.lax.pmean(grads, axis_name), aux
+
+    def dual_ascent(params, lam, mu, rho_t, batch):
+        g, h = _values(ineq, params, batch, axis_name), _values(eq, params, batch, axis_name)
+        if kind == "lagrangian":  # gradient ascent on the multipliers
+            return jnp.maximum(lam + dual_lr * g, 0.0), mu + dual_lr * h
+        if kind == "augmented":  # the method of multipliers' exact update
+            return jnp.maximum(lam + rho_t * g, 0.0), mu + rho_t * h
+        return lam, mu  # quadratic penalty: no multipliers
+
+    def init(params, key):
+        del key
+        lam = jnp.zeros((_count(ineq, params, num_ineq, "ineq"),))  # default float dtype
+        mu = jnp.zeros((_count(eq, params, num_eq, "eq"),))
+        return LagrangianState(params, lam, mu, optimizer.init(params), jnp.asarray(float(rho)),
+                               jnp.zeros((), jnp.int32))  # fmt: skip
+
+    def step(state, batch, key):
+        lam, mu, params = state.ineq_multipliers, state.eq_multipliers, state.params
+        if method == "extragradient":  # 1. look-ahead point, 2. step with its gradients
+            grads, _ = primal_grad(params, lam, mu, state.rho, batch, key)
+            u, _ = optimizer.update(grads, state.opt_state, params)
+            look = optax.apply_updates(params, u)
+            lam_look, mu_look = dual_ascent(params, lam, mu, state.rho, batch)
+            grads, (loss, metrics) = primal_grad(look, lam_look, mu_look, state.rho, batch, key)
+            u, opt_state = optimizer.update(grads, state.opt_state, params)
+            new_params = optax.apply_updates(params, u)
+            new_lam, new_mu = dual_ascent(look, lam, mu, state.rho, batch)
+        else:
+            grads, (loss, metrics) = primal_grad(params, lam, mu, state.rho, batch, key)
+            u, opt_state = optimizer.update(grads, state.opt_state, params)
+            new_params = optax.apply_updates(params, u)
+            at = new_params if method == "alternating" else params
+            new_lam, new_mu = dual_ascent(at, lam, mu, state.rho, batch)
+        rho_t = state.rho
+        if kind != "lagrangian":  # outer updates every `update_every` inner steps
+            outer = (state.step + 1) % update_every == 0
+            new_lam = jnp.where(outer, new_lam, lam)
+            new_mu = jnp.where(outer, new_mu, mu)
+            rho_t = jnp.where(outer, jnp.minimum(state.rho * rho_growth, rho_max), state.rho)
+        g, h = (_values(ineq, new_params, batch, axis_name),
+                _values(eq, new_params, batch, axis_name))  # fmt: skip
+        violation = jnp.maximum(jnp.max(jnp.maximum(g, 0.0), initial=0.0),
+                                jnp.max(jnp.abs(h), initial=0.0))  # fmt: skip
+        metrics = {"loss": loss, **metrics, "violation": violation, "rho": state.rho}
+        new = LagrangianState(new_params, new_lam, new_mu, opt_state, rho_t, state.step + 1)
+        return new, metrics
+
+    return Algorithm(init, step)
+
+
+@register("lagrangian")
+def lagrangian(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    ineq: ConstraintFn | None = None,
+    eq: ConstraintFn | None = None,
+    dual_lr: float = 0.01,
+    method: str = "simultaneous",
+    num_ineq: int | None = None,
+    num_eq: int | None = None,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    r"""Gradient descent–ascent on :math:`L(θ, λ, μ) = f(θ) + λ^\top g(θ) + μ^\top h(θ)`:
+    ``optimizer`` descends in θ, :math:`λ \leftarrow \max(0, λ + η g)`,
+    :math:`μ \leftarrow μ + η h` with ``dual_lr`` η. ``method``: ``"simultaneous"`` (duals
+    from the old θ), ``"alternating"`` (from the new θ) or ``"extragradient"`` (Korpelevich
+    1976: a look-ahead step, then the step with the look-ahead gradients)."""
+    return _make(loss_fn, optimizer, ineq, eq, kind="lagrangian", method=method,
+                 dual_lr=dual_lr, rho=0.0, rho_growth=1.0, rho_max=0.0, update_every=1,
+                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq)  # fmt: skip
+
+
+@register("augmented_lagrangian")
+def augmented_lagrangian(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    ineq: ConstraintFn | None = None,
+    eq: ConstraintFn | None = None,
+    rho: float = 1.0,
+    rho_growth: float = 1.0,
+    rho_max: float = 1e4,
+    inner_steps: int = 100,
+    method: str = "simultaneous",
+    num_ineq: int | None = None,
+    num_eq: int | None = None,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    r"""The method of multipliers (Hestenes 1969; Powell 1969; Rockafellar 1973): minimise
+
+    .. math:: L_ρ = f + \tfrac{1}{2ρ}\textstyle\sum_j\big(\max(0, λ_j + ρ g_j)^2 - λ_j^2\big)
+              + μ^\top h + \tfrac{ρ}{2}\|h\|^2
+
+    with ``inner_steps`` steps of ``optimizer``, then :math:`λ \leftarrow \max(0, λ + ρ g)`,
+    :math:`μ \leftarrow μ + ρ h` and :math:`ρ \leftarrow \min(ρ·\text{rho\_growth},
+    \text{rho\_max})`. ``rho=0`` reduces to the plain Lagrangian without a 0/0."""
+    if rho < 0 or inner_steps < 1:
+        raise ValueError("augmented_lagrangian: need rho >= 0 and inner_steps >= 1")
+    return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=0.0,
+                 rho=rho, rho_growth=rho_growth, rho_max=rho_max, update_every=inner_steps,
+                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq)  # fmt: skip
+
+
+@register("quadratic_penalty")
+def quadratic_penalty(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    ineq: ConstraintFn | None = None,
+    eq: ConstraintFn | None = None,
+    rho: float = 1.0,
+    rho_growth: float = 2.0,
+    rho_max: float = 1e6,
+    inner_steps: int = 100,
+    num_ineq: int | None = None,
+    num_eq: int | None = None,
+    axis_name: str = WORKERS,
+) -> Algorithm:
+    r"""Quadratic penalty: minimise :math:`f + \tfrac{ρ}{2}(\|\max(0, g)\|^2 + \|h\|^2)`,
+    growing ρ by ``rho_growth`` every ``inner_steps`` steps (no multipliers)."""
+    return _make(loss_fn, optimizer, ineq, eq, kind="penalty", method="simultaneous",
+                 dual_lr=0.0, rho=rho, rho_growth=rho_growth, rho_max=rho_max,
+                 update_every=inner_steps, axis_name=axis_name, num_ineq=num_ineq,
+                 num_eq=num_eq)  # fmt: skip
