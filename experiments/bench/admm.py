@@ -97,7 +97,7 @@ def main(argv=None):
                 )
             else:
                 ref = np.linalg.lstsq(a, b, rcond=None)[0]
-            objective = lambda x, a=a, b=b, alpha=alpha: (
+            objective = lambda x, a=a, b=b, alpha=alpha, total_rows=total_rows: (
                 jnp.sum((jnp.asarray(a) @ x - jnp.asarray(b)) ** 2) / (2 * total_rows)
                 + alpha * jnp.sum(jnp.abs(x)))  # fmt: skip
             f_star = float(objective(jnp.asarray(ref)))
