@@ -62,6 +62,38 @@ def gradient_solver(optimizer: optax.GradientTransformation, steps: int) -> Loca
     return solve
 
 
+NEWTON_MAX_PARAMS = 4096
+
+
+def _local_solver(solver, optimizer, inner_steps, name):
+    """(solve, check): ``check(params)`` refuses a Newton solve on too many parameters."""
+    if not isinstance(solver, str):
+        return solver, lambda params: None
+    if solver not in ("auto", "newton", "gradient"):
+        raise ValueError(f"{name}: solver must be auto, newton or gradient, got {solver!r}")
+    if solver == "gradient" and optimizer is None:
+        raise ValueError(f"{name}: solver='gradient' needs an optimizer")
+    newton, gradient = newton_solver(), (gradient_solver(optimizer, inner_steps)
+                                         if optimizer is not None else None)  # fmt: skip
+
+    def size(params):
+        return sum(x.size for x in jax.tree.leaves(params))
+
+    def solve(loss_fn, x0, v, rho, batch, key):
+        use_newton = solver == "newton" or (solver == "auto" and size(x0) <= NEWTON_MAX_PARAMS)
+        return (newton if use_newton else gradient)(loss_fn, x0, v, rho, batch, key)
+
+    def check(params):
+        n = size(params)
+        if n > NEWTON_MAX_PARAMS and (solver == "newton" or optimizer is None):
+            raise ValueError(
+                f"{name}: the Newton x-update needs the Hessian of {n} parameters (at most "
+                f"{NEWTON_MAX_PARAMS}); use solver=gradient with an optimizer"
+            )
+
+    return solve, check
+
+
 class ADMMState(NamedTuple):
     x: Any  # this worker's x_i
     u: Any  # its scaled dual u_i
@@ -86,7 +118,7 @@ def consensus_admm(
     rho: float = 1.0,
     alpha: float = 1.0,
     regularizer: Callable | None = None,
-    solver: str | LocalSolver = "newton",
+    solver: str | LocalSolver = "auto",
     inner_steps: int = 50,
     residual_balancing: bool = False,
     mu: float = 10.0,
@@ -105,7 +137,9 @@ def consensus_admm(
 
     ``f_i`` is ``loss_fn`` on the worker's batch (use its whole local data:
     ``trainer.batch_size=null``). The x-update is ``solver``: ``"newton"`` (exact for quadratic
-    losses), ``"gradient"`` (``inner_steps`` steps of ``optimizer``), or a callable.
+    losses; models of up to 4096 parameters), ``"gradient"`` (``inner_steps`` steps of
+    ``optimizer``), ``"auto"`` (Newton when the model is that small, else gradient), or a
+    callable ``solve(loss_fn, x0, v, rho, batch, key)``.
     ``alpha`` in (0, 2) over-relaxes (1.5–1.8 often faster). ``regularizer`` is a prox from
     :mod:`jdo.constrained.prox` (l1, l2, box, simplex). ``residual_balancing`` (§3.4.1)
     multiplies ρ by ``tau`` when the primal residual exceeds ``mu`` times the dual one, and
@@ -115,20 +149,12 @@ def consensus_admm(
     """
     if rho <= 0 or not 0 < alpha < 2:
         raise ValueError(f"consensus_admm: need rho > 0 and 0 < alpha < 2, got {rho}, {alpha}")
-    if isinstance(solver, str):
-        if solver not in ("newton", "gradient"):
-            raise ValueError(
-                f"consensus_admm: solver must be 'newton' or 'gradient', got {solver!r}"
-            )
-        if solver == "gradient" and optimizer is None:
-            raise ValueError("consensus_admm: solver='gradient' needs an optimizer")
-        solve = newton_solver() if solver == "newton" else gradient_solver(optimizer, inner_steps)
-    else:
-        solve = solver
+    solve, check = _local_solver(solver, optimizer, inner_steps, "consensus_admm")
     prox = regularizer or proxes.none()
 
     def init(params, key):
         del key
+        check(params)
         zeros = jax.tree.map(jnp.zeros_like, params)
         return ADMMState(
             params, zeros, params, jnp.asarray(rho, jnp.float32), jnp.zeros((), jnp.int32)
@@ -182,7 +208,7 @@ def decentralized_admm(
     topology: Topology,
     *,
     c: float = 1.0,
-    solver: str | LocalSolver = "newton",
+    solver: str | LocalSolver = "auto",
     inner_steps: int = 50,
     axis_name: str = WORKERS,
 ) -> Algorithm:
@@ -200,18 +226,14 @@ def decentralized_admm(
     """
     if c <= 0:
         raise ValueError(f"decentralized_admm: c must be > 0, got {c}")
-    if isinstance(solver, str):
-        if solver == "gradient" and optimizer is None:
-            raise ValueError("decentralized_admm: solver='gradient' needs an optimizer")
-        solve = newton_solver() if solver == "newton" else gradient_solver(optimizer, inner_steps)
-    else:
-        solve = solver
+    solve, check = _local_solver(solver, optimizer, inner_steps, "decentralized_admm")
     if topology.period != 1:
         raise ValueError("decentralized_admm needs a static topology")
     degree = [len(p) for p in topology.peers()]
 
     def init(params, key):
         del key
+        check(params)
         return DecentralizedADMMState(params, jax.tree.map(jnp.zeros_like, params),
                                       jnp.zeros((), jnp.int32))  # fmt: skip
 

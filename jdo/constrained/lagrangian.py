@@ -4,8 +4,10 @@ Every worker holds the same θ and its own data; primal gradients and constraint
 averaged over the workers (one all-reduce each), so the problem solved is
 ``min (1/W) Σ_i f_i(θ)  s.t.  (1/W) Σ_i g_i(θ) <= 0,  (1/W) Σ_i h_i(θ) = 0`` (a constraint on
 the whole data set; a constraint that needs no data is the same on every worker). Inequality
-multipliers stay >= 0. ``ineq`` / ``eq`` are ``fn(params, batch) -> array`` (or None); their
-sizes come from ``fn(params, None)`` unless ``num_ineq`` / ``num_eq`` are given.
+multipliers stay >= 0. ``ineq`` / ``eq`` are ``fn(params, batch) -> array or pytree`` (or
+None); their sizes come from ``fn(params, None)`` unless ``num_ineq`` / ``num_eq`` are given.
+With ``shared_constraints=False`` each worker's constraints hold on their own (its own data,
+its own multipliers): the problem becomes ``g_i(θ) <= 0`` for every i.
 """
 
 from __future__ import annotations
@@ -26,17 +28,24 @@ METHODS = ("simultaneous", "alternating", "extragradient")
 
 class LagrangianState(NamedTuple):
     params: Any
-    ineq_multipliers: jax.Array  # λ >= 0
-    eq_multipliers: jax.Array  # μ
+    ineq_multipliers: jax.Array | None  # λ >= 0 (None without inequality constraints)
+    eq_multipliers: jax.Array | None  # μ (None without equality constraints)
     opt_state: optax.OptState
     rho: jax.Array  # penalty (augmented Lagrangian / quadratic penalty); 0 for plain GDA
     step: jax.Array
 
 
-def _values(fn, params, batch, axis_name):
+def _flat(values) -> jax.Array:
+    """A constraint function's output (an array or a pytree of arrays) as one vector."""
+    leaves = [jnp.ravel(v) for v in jax.tree.leaves(values)]
+    return jnp.concatenate(leaves) if leaves else jnp.zeros((0,))
+
+
+def _values(fn, params, batch, axis_name, shared):
     if fn is None:
         return jnp.zeros((0,))
-    return jax.lax.pmean(jnp.atleast_1d(fn(params, batch)).astype(float), axis_name)
+    values = _flat(fn(params, batch)).astype(float)
+    return jax.lax.pmean(values, axis_name) if shared else values
 
 
 def _count(fn, params, given: int | None, name: str) -> int:
@@ -46,7 +55,8 @@ def _count(fn, params, given: int | None, name: str) -> int:
     if given is not None:
         return given
     try:
-        return int(jnp.size(jnp.zeros(jax.eval_shape(fn, params, None).shape)))
+        shapes = jax.eval_shape(fn, params, None)
+        return sum(int(jnp.size(jnp.zeros(x.shape))) for x in jax.tree.leaves(shapes))
     except Exception as e:
         raise ValueError(f"{name} needs the batch to be evaluated: pass num_{name}=") from e
 
@@ -65,22 +75,31 @@ def _penalty(lam, mu, g, h, rho, kind):
 
 
 def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growth, rho_max,
-          update_every, axis_name, num_ineq=None, num_eq=None):  # fmt: skip
+          update_every, axis_name, num_ineq=None, num_eq=None, shared=True):  # fmt: skip
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
     def lagrangian(params, lam, mu, rho_t, batch, key):
         loss, metrics = loss_fn(params, batch, key)
-        g = jnp.atleast_1d(ineq(params, batch)) if ineq else jnp.zeros((0,))
-        h = jnp.atleast_1d(eq(params, batch)) if eq else jnp.zeros((0,))
-        return loss + _penalty(lam, mu, g, h, rho_t, kind), (loss, metrics)
+        g = _flat(ineq(params, batch)) if ineq else jnp.zeros((0,))
+        h = _flat(eq(params, batch)) if eq else jnp.zeros((0,))
+        if not shared:
+            return loss + _penalty(lam, mu, g, h, rho_t, kind), (loss, metrics)
+        # Shared constraints act on the workers' average ḡ. With c = ∂penalty/∂g at ḡ, each
+        # worker adds cᵀg_i: averaging the workers' gradients then gives exactly
+        # ∇[f̄ + penalty(ḡ)] (the penalty is not linear in g, so penalty(g_i) would not).
+        g_bar = jax.lax.stop_gradient(jax.lax.pmean(g, axis_name))
+        h_bar = jax.lax.stop_gradient(jax.lax.pmean(h, axis_name))
+        cg, ch = jax.grad(_penalty, argnums=(2, 3))(lam, mu, g_bar, h_bar, rho_t, kind)
+        return loss + jnp.dot(cg, g) + jnp.dot(ch, h), (loss, metrics)
 
     def primal_grad(params, lam, mu, rho_t, batch, key):
         grads, aux = jax.grad(lagrangian, has_aux=True)(params, lam, mu, rho_t, batch, key)
         return jax.lax.pmean(grads, axis_name), aux
 
     def dual_ascent(params, lam, mu, rho_t, batch):
-        g, h = _values(ineq, params, batch, axis_name), _values(eq, params, batch, axis_name)
+        g = _values(ineq, params, batch, axis_name, shared)
+        h = _values(eq, params, batch, axis_name, shared)
         if kind == "lagrangian":  # gradient ascent on the multipliers
             return jnp.maximum(lam + dual_lr * g, 0.0), mu + dual_lr * h
         if kind == "augmented":  # the method of multipliers' exact update
@@ -89,13 +108,18 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
 
     def init(params, key):
         del key
-        lam = jnp.zeros((_count(ineq, params, num_ineq, "ineq"),))  # default float dtype
-        mu = jnp.zeros((_count(eq, params, num_eq, "eq"),))
+        # None, not a zero-size array, when absent (checkpoints cannot hold empty arrays)
+        n_in, n_eq = _count(ineq, params, num_ineq, "ineq"), _count(eq, params, num_eq, "eq")
+        lam = jnp.zeros((n_in,)) if n_in else None  # the default float dtype
+        mu = jnp.zeros((n_eq,)) if n_eq else None
         return LagrangianState(params, lam, mu, optimizer.init(params), jnp.asarray(float(rho)),
                                jnp.zeros((), jnp.int32))  # fmt: skip
 
     def step(state, batch, key):
-        lam, mu, params = state.ineq_multipliers, state.eq_multipliers, state.params
+        empty = jnp.zeros((0,))
+        lam = empty if state.ineq_multipliers is None else state.ineq_multipliers
+        mu = empty if state.eq_multipliers is None else state.eq_multipliers
+        params = state.params
         if method == "extragradient":  # 1. look-ahead point, 2. step with its gradients
             grads, _ = primal_grad(params, lam, mu, state.rho, batch, key)
             u, _ = optimizer.update(grads, state.opt_state, params)
@@ -117,12 +141,17 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
             new_lam = jnp.where(outer, new_lam, lam)
             new_mu = jnp.where(outer, new_mu, mu)
             rho_t = jnp.where(outer, jnp.minimum(state.rho * rho_growth, rho_max), state.rho)
-        g, h = (_values(ineq, new_params, batch, axis_name),
-                _values(eq, new_params, batch, axis_name))  # fmt: skip
+        g = _values(ineq, new_params, batch, axis_name, shared)
+        h = _values(eq, new_params, batch, axis_name, shared)
         violation = jnp.maximum(jnp.max(jnp.maximum(g, 0.0), initial=0.0),
                                 jnp.max(jnp.abs(h), initial=0.0))  # fmt: skip
+        if not shared:  # the worst worker's constraint
+            violation = jax.lax.pmax(violation, axis_name)
         metrics = {"loss": loss, **metrics, "violation": violation, "rho": state.rho}
-        new = LagrangianState(new_params, new_lam, new_mu, opt_state, rho_t, state.step + 1)
+        keep = lambda new_value, old: None if old is None else new_value
+        new = LagrangianState(new_params, keep(new_lam, state.ineq_multipliers),
+                              keep(new_mu, state.eq_multipliers), opt_state, rho_t,
+                              state.step + 1)  # fmt: skip
         return new, metrics
 
     return Algorithm(init, step)
@@ -139,6 +168,7 @@ def lagrangian(
     method: str = "simultaneous",
     num_ineq: int | None = None,
     num_eq: int | None = None,
+    shared_constraints: bool = True,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Gradient descent–ascent on :math:`L(θ, λ, μ) = f(θ) + λ^\top g(θ) + μ^\top h(θ)`:
@@ -148,7 +178,8 @@ def lagrangian(
     1976: a look-ahead step, then the step with the look-ahead gradients)."""
     return _make(loss_fn, optimizer, ineq, eq, kind="lagrangian", method=method,
                  dual_lr=dual_lr, rho=0.0, rho_growth=1.0, rho_max=0.0, update_every=1,
-                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq)  # fmt: skip
+                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
+                 shared=shared_constraints)  # fmt: skip
 
 
 @register("augmented_lagrangian")
@@ -165,6 +196,7 @@ def augmented_lagrangian(
     method: str = "simultaneous",
     num_ineq: int | None = None,
     num_eq: int | None = None,
+    shared_constraints: bool = True,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""The method of multipliers (Hestenes 1969; Powell 1969; Rockafellar 1973): minimise
@@ -179,7 +211,8 @@ def augmented_lagrangian(
         raise ValueError("augmented_lagrangian: need rho >= 0 and inner_steps >= 1")
     return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=0.0,
                  rho=rho, rho_growth=rho_growth, rho_max=rho_max, update_every=inner_steps,
-                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq)  # fmt: skip
+                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
+                 shared=shared_constraints)  # fmt: skip
 
 
 @register("quadratic_penalty")
@@ -195,6 +228,7 @@ def quadratic_penalty(
     inner_steps: int = 100,
     num_ineq: int | None = None,
     num_eq: int | None = None,
+    shared_constraints: bool = True,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Quadratic penalty: minimise :math:`f + \tfrac{ρ}{2}(\|\max(0, g)\|^2 + \|h\|^2)`,
@@ -202,4 +236,4 @@ def quadratic_penalty(
     return _make(loss_fn, optimizer, ineq, eq, kind="penalty", method="simultaneous",
                  dual_lr=0.0, rho=rho, rho_growth=rho_growth, rho_max=rho_max,
                  update_every=inner_steps, axis_name=axis_name, num_ineq=num_ineq,
-                 num_eq=num_eq)  # fmt: skip
+                 num_eq=num_eq, shared=shared_constraints)  # fmt: skip

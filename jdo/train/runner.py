@@ -136,6 +136,10 @@ def build(cfg: Mapping) -> Experiment:
     algorithm = _instantiate(
         cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **extra
     )
+    try:  # an algorithm may refuse the model at init (e.g. a Newton solve on a big model)
+        jax.eval_shape(algorithm.init, params, jax.random.key(0))
+    except ValueError as e:
+        raise ConfigError("algorithm", str(e)) from None
     return Experiment(algorithm, apply, loss_fn, params, data, dataset)
 
 

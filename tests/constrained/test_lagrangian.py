@@ -55,7 +55,8 @@ def _qp(seed=0):
     ineq = lambda x, b: jnp.asarray(g) @ x - jnp.asarray(h)
     res = minimize(lambda x: 0.5 * x @ p @ x + q @ x, np.zeros(n), jac=lambda x: p @ x + q,
                    hess=lambda x: p, constraints=[LinearConstraint(g, -np.inf, h)],
-                   method="trust-constr", options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 10000})  # fmt: skip
+                   method="trust-constr",
+                   options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 10000})  # fmt: skip
     x = res.x
     active = np.abs(g @ x - h) < 1e-6
     lam = np.zeros(m)  # KKT: Px + q + G_Aᵀ λ_A = 0, solved on scipy's active set
@@ -79,16 +80,16 @@ def test_augmented_lagrangian_matches_the_kkt_point_of_a_qp(float64):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda l, g: jdo.constrained.lagrangian(l, optax.sgd(0.05), ineq=g, dual_lr=0.05),
-        lambda l, g: jdo.constrained.lagrangian(l, optax.sgd(0.05), ineq=g, dual_lr=0.05,
+        lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05),
+        lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05,
                                                 method="alternating"),
-        lambda l, g: jdo.constrained.lagrangian(l, optax.sgd(0.05), ineq=g, dual_lr=0.05,
+        lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05,
                                                 method="extragradient"),
-        lambda l, g: jdo.constrained.augmented_lagrangian(l, optax.sgd(0.05), ineq=g, rho=1.0,
+        lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=1.0,
                                                           inner_steps=20),
-        lambda l, g: jdo.constrained.augmented_lagrangian(l, optax.sgd(0.05), ineq=g, rho=0.0,
+        lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=0.0,
                                                           inner_steps=20),
-        lambda l, g: jdo.constrained.quadratic_penalty(l, optax.sgd(0.05), ineq=g, rho=1.0,
+        lambda loss, g: jdo.constrained.quadratic_penalty(loss, optax.sgd(0.05), ineq=g, rho=1.0,
                                                        inner_steps=20),
     ],
     ids=["gda", "alternating", "extragradient", "augmented", "augmented_rho0", "penalty"],
@@ -128,3 +129,19 @@ def test_constraint_count_needs_the_batch_or_num_ineq():
         jdo.constrained.lagrangian(loss_fn, optax.sgd(0.1), ineq=rate).init(jnp.zeros(2), None)
     algo = jdo.constrained.lagrangian(loss_fn, optax.sgd(0.1), ineq=rate, num_ineq=1)
     assert algo.init(jnp.zeros(2), None).ineq_multipliers.shape == (1,)
+
+
+@pytest.mark.parametrize("shared,expected", [(True, 0.25), (False, 0.4)])
+def test_shared_or_per_worker_constraints(shared, expected, float64):
+    """min x² s.t. c_i − x <= 0 with c = (0.1, 0.2, 0.3, 0.4) on the 4 workers: averaged, the
+    constraint is x >= mean c = 0.25; per worker, every one must hold: x >= max c = 0.4."""
+    loss_fn = lambda x, b, key=None: (jnp.sum(x**2), {})
+    ineq = lambda x, b: {"c": b["c"] - x}  # a pytree of constraints works too
+    algo = jdo.constrained.augmented_lagrangian(loss_fn, optax.sgd(0.1), ineq=ineq, rho=5.0,
+                                                inner_steps=50, num_ineq=1,
+                                                shared_constraints=shared)  # fmt: skip
+    state, metrics = _run(
+        algo, jnp.zeros(1), {"c": jnp.asarray([[0.1], [0.2], [0.3], [0.4]])}, 3000
+    )
+    np.testing.assert_allclose(state.params[:, 0], expected, atol=1e-7)
+    assert metrics["violation"][-1].max() <= 1e-7

@@ -28,6 +28,8 @@ def _needs(option_override, tmp_path):
         "partition=natural": ["task=quadratics"],
         "partition=shard": ["partition.shards_per_worker=2"],
         "lifting=shard_map": ["workers=8"],
+        "algorithm=consensus_admm": ["task=least_squares", "trainer.batch_size=null"],
+        "algorithm=decentralized_admm": ["task=least_squares", "trainer.batch_size=null"],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
@@ -95,6 +97,10 @@ def test_bad_values_name_the_key(overrides, message, make_cfg):
         (("task=npz", "task.data.path=/no/file.npz"), ".npz file not found: /no/file.npz"),
         (("partition=natural",), "partition: the digits data has no natural partition"),
         (("model=cnn", "task=least_squares"), "model: ValueError: CNN needs image inputs"),
+        (
+            ("algorithm=consensus_admm", "algorithm.solver=newton"),
+            "algorithm: consensus_admm: the Newton x-update needs the Hessian of 26122 parameters",
+        ),
     ],
 )
 def test_bad_inputs_fail_before_compiling(overrides, message, make_cfg, tmp_path):
