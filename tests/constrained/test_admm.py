@@ -37,7 +37,8 @@ def _problem(kind="regression", seed=0):
     batch = {"x": jnp.asarray(np.stack([a[p] for p in parts])),
              "y": jnp.asarray(y[..., None] if kind == "regression" else y),
              "weight": jnp.ones((W, N // W))}  # fmt: skip
-    return a, b, loss_fn, jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params), batch
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    return a, b, loss_fn, jax.tree.map(lambda p: jnp.asarray(p, dtype), params), batch
 
 
 def _solve(algo, params, batch, steps, lifting="vmap", mesh=None):
