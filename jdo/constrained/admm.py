@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -229,7 +230,13 @@ def decentralized_admm(
     solve, check = _local_solver(solver, optimizer, inner_steps, "decentralized_admm")
     if topology.period != 1:
         raise ValueError("decentralized_admm needs a static topology")
-    degree = [len(p) for p in topology.peers()]
+    w = topology.mixing_matrix()
+    adjacency = (w > 0) & ~np.eye(topology.n, dtype=bool)  # what neighbour_sum sums over
+    if not np.array_equal(adjacency, adjacency.T):
+        raise ValueError(f"decentralized_admm needs an undirected topology; {topology!r} is not")
+    degree = adjacency.sum(axis=1).tolist()
+    if topology.n > 1 and min(degree) == 0:
+        raise ValueError(f"decentralized_admm: a worker of {topology!r} has no neighbour")
 
     def init(params, key):
         del key

@@ -21,6 +21,7 @@ import optax
 
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
+from jdo.comm.collectives import varying
 
 ConstraintFn = Callable[[Any, Any], jax.Array]
 METHODS = ("simultaneous", "alternating", "extragradient")
@@ -88,8 +89,9 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
         # Shared constraints act on the workers' average ḡ. With c = ∂penalty/∂g at ḡ, each
         # worker adds cᵀg_i: averaging the workers' gradients then gives exactly
         # ∇[f̄ + penalty(ḡ)] (the penalty is not linear in g, so penalty(g_i) would not).
-        g_bar = jax.lax.stop_gradient(jax.lax.pmean(g, axis_name))
-        h_bar = jax.lax.stop_gradient(jax.lax.pmean(h, axis_name))
+        # varying(): typed per worker, else shard_map sums the gradient over the workers.
+        g_bar = varying(jax.lax.stop_gradient(jax.lax.pmean(g, axis_name)), axis_name)
+        h_bar = varying(jax.lax.stop_gradient(jax.lax.pmean(h, axis_name)), axis_name)
         cg, ch = jax.grad(_penalty, argnums=(2, 3))(lam, mu, g_bar, h_bar, rho_t, kind)
         return loss + jnp.dot(cg, g) + jnp.dot(ch, h), (loss, metrics)
 
@@ -102,8 +104,9 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
         h = _values(eq, params, batch, axis_name, shared)
         if kind == "lagrangian":  # gradient ascent on the multipliers
             return jnp.maximum(lam + dual_lr * g, 0.0), mu + dual_lr * h
-        if kind == "augmented":  # the method of multipliers' exact update
-            return jnp.maximum(lam + rho_t * g, 0.0), mu + rho_t * h
+        if kind == "augmented":  # the method of multipliers: dual step ρ (or dual_lr if given)
+            step = rho_t if dual_lr is None else dual_lr
+            return jnp.maximum(lam + step * g, 0.0), mu + step * h
         return lam, mu  # quadratic penalty: no multipliers
 
     def init(params, key):
@@ -193,6 +196,7 @@ def augmented_lagrangian(
     rho_growth: float = 1.0,
     rho_max: float = 1e4,
     inner_steps: int = 100,
+    dual_lr: float | None = None,
     method: str = "simultaneous",
     num_ineq: int | None = None,
     num_eq: int | None = None,
@@ -206,10 +210,15 @@ def augmented_lagrangian(
 
     with ``inner_steps`` steps of ``optimizer``, then :math:`λ \leftarrow \max(0, λ + ρ g)`,
     :math:`μ \leftarrow μ + ρ h` and :math:`ρ \leftarrow \min(ρ·\text{rho\_growth},
-    \text{rho\_max})`. ``rho=0`` reduces to the plain Lagrangian without a 0/0."""
+    \text{rho\_max})`. ``dual_lr`` replaces ρ as the multipliers' step if given. ``rho=0``
+    (which needs ``dual_lr``) is the plain Lagrangian with periodic dual steps, computed
+    without a 0/0 (a NaN there is an open Cooper bug)."""
+    if rho == 0 and not dual_lr:
+        raise ValueError("augmented_lagrangian: rho=0 leaves the multipliers still; give "
+                         "dual_lr > 0 (or use lagrangian)")  # fmt: skip
     if rho < 0 or inner_steps < 1:
         raise ValueError("augmented_lagrangian: need rho >= 0 and inner_steps >= 1")
-    return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=0.0,
+    return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=dual_lr,
                  rho=rho, rho_growth=rho_growth, rho_max=rho_max, update_every=inner_steps,
                  axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
                  shared=shared_constraints)  # fmt: skip

@@ -72,7 +72,7 @@ def powersgd(
         qs = treedef.flatten_up_to(state.qs)
         memory = treedef.flatten_up_to(state.memory)
         out, new_qs, new_memory = [], [], []
-        for g, q, e in zip(leaves, qs, memory, strict=True):
+        for leaf, (g, q, e) in enumerate(zip(leaves, qs, memory, strict=True)):
             if q is None:
                 out.append(jax.lax.pmean(g, axis_name))
                 new_qs.append(None)
@@ -81,8 +81,9 @@ def powersgd(
             n, m = _matrix_shape(g.shape)
             mat = (g + e if error_feedback else g).reshape(n, m)
             if not warm_start:  # a fresh random Q each step (same on every worker)
-                q = jax.random.normal(jax.random.fold_in(jax.random.key(seed), state.count),
-                                      q.shape, q.dtype)  # fmt: skip
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), leaf),
+                                         state.count)  # fmt: skip
+                q = jax.random.normal(key, q.shape, q.dtype)
             p = jax.lax.pmean(mat @ q, axis_name)  # all-reduce 1: [n, r]
             p, _ = jnp.linalg.qr(p)  # orthonormal columns
             q_new = jax.lax.pmean(mat.T @ p, axis_name)  # all-reduce 2: [m, r]

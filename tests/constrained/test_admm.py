@@ -132,3 +132,5 @@ def test_bad_arguments():
         jdo.constrained.consensus_admm(loss_fn, rho=0.0)
     with pytest.raises(ValueError, match="solver='gradient' needs an optimizer"):
         jdo.constrained.consensus_admm(loss_fn, solver="gradient")
+    with pytest.raises(ValueError, match="needs an undirected topology"):
+        jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W, directed=True))

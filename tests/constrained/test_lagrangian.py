@@ -88,7 +88,7 @@ def test_augmented_lagrangian_matches_the_kkt_point_of_a_qp(float64):
         lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=1.0,
                                                           inner_steps=20),
         lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=0.0,
-                                                          inner_steps=20),
+                                                          dual_lr=0.5, inner_steps=20),
         lambda loss, g: jdo.constrained.quadratic_penalty(loss, optax.sgd(0.05), ineq=g, rho=1.0,
                                                        inner_steps=20),
     ],
@@ -145,3 +145,41 @@ def test_shared_or_per_worker_constraints(shared, expected, float64):
     )
     np.testing.assert_allclose(state.params[:, 0], expected, atol=1e-7)
     assert metrics["violation"][-1].max() <= 1e-7
+
+
+ACTIVE = {
+    "gda": lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.1),
+    "extragradient": lambda loss, g: jdo.constrained.lagrangian(
+        loss, optax.sgd(0.05), ineq=g, dual_lr=0.1, method="extragradient"),
+    "augmented": lambda loss, g: jdo.constrained.augmented_lagrangian(
+        loss, optax.sgd(0.05), ineq=g, rho=1.0, inner_steps=20),
+    "augmented_rho0": lambda loss, g: jdo.constrained.augmented_lagrangian(
+        loss, optax.sgd(0.05), ineq=g, rho=0.0, dual_lr=0.5, inner_steps=20),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lifting", jdo.LIFTINGS)
+@pytest.mark.parametrize("name", ACTIVE)
+def test_an_active_constraint_and_its_multiplier_under_both_liftings(name, lifting, float64):
+    """min ||x − 1||² s.t. x1 + x2 <= 1 over 8 workers: x* = (0.5, 0.5), λ* = 1 (2(x − 1) + λ = 0).
+    The multiplier must not depend on the lifting (shard_map sums gradients of shared values)."""
+    loss_fn = lambda x, b, key=None: (jnp.sum((x - 1.0) ** 2), {})
+    ineq = lambda x, b: x[0] + x[1] - 1.0
+    algo = ACTIVE[name](loss_fn, ineq)
+    mesh = jdo.train.make_mesh(8) if lifting == "shard_map" else None
+    init = jax.jit(jdo.lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
+    step = jax.jit(jdo.lift(algo.step, lifting, mesh=mesh, in_axes=(0, 0, None)))
+    state = init(jnp.zeros(2), jnp.zeros((8, 2), jnp.uint32))
+    batch = {"w": jnp.zeros(8)}
+    for t in range(1500):
+        state, _ = step(state, batch, jax.random.key(0))
+        if t % 16 == 0:
+            jax.block_until_ready(state)
+    np.testing.assert_allclose(state.params, 0.5, atol=1e-6)
+    np.testing.assert_allclose(state.ineq_multipliers, 1.0, atol=1e-5)
+
+
+def test_augmented_lagrangian_rho_0_needs_a_dual_step():
+    with pytest.raises(ValueError, match="rho=0 leaves the multipliers still; give dual_lr"):
+        jdo.constrained.augmented_lagrangian(lambda x, b, k=None: (x, {}), optax.sgd(0.1),
+                                             ineq=lambda x, b: x, rho=0.0)  # fmt: skip

@@ -80,6 +80,22 @@ def test_powersgd_full_rank_is_exact_and_low_rank_is_rank_r(lifting, mesh8):
     np.testing.assert_allclose(low["w"][0] + state.memory["w"].mean(0), G["w"].mean(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("lifting", jdo.LIFTINGS)
+def test_powersgd_matches_a_numpy_power_iteration(lifting, mesh8):
+    tx = jdo.transforms.powersgd(rank=3)
+    outs, state = _apply(tx, G, lifting, mesh8, steps=2)
+    q = np.asarray(tx.init(jax.tree.map(lambda g: g[0], G)).qs["w"], np.float64)
+    memory = np.zeros_like(G["w"], np.float64)
+    for out in outs:  # the reference: error feedback, P = mean M Q, orth, Q = mean Mᵀ P̂
+        m = G["w"] + memory
+        p_hat = np.linalg.qr(np.mean(m @ q, axis=0))[0]
+        q = np.mean(np.transpose(m, (0, 2, 1)) @ p_hat, axis=0)
+        approx = p_hat @ q.T
+        memory = m - approx
+        np.testing.assert_allclose(out["w"][0], approx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(state.qs["w"][0], q, rtol=1e-4, atol=1e-4)
+
+
 def test_powersgd_bytes_are_the_two_factors(mesh8):
     tx = jdo.transforms.powersgd(rank=2)
     one = jax.tree.map(lambda g: g[0], G)
