@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jdo._axis import WORKERS
+from jdo.algorithms.allreduce_sgd import _check_optimizer
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.gossip import mix, mix_rounds
 from jdo.topology import Topology
@@ -16,8 +17,7 @@ from jdo.transforms.gossip import gossip
 
 
 def _check(optimizer, topology, name, stochastic=("doubly",)):
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"{name}: optimizer must be an optax.GradientTransformation")
+    _check_optimizer(optimizer, name)
     if not isinstance(topology, Topology):
         raise TypeError(f"{name}: topology must be a jdo.topology.Topology, got {topology!r}")
     if topology.stochastic not in stochastic:

@@ -1,6 +1,7 @@
 """Collectives over the worker axis and their communication cost."""
 
 from jdo.comm.collectives import (
+    gather_mean,
     mean,
     mean_reference,
     num_workers,
@@ -23,6 +24,7 @@ from jdo.comm.gossip import (
 __all__ = [
     "KINDS",
     "collective_bytes",
+    "gather_mean",
     "gossip_average",
     "group_mean",
     "hlo_collective_bytes",

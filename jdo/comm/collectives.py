@@ -7,6 +7,7 @@ stacked result every worker should hold.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS
@@ -55,6 +56,16 @@ def varying(x, axis_name: str = WORKERS):
         return jax.lax.pcast(a, axis_name, to="varying")
 
     return jax.tree.map(one, x)
+
+
+def gather_mean(payloads, decode, axis_name: str = WORKERS, weights=None):
+    """The all-reduce of compressed values: all-gathers every worker's ``payloads`` (what
+    travels) and returns ``Σ_j weights_j · decode(payload_j)`` (the plain mean without
+    ``weights``, a ``[W]`` vector the same on every worker)."""
+    decoded = jax.vmap(decode)(jax.lax.all_gather(payloads, axis_name))  # every leaf [W, ...]
+    if weights is None:
+        return jax.tree.map(lambda d: d.mean(axis=0), decoded)
+    return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), decoded)
 
 
 def mean_reference(xs: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import gather_mean, varying
 from jdo.topology import Schedule, Topology, make_schedule
 
 
@@ -55,9 +55,7 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None)
     _check_size(topology, axis_name)
     if topology.is_complete:  # typed per-worker again, like the result of any other graph
         if decode is not None:
-            gathered = jax.lax.all_gather(x, axis_name)
-            mean = jax.tree.map(lambda d: jnp.mean(d, 0), jax.vmap(decode)(gathered))
-            return varying(mean, axis_name)
+            return varying(gather_mean(x, decode, axis_name), axis_name)
         return varying(jax.lax.pmean(x, axis_name), axis_name)
     decode = decode or (lambda v: v)
     branches = [

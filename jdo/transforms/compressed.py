@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jdo._axis import WORKERS
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import gather_mean, varying
 from jdo.compress import Compressor, compress_tree, decompress_tree
 
 ERROR_FEEDBACK = ("ef", "ef21", None)
@@ -25,14 +25,6 @@ def worker_key(seed: int, count, axis_name: str = WORKERS) -> jax.Array:
     """A key for this worker and step: ``fold_in(fold_in(key(seed), worker), count)``."""
     key = jax.random.fold_in(jax.random.key(seed), jax.lax.axis_index(axis_name))
     return jax.random.fold_in(key, count)
-
-
-def gather_mean(compressor: Compressor, payloads, like, axis_name: str = WORKERS):
-    """All-gathers every worker's payloads and returns the mean of their decompressions: the
-    all-reduce of compressed values (what travels is each worker's payload)."""
-    gathered = jax.lax.all_gather(payloads, axis_name)  # every leaf [W, ...]
-    decoded = jax.vmap(lambda p: decompress_tree(compressor, p, like))(gathered)
-    return jax.tree.map(lambda d: jnp.mean(d, axis=0), decoded)
 
 
 def compressed_all_reduce(
@@ -71,6 +63,9 @@ def compressed_all_reduce(
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
 
+    def decode(like):  # a payload decoder for values shaped like `like`
+        return lambda payloads: decompress_tree(compressor, payloads, like)
+
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
         memory = zeros if error_feedback else ()
@@ -82,18 +77,18 @@ def compressed_all_reduce(
         if error_feedback == "ef21":
             delta = jax.tree.map(jnp.subtract, updates, state.memory)
             payloads = compress_tree(compressor, delta, key)
-            mine = decompress_tree(compressor, payloads, delta)
+            mine = decode(delta)(payloads)
             memory = jax.tree.map(jnp.add, state.memory, mine)
             estimate = jax.tree.map(
-                jnp.add, state.estimate, gather_mean(compressor, payloads, delta, axis_name)
+                jnp.add, state.estimate, gather_mean(payloads, decode(delta), axis_name)
             )
             return estimate, memory, estimate
         sent = jax.tree.map(jnp.add, updates, state.memory) if error_feedback else updates
         payloads = compress_tree(compressor, sent, key)
         memory = state.memory
         if error_feedback:
-            memory = jax.tree.map(jnp.subtract, sent, decompress_tree(compressor, payloads, sent))
-        return gather_mean(compressor, payloads, sent, axis_name), memory, state.estimate
+            memory = jax.tree.map(jnp.subtract, sent, decode(sent)(payloads))
+        return gather_mean(payloads, decode(sent), axis_name), memory, state.estimate
 
     def dense(updates, state):
         mean = jax.lax.pmean(updates, axis_name)

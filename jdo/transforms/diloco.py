@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jdo._axis import WORKERS
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import gather_mean, varying
 from jdo.compress import Compressor, compress_tree, decompress_tree
 from jdo.transforms.compressed import worker_key
 
@@ -105,9 +105,9 @@ def diloco(
             me = mask[jax.lax.axis_index(axis_name)]
             return jax.tree.map(lambda d: jax.lax.psum(d * me, axis_name) / k, delta)
         key = worker_key(seed, round_ * fragments + fragment, axis_name)
-        gathered = jax.lax.all_gather(compress_tree(compressor, delta, key), axis_name)
-        decoded = jax.vmap(lambda p: decompress_tree(compressor, p, delta))(gathered)
-        return jax.tree.map(lambda d: jnp.tensordot(mask, d, axes=1) / k, decoded)
+        payloads = compress_tree(compressor, delta, key)
+        decode = lambda p: decompress_tree(compressor, p, delta)
+        return gather_mean(payloads, decode, axis_name, weights=mask / k)
 
     def update_fn(updates, state, params=None):
         if params is None:

@@ -103,9 +103,10 @@ def test_powersgd_bytes_are_the_two_factors(mesh8):
     assert counted["all-reduce"] == 4 * ((40 + 30) * 2 + 30)  # P, Q, and the dense bias
 
 
+@pytest.mark.parametrize("graph", ["ring", "complete"])  # complete: an all-gather of payloads
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
-def test_choco_with_identity_and_gamma_1_is_exact_gossip(lifting, mesh8):
-    topo = T.ring(W)
+def test_choco_with_identity_and_gamma_1_is_exact_gossip(lifting, graph, mesh8):
+    topo = T.ring(W) if graph == "ring" else T.complete(W)
     params = jax.tree.map(lambda g: -g, G)
     choco = optax.chain(optax.sgd(0.1), jdo.transforms.choco(topo, C.identity(), gamma=1.0))
     gossip = optax.chain(optax.sgd(0.1), jdo.transforms.gossip(topo))
