@@ -47,8 +47,10 @@ class Experiment:
     apply: Callable  # apply(params, x) -> model output
     loss_fn: Callable  # loss_fn(params, batch, key) -> (loss, metrics)
     params: Any  # initial params, shared by every worker
-    data: WorkerData  # every worker's part of the training set, [W, n_max, ...]
-    dataset: Dataset  # for the test set, the data kind and a known optimum
+    # Every worker's part of the training set, [W, n_max, ...]; None for tasks that make
+    # their own data inside ``algorithm.step`` (reinforcement learning: step gets batch=None).
+    data: WorkerData | None
+    dataset: Dataset | None  # the test set, the data kind and a known optimum; None: no eval
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +104,10 @@ def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed:
 
 def build(cfg: Mapping) -> Experiment:
     """Data, model and algorithm from a validated config (see ``conf/``)."""
+    if cfg["task"].get("kind") == "rl":  # environments instead of a dataset
+        from jdo.train.rl import build_rl
+
+        return build_rl(cfg)
     workers, seed = int(cfg["workers"]), int(cfg["seed"])
     dataset = _instantiate(cfg["task"]["data"], "task.data")
     parts = split_data(dataset, cfg["partition"], workers, seed)
@@ -170,6 +176,8 @@ def consensus_distance(params_stacked) -> jax.Array:
 def make_evaluate(exp: Experiment, batch_size: int):
     """``evaluate(params_stacked) -> metrics``: test metrics of the averaged model and of every
     worker (mean/min/max), the consensus distance, and the distance to a known optimum."""
+    if exp.dataset is None:  # no test set: only the consensus distance
+        return jax.jit(lambda params_stacked: {"consensus": consensus_distance(params_stacked)})
     batches = jax.device_put(_test_batches(exp.dataset, batch_size))
     optimum = exp.dataset.optimum
     if optimum is not None and jax.tree.structure(optimum) != jax.tree.structure(exp.params):
@@ -239,22 +247,23 @@ def fit(
         if mesh is not None
         else jax.device_put
     )
-    data = place(tuple(exp.data))
+    data = place(tuple(exp.data)) if exp.data is not None else ()
     key = jax.random.key(seed)
     init_key, run_key = jax.random.split(key)
 
     # -- per-worker chunk of K steps, lifted once ------------------------------------------------
-    def worker_step(state, x, y, count, key, t):
+    def worker_step(state, data, key, t):
         k = jax.random.fold_in(jax.random.fold_in(key, comm.worker_index()), t)
         batch_key, step_key = jax.random.split(k)
-        return algo.step(state, sample_batch(x, y, count, batch_key, batch_size), step_key)
+        batch = sample_batch(*data, batch_key, batch_size) if data else None
+        return algo.step(state, batch, step_key)
 
-    def worker_chunk(state, x, y, count, key, step0):
-        body = lambda s, t: worker_step(s, x, y, count, key, t)
+    def worker_chunk(state, data, key, step0):
+        body = lambda s, t: worker_step(s, data, key, t)
         return jax.lax.scan(body, state, step0 + jnp.arange(log_every))
 
     chunk = jax.jit(
-        lift(worker_chunk, lifting, mesh=mesh, in_axes=(0, 0, 0, 0, None, None)),
+        lift(worker_chunk, lifting, mesh=mesh, in_axes=(0, 0, None, None)),
         donate_argnums=0,
     )
     init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
@@ -264,13 +273,13 @@ def fit(
     t0 = time.perf_counter()
     state = init(exp.params, init_keys)
     step0 = jnp.zeros((), jnp.int32)
-    compiled = chunk.lower(state, *data, run_key, step0).compile()
+    compiled = chunk.lower(state, data, run_key, step0).compile()
     one_worker = lambda tree: jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
     )
     count = lambda conditionals: comm.worker_bytes(
-        worker_step, workers, one_worker(state), *one_worker(data), run_key, step0,
-        in_axes=(0, 0, 0, 0, None, None), platform=jax.default_backend(),
+        worker_step, workers, one_worker(state), one_worker(data), run_key, step0,
+        in_axes=(0, 0, None, None), platform=jax.default_backend(),
         conditionals=conditionals,
     )  # fmt: skip
     step_bytes = count("max")  # a step that communicates
@@ -288,14 +297,16 @@ def fit(
             trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb")))
     tracker = MultiTracker(trackers)
     bar = _progress(steps, progress)
-    samples_per_step = batch_size or float(np.mean(exp.data.count))  # per worker
+    samples_per_step = (  # per worker
+        batch_size or float(np.mean(exp.data.count)) if exp.data is not None else 0
+    )
     record: dict[str, Any] = {}
     pending = None
     t_start = t_last = time.perf_counter()
     try:
         for c in range(num_chunks + 1):
             if c < num_chunks:
-                state, metrics = compiled(state, *data, run_key, jnp.int32(c * log_every))
+                state, metrics = compiled(state, data, run_key, jnp.int32(c * log_every))
             if pending is not None:
                 done_step, done_metrics, done_params = pending
                 record = _train_record(done_metrics, done_step, bytes_per_step, quiet_bytes)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -135,3 +136,29 @@ def test_topology_size_must_match_workers(make_cfg, tmp_path):
 
     with pytest.raises(ConfigError, match=r"topology.n: must equal workers \(8\), got 4"):
         run(make_cfg("algorithm=dpsgd", "topology.n=4", "debug=smoke"), str(tmp_path))
+
+
+def test_fit_without_data_passes_no_batch():
+    """Tasks that make their own data (RL) give Experiment(data=None): step gets batch=None."""
+    import optax
+
+    from jdo.algorithms import Algorithm
+    from jdo.train import fit
+    from jdo.train.runner import Experiment
+
+    def init(params, key):
+        return {"params": params, "t": jnp.zeros((), jnp.int32)}
+
+    def step(state, batch, key):
+        assert batch is None
+        grads = jax.tree.map(lambda p: p - 1.0, state["params"])
+        params = optax.apply_updates(state["params"], jax.tree.map(lambda g: -0.5 * g, grads))
+        return {"params": params, "t": state["t"] + 1}, {"loss": jnp.sum(params["w"] ** 2)}
+
+    algo = Algorithm(init, step, params=lambda s: s["params"])
+    exp = Experiment(algo, None, None, {"w": jnp.zeros(3)}, None, None)
+    out = fit(exp, workers=4, steps=20, batch_size=None, log_every=10, eval_every=10,
+              progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out["state"]["t"], np.full(4, 20))
+    np.testing.assert_allclose(out["state"]["params"]["w"], 1 - 0.5**20, rtol=1e-6)
+    assert out["consensus"] == 0.0
