@@ -1,0 +1,115 @@
+"""The content digest and the Checkpointer: atomic orbax saves plus integrity on restore."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jdo.train.checkpoint import Checkpointer, CorruptCheckpoint, tree_digest
+
+
+def _state(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "w": jnp.asarray(rng.normal(size=(8, 5, 3)), jnp.float32),
+        "b16": jnp.asarray(rng.normal(size=(8, 7)), jnp.bfloat16),
+        "count": jnp.arange(8, dtype=jnp.int32),
+        "flag": jnp.asarray(rng.random(8) > 0.5),
+        "key": jax.random.split(jax.random.key(seed), 8),
+        "i8": jnp.asarray(rng.integers(-100, 100, size=(8, 3)), jnp.int8),
+    }
+
+
+def test_digest_detects_every_single_bit_flip():
+    state = _state()
+    ref = tree_digest(state)
+    assert ref == tree_digest(jax.tree.map(lambda x: x, state))  # deterministic
+    for name in ("w", "b16", "count", "i8"):
+        x = np.asarray(state[name])
+        raw = x.view(np.uint8).reshape(-1)
+        for pos in range(0, raw.size, max(1, raw.size // 17)):
+            for bit in (0, 7):
+                flipped = raw.copy()
+                flipped[pos] ^= np.uint8(1 << bit)
+                changed = {**state, name: jnp.asarray(flipped.view(x.dtype).reshape(x.shape))}
+                assert tree_digest(changed) != ref, (name, pos, bit)
+    # keys and booleans too
+    other_key = {**state, "key": state["key"].at[3].set(jax.random.key(99))}
+    assert tree_digest(other_key) != ref
+    assert tree_digest({**state, "flag": ~state["flag"]}) != ref
+    # structure, shape and dtype are part of the digest
+    assert tree_digest({**state, "count": state["count"].astype(jnp.uint32)}) != ref
+    assert tree_digest({**state, "w": state["w"].reshape(8, 3, 5)}) != ref
+
+
+def test_digest_does_not_depend_on_sharding(mesh8):
+    state = _state()
+    sharded = jax.device_put(state, NamedSharding(mesh8, P("workers")))
+    assert tree_digest(sharded) == tree_digest(state)
+
+
+def _save(directory, steps, **kwargs):
+    with Checkpointer(str(directory), keep_last=10, **kwargs) as ckpt:
+        for step in steps:
+            ckpt.save(step, _state(step), {"note": f"s{step}"})
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_round_trip_newest(tmp_path, async_save):
+    _save(tmp_path, [10, 20], async_save=async_save)
+    with Checkpointer(str(tmp_path)) as ckpt:
+        assert ckpt.steps() == [10, 20]
+        step, state, meta = ckpt.restore_latest(jax.tree.map(_abstract, _state()))
+    assert step == 20 and meta["note"] == "s20" and meta["step"] == 20
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(_state(20)), strict=True):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _abstract(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        jax.devices()[0]))  # fmt: skip
+
+
+def _largest_file(folder, data: bool = True):
+    """The largest file of array data (orbax's merged OCDBT store ``state/d/``; the
+    ``ocdbt.process_*`` copies are not read on restore) or of array metadata."""
+    store = os.path.join(folder, "state", "d" if data else "array_metadatas")
+    files = [os.path.join(store, f) for f in os.listdir(store)]
+    return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("data", [True, False], ids=["data", "metadata"])
+def test_flipped_byte_in_newest_is_named_and_previous_used(tmp_path, data):
+    _save(tmp_path, [10, 20])
+    victim = _largest_file(tmp_path / "20", data)
+    data = bytearray(open(victim, "rb").read())
+    data[len(data) // 2] ^= 0x01
+    open(victim, "wb").write(bytes(data))
+    reports = []
+    with Checkpointer(str(tmp_path)) as ckpt:
+        step, state, _ = ckpt.restore_latest(
+            jax.tree.map(_abstract, _state()), on_corrupt=reports.append
+        )
+        assert ckpt.steps() == [10]
+    assert step == 10
+    assert len(reports) == 1 and str(tmp_path / "20") in reports[0]
+    assert os.path.isdir(tmp_path / "20.corrupt")  # moved aside, not deleted
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(_state(10)["w"]))
+
+
+def test_restore_step_raises_on_missing_file(tmp_path):
+    _save(tmp_path, [10])
+    os.remove(_largest_file(tmp_path / "10"))  # array data
+    with Checkpointer(str(tmp_path)) as ckpt, pytest.raises(CorruptCheckpoint, match="10"):
+        ckpt.restore_step(10, jax.tree.map(_abstract, _state()))
+
+
+def test_no_checkpoint_gives_none(tmp_path):
+    with Checkpointer(str(tmp_path)) as ckpt:
+        assert ckpt.restore_latest(jax.tree.map(_abstract, _state())) is None
