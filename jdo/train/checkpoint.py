@@ -167,7 +167,9 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
-            raise CorruptCheckpoint(f"{path}: cannot be restored ({type(e).__name__}: {e})")
+            raise CorruptCheckpoint(
+                f"{path}: cannot be restored ({type(e).__name__}: {e})"
+            ) from None
         state, meta = out["state"], dict(out["meta"])
         expected = meta.get(DIGEST_KEY)
         if expected is None:
