@@ -2,6 +2,7 @@
 per-worker RL algorithms (A2C, PPO, bounded-staleness A3C) over the worker axis."""
 
 from jdo.rl.a2c import A3CState, ActorCriticState, a2c, a3c, actor_critic_loss
+from jdo.rl.anakin import ALGORITHMS, evaluate_policy, make_network, make_train
 from jdo.rl.envs import (
     ENVS,
     ActionSpace,
@@ -17,6 +18,7 @@ from jdo.rl.envs import (
     vectorize,
 )
 from jdo.rl.networks import ActorCritic, Policy, make_policy
+from jdo.rl.ppo import PPOState, make_ppo_update, minibatch_indices, ppo, ppo_loss
 from jdo.rl.rollout import (
     EpisodeStats,
     Transition,
@@ -30,10 +32,17 @@ from jdo.rl.rollout import (
 
 __all__ = [
     "A3CState",
+    "ALGORITHMS",
+    "ActionSpace",
     "ActorCritic",
     "ActorCriticState",
+    "ENVS",
+    "Env",
+    "EnvState",
     "EpisodeStats",
+    "PPOState",
     "Policy",
+    "RunningMoments",
     "Transition",
     "a2c",
     "a3c",
@@ -42,19 +51,21 @@ __all__ = [
     "episode_stats_init",
     "episode_stats_metrics",
     "episode_stats_update",
+    "evaluate_policy",
     "gae",
-    "make_policy",
-    "rollout",
-    "ENVS",
-    "ActionSpace",
-    "Env",
-    "EnvState",
-    "RunningMoments",
     "make_env",
+    "make_network",
+    "make_policy",
+    "make_ppo_update",
+    "make_train",
     "make_vec_env",
+    "minibatch_indices",
     "moments_init",
     "moments_update",
     "normalize_observation",
     "normalize_reward",
+    "ppo",
+    "ppo_loss",
+    "rollout",
     "vectorize",
 ]

@@ -71,6 +71,7 @@ class Env:
       action_space: an :class:`ActionSpace`.
       num_envs: ``None`` for a single environment; ``n`` for ``vectorize(env, n)`` (every
         output then has a leading ``[n]`` axis, ``key`` stays one key).
+      max_episode_steps: the time limit (an episode is truncated after this many steps).
     """
 
     name: str
@@ -79,6 +80,7 @@ class Env:
     observation_shape: tuple[int, ...]
     action_space: ActionSpace
     num_envs: int | None = None
+    max_episode_steps: int | None = None
 
     @property
     def observation_size(self) -> int:
@@ -169,7 +171,7 @@ def make_env(name: str, **params) -> Env:
         return obs.astype(jnp.float32), _strong(new_state), reward, terminated, truncated, info
 
     obs_shape = tuple(int(s) for s in gym_env.observation_space(env_params).shape)
-    return Env(name, reset, step, obs_shape, space)
+    return Env(name, reset, step, obs_shape, space, None, int(env_params.max_steps_in_episode))
 
 
 def vectorize(env: Env, num_envs: int) -> Env:
