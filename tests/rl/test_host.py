@@ -1,0 +1,235 @@
+"""Host (gymnasium) environments: autoreset masking, masked returns, Sebulba learning."""
+
+import functools
+import time
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jdo.models import MLP, functional
+from jdo.rl import host
+
+
+class Countdown(gym.Env):
+    """A deterministic episode of ``length`` steps: obs = [steps taken], reward of the step
+    taken from obs ``k`` is ``k + 1``; terminates on reaching ``length`` (the terminal obs)."""
+
+    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, lengths=(2, 3, 4)):
+        self.lengths, self.length, self.t = lengths, lengths[0], 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.length = self.lengths[seed % len(self.lengths)]
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), float(self.t), self.t == self.length, False, {}
+
+
+def _constant_policy(params, obs, key):
+    del params, key
+    return jnp.zeros(obs.shape[0], jnp.int32)
+
+
+def _actor(autoreset, num_envs=3, env=Countdown):
+    envs = host.make_vector_env(env, num_envs, autoreset=autoreset)
+    return host.HostActor(envs, _constant_policy, seed=0)  # lengths 2, 3, 4
+
+
+def test_next_step_reset_transitions_are_masked():
+    actor = _actor("next_step")
+    r = actor.rollout(None, jax.random.key(0), 13)
+    lengths = np.array([2, 3, 4])
+    # A reset transition starts from the terminal obs (t == length) and is the only kind that
+    # does: a transition across an episode boundary is never valid.
+    at_terminal = r.obs[..., 0] == lengths
+    np.testing.assert_array_equal(r.valid, ~at_terminal)
+    assert (~r.valid).sum() == sum(13 // (n + 1) for n in lengths)  # one per finished episode
+    v = r.valid
+    np.testing.assert_array_equal(r.next_obs[v][:, 0], r.obs[v][:, 0] + 1)
+    np.testing.assert_array_equal(r.rewards[v], r.obs[v][:, 0] + 1)
+    np.testing.assert_array_equal(r.rewards[~v], 0.0)
+    np.testing.assert_array_equal(r.next_obs[~v][:, 0], 0.0)  # the reset observation
+    np.testing.assert_array_equal(r.terminated, v & (r.next_obs[..., 0] == lengths))
+    # Every finished episode counted with its full return 1 + ... + length, nothing else.
+    returns = sorted(actor.episodes.pop_new())
+    expected = sorted(n * (n + 1) / 2 for n in lengths for _ in range(13 // (n + 1)))
+    assert returns == expected
+    assert actor.env_steps == v.sum()
+
+
+def test_next_step_mask_carries_across_rollouts():
+    whole = _actor("next_step").rollout(None, jax.random.key(0), 12)
+    split = _actor("next_step")
+    parts = [split.rollout(None, jax.random.key(0), n) for n in (5, 7)]
+    for field in host.Rollout._fields:
+        joined = np.concatenate([getattr(p, field) for p in parts])
+        np.testing.assert_array_equal(joined, getattr(whole, field), err_msg=field)
+
+
+def test_same_step_keeps_the_final_observation():
+    actor = _actor("same_step")
+    r = actor.rollout(None, jax.random.key(0), 9)
+    lengths = np.array([2, 3, 4])
+    assert r.valid.all()
+    np.testing.assert_array_equal(r.next_obs[..., 0], r.obs[..., 0] + 1)  # true successors
+    np.testing.assert_array_equal(r.terminated, r.next_obs[..., 0] == lengths)
+    after_end = np.concatenate([np.zeros((1, 3), bool), r.terminated[:-1]])
+    np.testing.assert_array_equal(r.obs[..., 0] == 0, after_end | (np.arange(9) == 0)[:, None])
+
+
+def _returns_reference(rewards, next_values, terminated, truncated, gamma):
+    t_len, n = rewards.shape
+    g = np.zeros_like(rewards)
+    for i in range(n):
+        for t in reversed(range(t_len)):
+            ended = terminated[t, i] or truncated[t, i]
+            follow = next_values[t, i] if ended or t == t_len - 1 else g[t + 1, i]
+            g[t, i] = rewards[t, i] + gamma * (1.0 - terminated[t, i]) * follow
+    return g
+
+
+def test_masked_returns_match_numpy():
+    rng = np.random.default_rng(0)
+    shape = (11, 5)
+    rewards = rng.normal(size=shape).astype(np.float32)
+    next_values = rng.normal(size=shape).astype(np.float32)
+    terminated = rng.random(shape) < 0.2
+    truncated = (rng.random(shape) < 0.2) & ~terminated
+    got = host.masked_returns(
+        jnp.asarray(rewards), jnp.asarray(next_values), terminated, truncated, 0.9
+    )
+    want = _returns_reference(rewards, next_values, terminated, truncated, 0.9)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def _linear_actor_critic():
+    def apply(params, obs):
+        out = obs @ params["w"] + params["b"]
+        return out[:, :2], out[:, 2]
+
+    key = jax.random.key(1)
+    return apply, {"w": jax.random.normal(key, (1, 3)), "b": jnp.array([0.1, -0.2, 0.3])}
+
+
+def test_reset_transitions_are_never_learned_from():
+    r = _actor("next_step").rollout(None, jax.random.key(0), 13)
+    apply, params = _linear_actor_critic()
+    r = r._replace(actions=(np.arange(r.rewards.size).reshape(r.rewards.shape) % 2))
+    loss = lambda p, ro: host.masked_actor_critic_loss(apply, p, ro, gamma=0.9)[0]
+    base, grad = jax.value_and_grad(loss)(params, r)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grad))
+    # Change everything about the invalid (reset) transitions: loss and gradient are unchanged.
+    bad = ~r.valid
+    changed = r._replace(
+        obs=np.where(bad[..., None], 55.0, r.obs),
+        actions=np.where(bad, 1 - r.actions, r.actions),
+        rewards=np.where(bad, 1e3, r.rewards),
+        next_obs=np.where(bad[..., None], -7.0, r.next_obs),
+    )
+    other, grad2 = jax.value_and_grad(loss)(params, changed)
+    assert float(other) == float(base)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), grad, grad2)
+    # ... and changing a valid transition does change it (the check above can fail).
+    moved = r._replace(rewards=np.where(r.valid, r.rewards + 1.0, r.rewards))
+    assert float(loss(params, moved)) != float(base)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="autoreset"):
+        host.make_vector_env("CartPole-v1", 2, autoreset="disabled")
+    with pytest.raises(ValueError, match="context"):
+        host.make_vector_env("CartPole-v1", 2, vectorization="async", context="fork")
+    with pytest.raises(ValueError, match="num_envs"):
+        host.make_vector_env("CartPole-v1", 0)
+    with pytest.raises(ValueError, match="not a registered"):
+        host.make_vector_env("NoSuchEnv-v9", 2)
+    disabled = gym.vector.SyncVectorEnv(
+        [Countdown], autoreset_mode=gym.vector.AutoresetMode.DISABLED
+    )
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        host.HostActor(disabled, _constant_policy)
+    apply, params = _linear_actor_critic()
+    envs = [host.make_vector_env(Countdown, 3)]
+    with pytest.raises(ValueError, match="learner_workers"):
+        host.sebulba(envs, apply, params, optax.sgd(0.1), num_updates=1, learner_workers=2)
+    with pytest.raises(ValueError, match="envs"):
+        host.sebulba(envs[0], apply, params, optax.sgd(0.1), num_updates=1)
+
+
+def test_async_vector_env_with_spawn():
+    envs = host.make_vector_env("CartPole-v1", 2, vectorization="async", context="spawn")
+    try:
+        r = host.HostActor(envs, _constant_policy).rollout(None, jax.random.key(0), 30)
+    finally:
+        envs.close()
+    assert r.obs.shape == (30, 2, 4)
+    assert (~r.valid).sum() >= 2  # always pushing left ends an episode within 30 steps
+
+
+def _cartpole_actor_critic(seed=0):
+    from flax import nnx
+
+    rngs = nnx.Rngs(seed)
+    pi_apply, pi_params = functional(MLP((4,), 2, hidden=(64, 64), rngs=rngs))
+    v_apply, v_params = functional(MLP((4,), 1, hidden=(64, 64), rngs=rngs))
+
+    def apply(params, obs):
+        return pi_apply(params["pi"], obs), v_apply(params["v"], obs)[:, 0]
+
+    return apply, {"pi": pi_params, "v": v_params}
+
+
+@pytest.mark.parametrize("workers,lifting", [(4, "vmap"), (8, "vmap"), (8, "shard_map")])
+def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
+    actor = _actor("next_step", num_envs=8, env=functools.partial(Countdown, (2, 3, 5, 7)))
+    r = actor.rollout(None, jax.random.key(0), 9)
+    r = r._replace(actions=(np.arange(r.rewards.size).reshape(r.rewards.shape) * 7 % 3 % 2))
+    apply, params = _linear_actor_critic()
+    opt = optax.adam(0.1)
+    one = host.make_learner_update(apply, opt, gamma=0.9)
+    many = host.make_learner_update(
+        apply, opt, gamma=0.9, learner_workers=workers, lifting=lifting,
+        mesh=mesh8 if lifting == "shard_map" else None,
+    )  # fmt: skip
+    # The loss of one learner against a direct evaluation on the whole rollout.
+    direct, _ = host.masked_actor_critic_loss(apply, params, r, gamma=0.9)
+    p1, s1, m1 = one(params, opt.init(params), r)
+    pw, sw, mw = many(params, opt.init(params), r)
+    np.testing.assert_allclose(m1["loss"], direct, rtol=1e-6)
+    np.testing.assert_allclose(mw["loss"], m1["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((pw, sw)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(p1["w"], params["w"])  # the update moved the params
+    with pytest.raises(ValueError, match="must divide"):
+        host.make_learner_update(apply, opt, gamma=0.9, learner_workers=3)(
+            params, opt.init(params), r
+        )
+
+
+def test_sebulba_learns_cartpole():
+    apply, params = _cartpole_actor_critic()
+    make = functools.partial(host.make_vector_env, "CartPole-v1", 8)
+    t0 = time.perf_counter()
+    out = host.sebulba(
+        [make(), make()], apply, params, optax.adam(5e-4), num_updates=350, num_steps=16,
+        learner_workers=4, seed=0,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    first = np.nanmean([m["episode_return"] for m in out["history"][10:30]])
+    last = out["history"][-1]
+    print(f"sebulba: return {first:.1f} -> {last['episode_return']:.1f}, "
+          f"{out['env_steps']} env steps, {seconds:.1f} s")  # fmt: skip
+    assert last["episode_return"] > 100 > first
+    assert out["env_steps"] == last["env_steps"] <= 350 * 16 * 16
+    assert 0 <= last["policy_lag"] <= 2
