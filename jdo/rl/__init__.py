@@ -20,6 +20,7 @@ from jdo.rl.envs import (
 from jdo.rl.networks import ActorCritic, Policy, make_policy
 from jdo.rl.ppo import PPOState, make_ppo_update, minibatch_indices, ppo, ppo_loss
 from jdo.rl.rollout import (
+    EPISODE_WINDOW,
     EpisodeStats,
     Transition,
     advantages_of,
@@ -31,6 +32,7 @@ from jdo.rl.rollout import (
 )
 
 __all__ = [
+    "EPISODE_WINDOW",
     "A3CState",
     "ALGORITHMS",
     "ActionSpace",
