@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "algorithm_kwargs": {},  # e.g. {"num_steps": 128, "communication": "gossip"}
     "topology": None,  # a jdo.topology.Topology for communication="gossip"
     "learning_rate": 1e-3,
+    "anneal_lr": False,  # decay the learning rate linearly to 0 over the run's optimizer steps
     "hidden": (64, 64),
     "updates": 100,
     "seed_params": 0,  # network init seed (the key passed to train drives everything else)
@@ -51,6 +53,15 @@ def make_network(env: Env, hidden=(64, 64), seed: int = 0) -> tuple[Callable, An
     model = ActorCritic(env.observation_size, env.action_space, hidden=hidden,
                         rngs=nnx.Rngs(seed))  # fmt: skip
     return functional(model)
+
+
+def _optimizer_steps_per_update(factory, kwargs) -> int:
+    """Optimizer steps in one algorithm step: PPO's epochs x minibatches, else 1."""
+    if factory is not ppo:
+        return 1
+    defaults = {k: p.default for k, p in inspect.signature(ppo).parameters.items()}
+    get = lambda k: int(kwargs.get(k, defaults[k]))
+    return get("epochs") * get("num_minibatches")
 
 
 def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array], dict]:
@@ -83,7 +94,11 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
     kwargs = dict(cfg["algorithm_kwargs"])
     if isinstance(cfg["topology"], Topology):
         kwargs["topology"] = cfg["topology"]
-    algo = ALGORITHMS[cfg["algorithm"]](env, apply, optax.adam(cfg["learning_rate"]), **kwargs)
+    factory = ALGORITHMS[cfg["algorithm"]]
+    lr = cfg["learning_rate"]
+    if cfg["anneal_lr"]:
+        lr = optax.linear_schedule(lr, 0.0, updates * _optimizer_steps_per_update(factory, kwargs))
+    algo = factory(env, apply, optax.adam(lr), **kwargs)
 
     def train(key):
         init_key, run_key = jax.random.split(key)
