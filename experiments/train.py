@@ -1,7 +1,10 @@
 """Hydra entry point: ``python -m experiments.train [overrides]``; see ``conf/config.yaml``.
 
-A thin wrapper around :func:`jdo.train.run`: bad configs print one line naming the key and
-exit with status 2; the run directory gets config.yaml, metrics.jsonl and summary.json.
+A thin wrapper around :func:`jdo.train.run`. Exit statuses: 0 done; 2 a bad config or input
+(one line naming the key; nothing written over); 3 a non-finite loss or update
+(``trainer.nonfinite=stop``; the last good checkpoint is kept); 75 stopped by SIGTERM/SIGUSR2
+after a checkpoint (run the same command to resume). The run directory gets config.yaml,
+metrics.jsonl, summary.json and checkpoints/.
 """
 
 from __future__ import annotations
@@ -52,18 +55,37 @@ def _simulate_cpu_devices(count) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def _fail(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    log.error(message)
+    sys.exit(status)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     _simulate_cpu_devices(cfg.get("cpu_devices"))
+    from jdo.train import distributed
+    from jdo.train.preemption import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, Preempted
+
+    try:
+        distributed.initialize(cfg.get("distributed"))
+    except ValueError as e:
+        _fail(str(e), EXIT_CONFIG)
     from jdo.train import ConfigError, run
+    from jdo.train.runner import NonFiniteError
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
     output_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = run(cfg, output_dir=output_dir)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e), EXIT_CONFIG)
+    except NonFiniteError as e:
+        _fail(str(e), EXIT_NONFINITE)
+    except Preempted as e:
+        log.warning("%s", e)
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     log.info("results (%s):\n%s", output_dir, summary_table(summary))
 
 

@@ -15,8 +15,16 @@ import jax
 from jdo.lifting import LIFTINGS
 
 PARTITIONS = ("iid", "dirichlet", "shard", "natural")
-TRAINER_KEYS = ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "progress")
+TRAINER_KEYS = ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "progress",
+                "nonfinite")  # fmt: skip
 LOGGER_KEYS = ("tensorboard",)
+CHECKPOINT_KEYS = ("enabled", "every", "keep_last", "keep_every", "async", "resume", "elastic")
+FAULT_KEYS = ("kill_at_step", "in_save")
+DISTRIBUTED_KEYS = ("coordinator", "num_processes", "process_id", "heartbeat_timeout_s")
+# Keys a resumed run may change: how long and where it runs, not what it computes.
+RESUME_MAY_DIFFER = ("trainer.steps", "trainer.eval_every", "trainer.eval_batch_size",
+                     "trainer.progress", "trainer.nonfinite", "lifting", "cpu_devices", "logger",
+                     "checkpoint", "fault", "distributed")  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -75,12 +83,54 @@ def known_keys(cfg: Mapping, key: str, allowed: Iterable[str]) -> None:
         )
 
 
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(
+    old: Mapping, new: Mapping, may_differ: Iterable[str] = RESUME_MAY_DIFFER
+) -> list[tuple[str, Any, Any]]:
+    """``(key, old, new)`` for every leaf that differs, except keys under ``may_differ``."""
+    a, b, allowed = _flatten(old), _flatten(new), tuple(may_differ)
+    free = lambda k: any(k == p or k.startswith(p + ".") for p in allowed)
+    missing = object()
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if not free(k) and a.get(k, missing) != b.get(k, missing)
+    ]
+
+
 def validate(cfg: Mapping) -> None:
     """Checks every value the runner reads; raises :class:`ConfigError` on the first bad one."""
     workers = positive_int(cfg, "workers")
     if isinstance(_get(cfg, "seed"), bool) or not isinstance(_get(cfg, "seed"), numbers.Integral):
         raise ConfigError("seed", f"must be an integer, got {_get(cfg, 'seed')!r}")
     lifting = one_of(cfg, "lifting.name", LIFTINGS)
+    if lifting == "vmap":
+        known_keys(cfg, "lifting", ("name", "devices"))
+        devices = positive_int(cfg, "lifting.devices")
+        if devices > jax.device_count() or workers % devices:
+            raise ConfigError(
+                "lifting.devices", f"spreads the workers over this many devices: it must "
+                f"divide workers ({workers}) and be at most {jax.device_count()} (devices "
+                f"available), got {devices}",
+            )  # fmt: skip
+    else:
+        known_keys(cfg, "lifting", ("name",))
+    if jax.process_count() > 1:
+        used = workers if lifting == "shard_map" else _get(cfg, "lifting.devices")
+        if used != jax.device_count():
+            raise ConfigError(
+                "lifting", f"a run over {jax.process_count()} processes must use all "
+                f"{jax.device_count()} devices (shard_map with workers={jax.device_count()}, or "
+                f"vmap with lifting.devices={jax.device_count()}); it uses {used}",
+            )  # fmt: skip
     if lifting == "shard_map" and workers > jax.device_count():
         raise ConfigError(
             "workers",
@@ -104,6 +154,23 @@ def validate(cfg: Mapping) -> None:
         )
     positive_int(cfg, "trainer.eval_batch_size")
     boolean(cfg, "trainer.progress")
+    one_of(cfg, "trainer.nonfinite", ("stop", "skip"))
+    known_keys(cfg, "checkpoint", CHECKPOINT_KEYS)
+    boolean(cfg, "checkpoint.enabled")
+    every = positive_int(cfg, "checkpoint.every", allow_none=True)
+    if every is not None and every % log_every:
+        raise ConfigError(
+            "checkpoint.every", f"must be a multiple of trainer.log_every ({log_every}) or "
+            f"null, got {every}",
+        )  # fmt: skip
+    positive_int(cfg, "checkpoint.keep_last")
+    positive_int(cfg, "checkpoint.keep_every", allow_none=True)
+    boolean(cfg, "checkpoint.async")
+    one_of(cfg, "checkpoint.resume", ("auto", "force"))
+    one_of(cfg, "checkpoint.elastic", ("none", "average"))
+    known_keys(cfg, "fault", FAULT_KEYS)
+    positive_int(cfg, "fault.kill_at_step", allow_none=True)
+    boolean(cfg, "fault.in_save")
     known_keys(cfg, "logger", LOGGER_KEYS)
     boolean(cfg, "logger.tensorboard")
     partition = one_of(cfg, "partition.name", PARTITIONS)

@@ -24,10 +24,19 @@ def _jsonable(value):
 
 
 class JsonlTracker:
-    """Appends one JSON object per logging step to ``path`` (``{"step": ..., **metrics}``)."""
+    """Appends one JSON object per logging step to ``path`` (``{"step": ..., **metrics}``).
 
-    def __init__(self, path: str):
+    ``resume_step``: a run resumed from a checkpoint at this step first drops the lines of
+    later steps (written before the interruption; they are about to be recomputed).
+    """
+
+    def __init__(self, path: str, resume_step: int | None = None):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if resume_step is not None and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if _line_step(line) <= resume_step]
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, step, metrics):
@@ -39,17 +48,28 @@ class JsonlTracker:
         self._file.close()
 
 
-class TensorBoardTracker:
-    """Scalars to a TensorBoard event file (needs ``pip install 'jdo[tensorboard]'``)."""
+def _line_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+        return math.inf
 
-    def __init__(self, logdir: str):
+
+class TensorBoardTracker:
+    """Scalars to a TensorBoard event file (needs ``pip install 'jdo[tensorboard]'``).
+
+    ``resume_step``: events after it (from before an interruption) are purged.
+    """
+
+    def __init__(self, logdir: str, resume_step: int | None = None):
         try:
             from tensorboardX import SummaryWriter
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError(
                 "logger.tensorboard=true needs tensorboardX: pip install 'jdo[tensorboard]'"
             ) from e
-        self._writer = SummaryWriter(logdir)
+        purge = None if resume_step is None else resume_step + 1
+        self._writer = SummaryWriter(logdir, purge_step=purge)
 
     def log(self, step, metrics):
         for key, value in metrics.items():

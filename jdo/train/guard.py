@@ -1,0 +1,45 @@
+"""The non-finite guard: a NaN/inf loss or state is caught on the step it happens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jdo._axis import WORKERS
+from jdo.algorithms import Algorithm
+
+NONFINITE_MODES = ("stop", "skip")
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every floating-point value of ``tree`` is finite (integers, keys: ignored)."""
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def guard_nonfinite(algorithm: Algorithm, mode: str, axis_name: str = WORKERS) -> Algorithm:
+    """``algorithm`` with every step checked for a non-finite loss or new state.
+
+    ``mode="stop"``: the step is applied as is and reports ``metrics["nonfinite"]`` (this
+    worker's flag), for the runner to stop on. ``mode="skip"``: if any worker's step is
+    non-finite, every worker keeps its previous state (one ``pmin`` over ``axis_name`` decides,
+    so the workers never drift apart, and periodic algorithms keep communicating on the same
+    steps) and ``metrics["skipped"]`` is 1.
+    """
+    if mode not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {mode!r}")
+
+    def step(state, batch, key):
+        new_state, metrics = algorithm.step(state, batch, key)
+        finite = jnp.isfinite(metrics["loss"]) & all_finite(new_state)
+        if mode == "stop":
+            return new_state, {**metrics, "nonfinite": ~finite}
+        ok = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+        kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        return kept, {**metrics, "skipped": 1 - ok.astype(jnp.int32)}
+
+    return algorithm._replace(step=step)

@@ -1,0 +1,60 @@
+"""Preemption: SIGTERM / SIGUSR2 ask the runner to checkpoint at the next step boundary.
+
+The runner saves, then re-raises the signal's previous handler if there was one (e.g.
+submitit's, which requeues the SLURM job), else raises :class:`Preempted`, which
+``experiments/train.py`` turns into exit status :data:`EXIT_PREEMPTED`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+# Exit statuses of ``python -m experiments.train`` (documented in the README).
+EXIT_CONFIG = 2  # bad configuration or input: nothing ran, nothing was written over
+EXIT_NONFINITE = 3  # a NaN/inf loss or update with trainer.nonfinite=stop
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR2 after a checkpoint; rerun to resume
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after checkpointing ``step`` (``None``: no checkpoint)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (checkpointing off)"
+        super().__init__(
+            f"{signal.Signals(signum).name} received: stopped at step {step} with {where}; "
+            "run the same command again to resume"
+        )
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class PreemptionWatch:
+    """Records SIGTERM/SIGUSR2 while active (a context manager; main thread only, elsewhere
+    it watches nothing). ``signum`` is the first signal received, or None."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def hand_on(self) -> None:
+        """Calls the handler that was installed before ours for the received signal (after
+        the checkpoint is committed), so a launcher's own logic (requeue) still runs."""
+        previous = self._previous.get(self.signum)
+        if callable(previous):
+            previous(self.signum, None)
