@@ -22,8 +22,8 @@ log = logging.getLogger("jdo")
 SUMMARY_KEYS = (
     "steps", "workers", "lifting", "train/loss", "eval/avg_model/loss",
     "eval/avg_model/accuracy", "eval/workers/accuracy_mean", "eval/workers/accuracy_min",
-    "consensus", "dist_to_opt", "bytes/step", "bytes/step_quiet", "bytes/total", "steps_per_s",
-    "samples_per_s", "compile_s", "wall_s",
+    "train/episode_return", "train/env_steps", "consensus", "dist_to_opt", "bytes/step",
+    "bytes/step_quiet", "bytes/total", "steps_per_s", "samples_per_s", "compile_s", "wall_s",
 )  # fmt: skip
 
 
