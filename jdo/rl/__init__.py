@@ -1,8 +1,12 @@
 """Reinforcement learning: JAX-native environments, actor-critic networks, rollouts, and
-per-worker RL algorithms (A2C, PPO, bounded-staleness A3C) over the worker axis."""
+per-worker RL algorithms (A2C, PPO, bounded-staleness A3C, DDPG) over the worker axis; host
+gymnasium environments with Sebulba actor threads (``jdo.rl.host``) and threaded asynchronous
+A3C (``jdo.rl.async_a3c``)."""
 
 from jdo.rl.a2c import A3CState, ActorCriticState, a2c, a3c, actor_critic_loss
 from jdo.rl.anakin import ALGORITHMS, evaluate_policy, make_network, make_train
+from jdo.rl.async_a3c import async_a3c
+from jdo.rl.ddpg import DDPGNetworks, DDPGState, ReplayBuffer, ddpg, make_ddpg_networks
 from jdo.rl.envs import (
     ENVS,
     ActionSpace,
@@ -32,6 +36,12 @@ from jdo.rl.rollout import (
 )
 
 __all__ = [
+    "DDPGNetworks",
+    "DDPGState",
+    "ReplayBuffer",
+    "async_a3c",
+    "ddpg",
+    "make_ddpg_networks",
     "EPISODE_WINDOW",
     "A3CState",
     "ALGORITHMS",

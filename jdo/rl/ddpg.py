@@ -23,7 +23,7 @@ from flax import nnx
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
 from jdo.models import functional
-from jdo.rl.envs import Env
+from jdo.rl.envs import ActionSpace, Env
 from jdo.rl.rollout import (
     EpisodeStats,
     episode_stats_init,
@@ -134,28 +134,44 @@ class QCritic(nnx.Module):
         return self.head(x)[:, 0]
 
 
+class DDPGNetworks(nnx.Module):
+    r"""DDPG's deterministic actor and Q critic in one module, sized for an environment (the
+    ``model`` group's signature, as :class:`~jdo.rl.networks.ActorCritic`).
+
+    ``model(obs) -> (action, q)`` with :math:`a = \mu(s)` and :math:`q = Q(s, \mu(s))` (the
+    policy output and its value, like an actor-critic); ``model((obs, action)) -> q`` evaluates
+    the critic at given actions. Through ``jdo.models.functional`` the params are
+    ``{"actor": ..., "critic": ...}``.
+    """
+
+    def __init__(self, obs_size: int, action_space: ActionSpace, *, hidden=(256, 256),
+                 rngs: nnx.Rngs):  # fmt: skip
+        if action_space.discrete:
+            raise ValueError("DDPGNetworks: DDPG needs continuous actions, got a discrete space")
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"DDPGNetworks: hidden must be positive sizes, got {list(hidden)}")
+        hidden = tuple(int(h) for h in hidden)
+        self.actor = DeterministicActor(
+            obs_size, action_space.low, action_space.high, hidden=hidden, rngs=rngs
+        )
+        self.critic = QCritic(obs_size, action_space.size, hidden=hidden, rngs=rngs)
+
+    def __call__(self, x):
+        if isinstance(x, tuple):  # (obs, action) -> Q(obs, action)
+            obs, action = x
+            return self.critic(jnp.concatenate([obs.reshape(obs.shape[0], -1), action], -1))
+        action = self.actor(x)
+        return action, self.critic(jnp.concatenate([x.reshape(x.shape[0], -1), action], -1))
+
+
 def make_ddpg_networks(env: Env, hidden: Sequence[int] = (256, 256), seed: int = 0):
-    """``(actor_apply, critic_apply, params)`` for ``env`` (continuous actions):
-    ``actor_apply(params["actor"], obs) -> action`` within the bounds,
-    ``critic_apply(params["critic"], obs, action) -> q``."""
-    space = env.action_space
-    if space.discrete:
+    """``(apply, params)`` of :class:`DDPGNetworks` for ``env`` (continuous actions):
+    ``apply(params, obs) -> (action, q)``, ``apply(params, (obs, action)) -> q``."""
+    if env.action_space.discrete:
         raise ValueError(f"DDPG needs continuous actions; {env.name} has discrete ones")
-    if not hidden or any(int(h) < 1 for h in hidden):
-        raise ValueError(f"hidden must be positive layer sizes, got {list(hidden)}")
-    hidden = tuple(int(h) for h in hidden)
-    rngs = nnx.Rngs(seed)
-    actor_apply, actor_params = functional(
-        DeterministicActor(env.observation_size, space.low, space.high, hidden=hidden, rngs=rngs)
+    return functional(
+        DDPGNetworks(env.observation_size, env.action_space, hidden=hidden, rngs=nnx.Rngs(seed))
     )
-    q_apply, critic_params = functional(
-        QCritic(env.observation_size, space.size, hidden=hidden, rngs=rngs)
-    )
-
-    def critic_apply(params, obs, action):
-        return q_apply(params, jnp.concatenate([obs.reshape(obs.shape[0], -1), action], -1))
-
-    return actor_apply, critic_apply, {"actor": actor_params, "critic": critic_params}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,11 +184,11 @@ def polyak(target, online, tau: float):
     return jax.tree.map(lambda t, o: tau * o + (1.0 - tau) * t, target, online)
 
 
-def critic_target(critic_apply, actor_apply, target_params, batch, gamma: float) -> jax.Array:
-    r""":math:`y = r + \gamma (1 - \mathrm{term})\, Q'(s', \mu'(s'))` with the target nets;
-    a time-limit truncation is not a termination, so it bootstraps."""
-    next_action = actor_apply(target_params["actor"], batch["next_obs"])
-    q_next = critic_apply(target_params["critic"], batch["next_obs"], next_action)
+def critic_target(apply, target_params, batch, gamma: float) -> jax.Array:
+    r""":math:`y = r + \gamma (1 - \mathrm{term})\, Q'(s', \mu'(s'))` with the target nets
+    (``apply(target_params, s') = (\mu'(s'), Q'(s', \mu'(s')))``); a time-limit truncation is
+    not a termination, so it bootstraps."""
+    _, q_next = apply(target_params, batch["next_obs"])
     not_term = 1.0 - batch["terminated"].astype(jnp.float32)
     return batch["reward"] + gamma * not_term * q_next
 
@@ -203,8 +219,7 @@ def _positive_int(name, value):
 
 def ddpg(
     env: Env,
-    actor_apply: Callable,
-    critic_apply: Callable,
+    apply: Callable,
     optimizer: optax.GradientTransformation,
     *,
     actor_optimizer: optax.GradientTransformation | None = None,
@@ -245,9 +260,9 @@ def ddpg(
 
     Args:
       env: the worker's vector env (``jdo.rl.make_vec_env``) with continuous actions.
-      actor_apply: ``actor_apply(params["actor"], obs[B, ...]) -> action[B, a]`` inside the
-        action bounds (:func:`make_ddpg_networks`).
-      critic_apply: ``critic_apply(params["critic"], obs, action) -> q[B]``.
+      apply: ``apply(params, obs) -> (action, Q(obs, action))`` with the action inside the
+        bounds, and ``apply(params, (obs, action)) -> q`` (:class:`DDPGNetworks`, through
+        ``jdo.models.functional``); ``params = {"actor": ..., "critic": ...}``.
       optimizer: the critic's optax optimizer (and the actor's unless ``actor_optimizer``).
       actor_optimizer: the actor's optimizer; None: ``optimizer``.
       buffer_size: each worker's replay shard capacity (>= ``num_steps · N``).
@@ -311,18 +326,18 @@ def ddpg(
 
     def act(params, obs, key, explore_randomly):
         noise_key, uniform_key = jax.random.split(key)
-        mu = actor_apply(params["actor"], obs)
+        mu, _ = apply(params, obs)
         noisy = mu + noise_scale * jax.random.normal(noise_key, mu.shape, mu.dtype)
         uniform = jax.random.uniform(uniform_key, mu.shape, mu.dtype, low, high)
         return jnp.clip(jnp.where(explore_randomly, uniform, noisy), low, high)
 
     def critic_loss(critic_params, params, target, batch):
-        y = jax.lax.stop_gradient(critic_target(critic_apply, actor_apply, target, batch, gamma))
-        q = critic_apply(critic_params, batch["obs"], batch["action"])
+        y = jax.lax.stop_gradient(critic_target(apply, target, batch, gamma))
+        q = apply({**params, "critic": critic_params}, (batch["obs"], batch["action"]))
         return jnp.mean(jnp.square(q - y)), jnp.mean(q)
 
     def actor_loss(actor_params, critic_params, obs):
-        return -jnp.mean(critic_apply(critic_params, obs, actor_apply(actor_params, obs)))
+        return -jnp.mean(apply({"actor": actor_params, "critic": critic_params}, obs)[1])
 
     def update(buffer, carry, key):
         params, target, (actor_opt, critic_opt) = carry
