@@ -65,7 +65,13 @@ def _fail(message: str, status: int) -> None:
 def main(cfg: DictConfig) -> None:
     _simulate_cpu_devices(cfg.get("cpu_devices"))
     from jdo.train import distributed
-    from jdo.train.preemption import EXIT_CONFIG, EXIT_NONFINITE, EXIT_PREEMPTED, Preempted
+    from jdo.train.preemption import (
+        EXIT_CONFIG,
+        EXIT_NONFINITE,
+        EXIT_PEER_LOST,
+        EXIT_PREEMPTED,
+        Preempted,
+    )
 
     try:
         distributed.initialize(cfg.get("distributed"))
@@ -75,6 +81,7 @@ def main(cfg: DictConfig) -> None:
     from jdo.train.runner import NonFiniteError
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     output_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = run(cfg, output_dir=output_dir)
@@ -86,7 +93,26 @@ def main(cfg: DictConfig) -> None:
         log.warning("%s", e)
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
-    log.info("results (%s):\n%s", output_dir, summary_table(summary))
+    except Exception as e:
+        import jax
+
+        if jax.process_count() == 1 or not isinstance(e, jax.errors.JaxRuntimeError):
+            raise
+        # A peer died: say which, and exit now instead of waiting in JAX's shutdown barrier.
+        timeout = (cfg.get("distributed") or {}).get("heartbeat_timeout_s") or 20
+        lost = distributed.lost_processes(timeout + 5)
+        who = f"process {', '.join(map(str, lost))}" if lost else "a peer process"
+        first = str(e).strip().splitlines()[0]
+        message = (f"process {jax.process_index()}: lost {who} ({first}); stopping. Rerun all "
+                   "processes to resume from the last checkpoint")  # fmt: skip
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        log.error(message)
+        logging.shutdown()
+        os._exit(EXIT_PEER_LOST)
+    import jax
+
+    if jax.process_index() == 0:
+        log.info("results (%s):\n%s", output_dir, summary_table(summary))
 
 
 if __name__ == "__main__":

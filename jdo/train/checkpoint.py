@@ -197,13 +197,12 @@ class Checkpointer:
                 target = abstract_state
                 if callable(abstract_state):
                     try:
-                        target = abstract_state(self.read_meta(step))
-                    except CorruptCheckpoint:
-                        raise
+                        meta = self.read_meta(step)
                     except Exception as e:
                         raise CorruptCheckpoint(
                             f"{self.path(step)}: unreadable metadata ({type(e).__name__}: {e})"
                         ) from None
+                    target = abstract_state(meta)  # its own errors (a refusal) propagate
                 state, meta = self.restore_step(step, target)
                 return step, state, meta
             except CorruptCheckpoint as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,3 +88,27 @@ def initialize(node: Mapping[str, Any] | None) -> bool:
     log.info("process %d of %d (%d local devices of %d)", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip
     return True
+
+
+def lost_processes(timeout_s: float) -> list[int] | None:
+    """After a collective failed in a multi-process run: the ids of the processes the
+    coordination service no longer sees alive (polled for up to ``timeout_s``, the heartbeat
+    timeout); ``[0]`` if the coordination service itself (process 0) is gone; None if no
+    process is known to be lost."""
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        return None
+    everyone = list(range(jax.process_count()))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            live = client.get_live_nodes(everyone)
+        except Exception:  # the service runs in process 0
+            return [0] if jax.process_index() != 0 else None
+        lost = [i for i in everyone if i not in live]
+        if lost or time.monotonic() > deadline:
+            return lost or None
+        time.sleep(0.25)

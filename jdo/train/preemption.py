@@ -13,6 +13,7 @@ import threading
 # Exit statuses of ``python -m experiments.train`` (documented in the README).
 EXIT_CONFIG = 2  # bad configuration or input: nothing ran, nothing was written over
 EXIT_NONFINITE = 3  # a NaN/inf loss or update with trainer.nonfinite=stop
+EXIT_PEER_LOST = 4  # multi-process: another process died; rerun all of them to resume
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR2 after a checkpoint; rerun to resume
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)

@@ -252,13 +252,16 @@ class CheckpointOptions:
 @dataclasses.dataclass(frozen=True)
 class Faults:
     """Fault injection for tests: SIGKILL this process once step ``kill_at_step`` is done,
-    before its checkpoint (or, with ``in_save``, right after its asynchronous save started)."""
+    before its own checkpoint and after the earlier ones are committed (a kill between
+    checkpoints); or, with ``in_save``, right after its asynchronous save started."""
 
     kill_at_step: int | None = None
     in_save: bool = False
 
-    def maybe_kill(self, step: int, in_save: bool, state) -> None:
+    def maybe_kill(self, step: int, in_save: bool, state, ckpt: Checkpointer | None) -> None:
         if self.kill_at_step == step and self.in_save == in_save:
+            if ckpt is not None and not in_save:
+                ckpt.wait()
             jax.block_until_ready(state)
             log.warning("fault injection: SIGKILL at step %d%s", step, " (in save)" * in_save)
             logging.shutdown()
@@ -492,14 +495,14 @@ def fit(
                 is_eval = end % eval_every == 0 or end == steps
                 # A fresh array (params_of copies): the next chunk donates the state.
                 pending = (end, metrics, params_of(state) if is_eval else None)
-                faults.maybe_kill(end, False, state)
+                faults.maybe_kill(end, False, state, ckpt)
                 stop = watch.signum is not None
                 if ckpt is not None and (stop or end == steps or (every and end % every == 0)):
                     finish(pending)  # never checkpoint a non-finite state
                     pending = None
                     meta = {**checkpoint.meta, "workers": workers, "skipped_steps": skipped}
                     save_block_s.append(ckpt.save(end, state, meta))
-                    faults.maybe_kill(end, True, state)
+                    faults.maybe_kill(end, True, state, ckpt)
                 if stop:
                     if pending is not None:
                         finish(pending)
