@@ -1,6 +1,7 @@
-"""Genuinely asynchronous A3C: actor threads on one host, each with its own JAX-native vector
-env, computing gradients on the policy version they last pulled and pushing them to a learner
-that applies them with an optax optimizer as they arrive.
+"""Genuinely asynchronous A3C: actor threads on one host, each with its own vector env
+(JAX-native from ``jdo.rl.envs``, or gymnasium on the host through ``jdo.rl.host``), computing
+gradients on the policy version they last pulled and pushing them to a learner that applies
+them with an optax optimizer as they arrive.
 
 This is host code (threads, locks, a queue); the device code is two jitted pure functions: the
 actors' ``rollout + gradient`` and the learner's ``clip + optimizer`` step. SPMD cannot express
@@ -24,10 +25,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import gymnasium as gym
 import jax
 import numpy as np
 import optax
 
+from jdo.rl import host
 from jdo.rl.a2c import actor_critic_loss, flatten_batch
 from jdo.rl.envs import Env
 from jdo.rl.networks import make_policy
@@ -43,6 +46,7 @@ class _Push(NamedTuple):
     grads: Any
     metrics: dict  # loss terms (device scalars)
     returns: np.ndarray  # f32[k]: returns of the episodes that finished in this rollout
+    env_steps: int  # env steps behind this gradient
 
 
 class _Server:
@@ -135,8 +139,73 @@ def _device_functions(
     return actor_reset, actor_step, learner_step, tx
 
 
+@functools.lru_cache(maxsize=16)
+def _host_functions(apply, optimizer, gamma, value_coef, entropy_coef, max_grad_norm):
+    """The jitted device code for actors on host (gymnasium) environments."""
+    tx = optax.chain(
+        *([optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []),
+        optimizer,
+    )
+    policy = host.categorical_policy(apply)
+
+    @jax.jit
+    def gradient(params, rollout):
+        loss = lambda p: host.masked_actor_critic_loss(
+            apply, p, rollout, gamma=gamma, value_coef=value_coef, entropy_coef=entropy_coef
+        )
+        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return grads, {"loss": value, **aux}
+
+    @jax.jit
+    def learner_step(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return policy, gradient, learner_step, tx
+
+
+class _JaxActor:
+    """An actor on its own copy of a JAX-native vector env (state kept on the device)."""
+
+    def __init__(self, fns, key, num_steps: int, num_envs: int):
+        self.reset, self.step_fn = fns[0], fns[1]
+        self.env_state, self.obs, self.episodes = self.reset(key)
+        self.per_gradient = num_steps * num_envs
+
+    def gradient(self, params, key):
+        count0 = int(self.episodes.count)
+        grads, self.env_state, self.obs, self.episodes, metrics = self.step_fn(
+            params, self.env_state, self.obs, self.episodes, key
+        )
+        # The episodes finished in this rollout: the newest entries of the ring.
+        count1, window = int(self.episodes.count), self.episodes.returns.shape[0]
+        new = min(count1 - count0, window)
+        returns = np.asarray(self.episodes.returns)[np.arange(count1 - new, count1) % window]
+        return grads, metrics, returns, self.per_gradient
+
+
+class _GymActor:
+    """An actor on its own gymnasium vector env (:class:`jdo.rl.host.HostActor`: reset
+    transitions of the NEXT_STEP autoreset are masked out of the loss)."""
+
+    def __init__(self, envs, policy, gradient, num_steps: int, seed: int):
+        self.actor = host.HostActor(envs, policy, seed=seed)
+        self.gradient_fn, self.num_steps = gradient, num_steps
+
+    def gradient(self, params, key):
+        rollout = self.actor.rollout(params, key, self.num_steps)
+        rollout = rollout._replace(
+            obs=rollout.obs.astype(np.float32),
+            next_obs=rollout.next_obs.astype(np.float32),
+            actions=rollout.actions.astype(np.int32),
+        )
+        grads, metrics = self.gradient_fn(params, rollout)
+        returns = np.asarray(self.actor.episodes.pop_new(), np.float32)
+        return grads, metrics, returns, int(rollout.valid.sum())
+
+
 def async_a3c(
-    env: Env,
+    env: Env | Callable[[int], gym.vector.VectorEnv],
     apply: Callable,
     params,
     optimizer: optax.GradientTransformation,
@@ -180,7 +249,12 @@ def async_a3c(
     learner applies them, so the optimizer state is one consistent optax state.
 
     Args:
-      env: the vector env every actor gets its own copy of (``jdo.rl.make_vec_env``).
+      env: a JAX-native vector env (``jdo.rl.make_vec_env``) of which every actor gets its own
+        copy (its own state, reset from its own key); or host environments: a callable
+        ``env(actor) -> gymnasium.vector.VectorEnv`` (:func:`jdo.rl.host.make_vector_env`, a
+        discrete action space, n-step returns with ``gae_lambda=1``), whose NEXT_STEP reset
+        transitions are masked out of the loss (:class:`jdo.rl.host.HostActor`). The envs
+        made here are closed at the end.
       apply: ``apply(params, obs) -> (policy_out, value)`` (``jdo.rl.make_network``).
       params: initial params.
       optimizer: the learner's optax optimizer.
@@ -196,16 +270,25 @@ def async_a3c(
       callback: ``callback(update, metrics)`` on the host after each applied update.
 
     Returns:
-      ``{"params", "opt_state", "history", "updates", "env_steps", "wall_s" (after
+      ``{"params", "opt_state", "history", "updates", "env_steps", "gradients", "wall_s" (after
       compilation), "compile_s", "dropped",
       "staleness_histogram", "episode_return", "reached_target"}``. ``staleness_histogram[s]``
-      counts the applied gradients of staleness ``s``; ``env_steps`` counts every env step taken
-      (dropped gradients' included); ``history`` holds one metrics dict per applied update
-      (``loss``, loss terms, ``staleness``, ``episode_return``, ``env_steps``, ``dropped``).
+      counts the applied gradients of staleness ``s``; ``gradients`` counts those received
+      (applied, dropped, or waiting for their turn at the end); ``env_steps`` counts the env
+      steps behind them (masked reset transitions of host envs excluded); ``history`` holds
+      one metrics dict per applied update (``loss``, loss terms, ``staleness``,
+      ``episode_return``, ``env_steps``, ``dropped``).
     """
-    if not isinstance(env, Env) or env.num_envs is None:
+    on_host = not isinstance(env, Env)
+    if on_host and not callable(env):
+        raise ValueError(f"async_a3c: env must be a vector jdo.rl.Env (jdo.rl.make_vec_env) or "
+                         f"a callable actor -> gymnasium vector env, got {env!r}")  # fmt: skip
+    if not on_host and env.num_envs is None:
         raise ValueError(f"async_a3c: env must be a vector jdo.rl.Env (jdo.rl.make_vec_env), "
-                         f"got {env!r}")  # fmt: skip
+                         f"got the single env {env.name}")  # fmt: skip
+    if on_host and gae_lambda != 1.0:
+        raise ValueError(f"async_a3c: gae_lambda applies to JAX-native envs; host envs use "
+                         f"n-step returns (gae_lambda=1.0), got {gae_lambda}")  # fmt: skip
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(f"async_a3c: optimizer must be an optax.GradientTransformation, "
                          f"got {optimizer!r}")  # fmt: skip
@@ -227,37 +310,46 @@ def async_a3c(
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"async_a3c: max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
 
-    actor_reset, actor_step, learner_step, tx = _device_functions(
-        env, apply, optimizer, num_steps, gamma, gae_lambda, value_coef, entropy_coef,
-        max_grad_norm,
-    )  # fmt: skip
+    key = jax.random.key(seed)
+    actor_keys = [jax.random.fold_in(key, i) for i in range(num_actors)]
+    owned_envs = []
+    if on_host:
+        policy, gradient, learner_step, tx = _host_functions(
+            apply, optimizer, gamma, value_coef, entropy_coef, max_grad_norm
+        )
+        for i in range(num_actors):
+            owned_envs.append(env(i))
+        actors = [
+            _GymActor(e, policy, gradient, num_steps, seed=seed + 10_000 * i)
+            for i, e in enumerate(owned_envs)
+        ]
+    else:
+        fns = _device_functions(
+            env, apply, optimizer, num_steps, gamma, gae_lambda, value_coef, entropy_coef,
+            max_grad_norm,
+        )  # fmt: skip
+        learner_step, tx = fns[2], fns[3]
+        actors = [
+            _JaxActor(fns, jax.random.fold_in(k, 1 << 30), num_steps, env.num_envs)
+            for k in actor_keys
+        ]
 
     # -- host: actor threads --------------------------------------------------------------------
     server = _Server(params, num_actors, max_staleness, on_stale)
     pushes: queue.Queue[_Push] = queue.Queue()
     errors: list[BaseException] = []
-    key = jax.random.key(seed)
 
     def actor_loop(i: int):
         try:
-            actor_key = jax.random.fold_in(key, i)
-            env_state, obs, episodes = actor_reset(jax.random.fold_in(actor_key, 1 << 30))
             it = 0
             while True:
                 pulled = server.pull(i)
                 if pulled is None:
                     return
                 p, version, ticket = pulled
-                count0 = int(episodes.count)
-                grads, env_state, obs, episodes, metrics = actor_step(
-                    p, env_state, obs, episodes, jax.random.fold_in(actor_key, it)
-                )
+                out = actors[i].gradient(p, jax.random.fold_in(actor_keys[i], it))
                 it += 1
-                # The episodes finished in this rollout: the newest entries of the ring.
-                count1, window = int(episodes.count), episodes.returns.shape[0]
-                new = min(count1 - count0, window)
-                returns = np.asarray(episodes.returns)[np.arange(count1 - new, count1) % window]
-                pushes.put(_Push(i, ticket, version, grads, metrics, returns))
+                pushes.put(_Push(i, ticket, version, *out))
         except BaseException as e:  # surfaced by the learner
             errors.append(e)
             server.close()
@@ -270,9 +362,18 @@ def async_a3c(
     # -- host: the learner, in the calling thread --------------------------------------------
     # Compile before the clock starts (and once, not once per thread); results discarded.
     t_compile = time.perf_counter()
-    warm = actor_reset(key)
-    warm_grads = actor_step(params, *warm, key)[0]
     opt_state = tx.init(params)
+    if on_host:  # a throwaway rollout on a throwaway env: the actors' envs stay untouched
+        warm_env = env(num_actors)
+        owned_envs.append(warm_env)
+        warm = _GymActor(warm_env, policy, gradient, num_steps, seed=seed)
+        warm_grads = warm.gradient(params, key)[0]
+    else:
+        fns = _device_functions(
+            env, apply, optimizer, num_steps, gamma, gae_lambda, value_coef, entropy_coef,
+            max_grad_norm,
+        )  # fmt: skip
+        warm_grads = fns[1](params, *fns[0](key), key)[0]
     jax.block_until_ready(learner_step(params, opt_state, warm_grads))
     compile_s = time.perf_counter() - t_compile
 
@@ -283,7 +384,7 @@ def async_a3c(
     next_ticket = 0
     dropped = 0
     env_steps = 0
-    per_gradient = num_steps * env.num_envs
+    received = 0
     reached = False
     ordered = server.gate
     t0 = time.perf_counter()
@@ -299,7 +400,8 @@ def async_a3c(
                 if errors:
                     raise RuntimeError("an actor thread failed") from errors[0]
                 continue
-            env_steps += per_gradient
+            env_steps += push.env_steps
+            received += 1
             recent.extend(push.returns.tolist())
             ready = [push]
             if ordered:  # apply in pull order
@@ -337,6 +439,8 @@ def async_a3c(
         server.close()
         for th in threads:
             th.join(timeout=30)
+        for e in owned_envs:
+            e.close()
     if errors:
         raise RuntimeError("an actor thread failed") from errors[0]
     size = max(histogram, default=-1) + 1
@@ -346,6 +450,7 @@ def async_a3c(
         "history": history,
         "updates": len(history),
         "env_steps": env_steps,
+        "gradients": received,
         "wall_s": time.perf_counter() - t0,
         "compile_s": compile_s,
         "dropped": dropped,

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jdo.rl import make_env, make_network, make_vec_env
+from jdo.rl import host, make_env, make_network, make_vec_env
 from jdo.rl.async_a3c import async_a3c
 
 
@@ -52,7 +52,8 @@ def test_drop_mode_discards_stale_gradients():
     assert out["dropped"] > 0  # 4 actors pulling the same version: all but one are stale
     assert out["history"][-1]["dropped"] == out["dropped"]
     # every computed gradient cost env steps, applied or not
-    assert out["env_steps"] == (out["updates"] + out["dropped"]) * 16 * 8
+    assert out["gradients"] == out["updates"] + out["dropped"]  # arrival order: none waits
+    assert out["env_steps"] == out["gradients"] * 16 * 8
 
 
 def test_unbounded_staleness_is_recorded():
@@ -99,4 +100,35 @@ def test_async_a3c_solves_cartpole(tau, on_stale):
           f"{out['env_steps']} env steps, {out['updates']} updates, {out['wall_s']:.1f} s "
           f"(+{out['compile_s']:.1f} s compile); staleness histogram "
           f"{out['staleness_histogram'].tolist()}, dropped {out['dropped']}")  # fmt: skip
+    assert out["reached_target"] and out["episode_return"] >= 475
+
+
+def _host_envs(actor):
+    return host.make_vector_env("CartPole-v1", 4)
+
+
+def test_host_gymnasium_actors():
+    env, apply, params, opt = _setup()  # the same network: gymnax CartPole = gymnasium's
+    out = async_a3c(_host_envs, apply, params, opt, num_actors=2, num_steps=16,
+                    max_updates=40, max_staleness=1, on_stale="wait")  # fmt: skip
+    staleness = _check_histogram(out)
+    assert out["updates"] == 40 and out["dropped"] == 0 and staleness.max() <= 1
+    # env steps are the valid transitions: 16 steps x 4 envs per gradient, minus the masked
+    # NEXT_STEP reset transitions (one per finished episode; CartPole episodes last > 2 steps)
+    assert 40 <= out["gradients"] <= 41
+    assert out["gradients"] * 64 / 2 < out["env_steps"] < out["gradients"] * 64
+    with pytest.raises(ValueError, match="gae_lambda"):
+        async_a3c(_host_envs, apply, params, opt, gae_lambda=0.95)
+
+
+@pytest.mark.slow  # ~30 s of gymnasium stepping on 2 cores
+def test_async_a3c_solves_gymnasium_cartpole():
+    env, apply, params, opt = _setup()
+    out = async_a3c(
+        lambda i: host.make_vector_env("CartPole-v1", 8), apply, params, opt, num_actors=4,
+        num_steps=16, max_updates=50_000, target_return=475, max_seconds=240,
+    )  # fmt: skip
+    print(f"async A3C on gymnasium: return {out['episode_return']:.1f} after "
+          f"{out['env_steps']} env steps, {out['wall_s']:.1f} s; staleness histogram "
+          f"{out['staleness_histogram'].tolist()}")  # fmt: skip
     assert out["reached_target"] and out["episode_return"] >= 475
