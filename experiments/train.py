@@ -61,7 +61,10 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
+
+
+@hydra.main(version_base="1.3", config_path=os.path.normpath(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
     _simulate_cpu_devices(cfg.get("cpu_devices"))
     from jdo.train import distributed

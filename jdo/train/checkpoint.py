@@ -155,6 +155,11 @@ class Checkpointer:
         out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(out["meta"])
 
+    def read_state(self, step: int):
+        """Checkpoint ``step``'s state as saved (no target, no digest check): for inspection."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        return self._manager.restore(step, args=args)["state"]
+
     def restore_step(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint ``step`` onto ``abstract_state``'s shapes and shardings and
         verifies its digest; raises :class:`CorruptCheckpoint` naming the path otherwise."""

@@ -633,13 +633,16 @@ def _checkpoint_options(container: Mapping, output_dir: str | None) -> Checkpoin
             return
         differences = config_differences(meta.get("config", {}), container, may_differ)
         if differences:
+            differences.sort(key=lambda d: d[0] != "workers")  # the likeliest cause first
             key, old, new = differences[0]
             more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+            hint = "checkpoint.elastic=average to regroup its workers, " if key == "workers" else ""
             raise ConfigError(
                 "checkpoint.resume",
                 f"{directory} holds a checkpoint (step {meta.get('step')}) of a different "
                 f"config: {key} was {old!r}, is now {new!r}{more}. Use another output "
-                "directory (hydra.run.dir=...) or checkpoint.resume=force to resume anyway",
+                f"directory (hydra.run.dir=...), {hint}or checkpoint.resume=force to resume "
+                "anyway",
             )
 
     if os.path.isdir(directory):  # check before anything in output_dir is written over

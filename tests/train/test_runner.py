@@ -90,7 +90,9 @@ def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
 
 def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
     cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
-    with pytest.raises(FloatingPointError, match=r"non-finite loss or update at step 2 \(workers \[0"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite loss or update at step 2 \(workers \[0"
+    ):
         run(cfg, output_dir=str(tmp_path))
 
 
