@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger("jdo")
 
 DIGEST_KEY = "digest"
+STRUCTURE_KEY = "structure"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,19 +77,39 @@ def _all_lanes(leaves):
     return [_lanes(x) for x in leaves]
 
 
+def _entries(tree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` sorted by path, the path written ``a/b/0`` whatever the containers
+    (a NamedTuple saved by orbax comes back as a dict with the same names)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return sorted(
+        ((jax.tree_util.keystr(p, simple=True, separator="/"), x) for p, x in flat),
+        key=lambda e: e[0],
+    )
+
+
+def tree_signature(tree, skip_leading: bool = False) -> list[str]:
+    """``path:dtype:shape`` of every leaf, sorted: what a checkpoint must match to be restored
+    into ``tree`` (``skip_leading``: without the leading worker axis)."""
+    out = []
+    for path, x in _entries(tree):
+        shape = tuple(x.shape[1:] if skip_leading else x.shape)
+        out.append(f"{path}:{x.dtype}:{list(shape)}")
+    return out
+
+
 def tree_digest(tree) -> str:
-    """A hex digest of a pytree's structure, shapes, dtypes and every bit of its values.
+    """A hex digest of a pytree's leaf names, shapes, dtypes and every bit of its values.
 
     Computed on the devices that hold the arrays (nothing is copied to the host but two words
     per leaf), so it costs one pass over the state and works on any sharding, including arrays
     spread over several processes.
     """
-    paths_leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    leaves = [jnp.asarray(x) for _, x in paths_leaves]
+    entries = _entries(tree)
+    leaves = [jnp.asarray(x) for _, x in entries]
     lanes = jax.device_get(_all_lanes(leaves))
     h = hashlib.sha256()
-    for (path, _), x, lane in zip(paths_leaves, leaves, lanes, strict=True):
-        h.update(f"{jax.tree_util.keystr(path)}:{x.dtype}:{x.shape};".encode())
+    for (path, _), x, lane in zip(entries, leaves, lanes, strict=True):
+        h.update(f"{path}:{x.dtype}:{x.shape};".encode())
         h.update(np.asarray(lane, np.uint32).tobytes())
     return h.hexdigest()
 
@@ -100,6 +121,10 @@ def tree_digest(tree) -> str:
 
 class CorruptCheckpoint(RuntimeError):
     """A checkpoint that cannot be restored or whose digest does not match."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """An intact checkpoint of a different state (another algorithm, model or version)."""
 
 
 class Checkpointer:
@@ -141,7 +166,8 @@ class Checkpointer:
         """Starts saving ``state`` with ``meta`` (JSON) and its digest; returns the seconds the
         caller was blocked (digest + device-to-host copy; the write goes on in the background)."""
         t0 = time.perf_counter()
-        meta = {**meta, "step": int(step), DIGEST_KEY: tree_digest(state)}
+        meta = {**meta, "step": int(step), DIGEST_KEY: tree_digest(state),
+                STRUCTURE_KEY: tree_signature(state, skip_leading=True)}  # fmt: skip
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -162,8 +188,24 @@ class Checkpointer:
 
     def restore_step(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint ``step`` onto ``abstract_state``'s shapes and shardings and
-        verifies its digest; raises :class:`CorruptCheckpoint` naming the path otherwise."""
+        verifies its digest; raises :class:`CorruptCheckpoint` naming the path otherwise, or
+        :class:`IncompatibleCheckpoint` if it holds a different kind of state."""
         path = self.path(step)
+        try:
+            saved = self.read_meta(step).get(STRUCTURE_KEY)
+        except Exception as e:
+            raise CorruptCheckpoint(
+                f"{path}: unreadable metadata ({type(e).__name__}: {e})"
+            ) from None
+        wanted = tree_signature(abstract_state, skip_leading=True)
+        if saved is not None and saved != wanted:
+            extra = sorted(set(saved) - set(wanted))
+            missing = sorted(set(wanted) - set(saved))
+            raise IncompatibleCheckpoint(
+                f"{path} holds a different state than this run's (it has "
+                f"{extra[:1] or 'nothing more'}, lacks {missing[:1] or 'nothing'}): written by "
+                "another algorithm, model or jdo version"
+            )
         try:
             out = self._manager.restore(
                 step,
@@ -195,8 +237,9 @@ class Checkpointer:
     ) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest checkpoint that restores and verifies, as ``(step, state, meta)``; None
         if there is none. ``abstract_state`` may be a function of the checkpoint's metadata
-        (e.g. a different worker count). A bad checkpoint is reported (``on_corrupt`` or a
-        warning), moved aside to ``<step>.corrupt`` and the previous one is tried."""
+        (e.g. a different worker count). A corrupt checkpoint is reported (``on_corrupt`` or a
+        warning), moved aside to ``<step>.corrupt`` and the previous one is tried; an intact
+        one of another kind of state raises :class:`IncompatibleCheckpoint` (nothing moved)."""
         for step in reversed(self.steps()):
             try:
                 target = abstract_state

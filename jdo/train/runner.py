@@ -34,7 +34,7 @@ from jdo.data import Dataset, WorkerData, make_loss, partition, sample_batch
 from jdo.data.synthetic import optimum_of_parts
 from jdo.lifting import lift
 from jdo.models import functional
-from jdo.train.checkpoint import Checkpointer
+from jdo.train.checkpoint import Checkpointer, IncompatibleCheckpoint
 from jdo.train.config import RESUME_MAY_DIFFER, ConfigError, config_differences, validate
 from jdo.train.elastic import regroup
 from jdo.train.guard import guard_nonfinite
@@ -400,7 +400,10 @@ def fit(
                 abstract,
             )
 
-        found = ckpt.restore_latest(target, on_corrupt=_report_corrupt)
+        try:
+            found = ckpt.restore_latest(target, on_corrupt=_report_corrupt)
+        except IncompatibleCheckpoint as e:
+            raise ConfigError("checkpoint", f"{e}; use another output directory") from None
         if found is not None:
             start, restored, meta = found
             skipped = int(meta.get("skipped_steps", 0))

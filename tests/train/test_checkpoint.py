@@ -1,6 +1,7 @@
 """The content digest and the Checkpointer: atomic orbax saves plus integrity on restore."""
 
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -113,3 +114,45 @@ def test_restore_step_raises_on_missing_file(tmp_path):
 def test_no_checkpoint_gives_none(tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt:
         assert ckpt.restore_latest(jax.tree.map(_abstract, _state())) is None
+
+
+def test_digest_ignores_container_types_so_a_raw_read_verifies(tmp_path):
+    from typing import NamedTuple
+
+    class State(NamedTuple):
+        params: dict
+        opt: tuple
+
+    state = State(_state(1), ({"mu": jnp.arange(8.0)},))
+    _save_one = Checkpointer(str(tmp_path))
+    _save_one.save(5, state, {})
+    _save_one.close()
+    with Checkpointer(str(tmp_path)) as ckpt:
+        raw = ckpt.read_state(5)  # dicts and lists, not the NamedTuple
+        assert not isinstance(raw, State)
+        assert tree_digest(raw) == ckpt.read_meta(5)["digest"] == tree_digest(state)
+
+
+def test_a_different_kind_of_state_is_refused_and_nothing_moved(tmp_path):
+    from jdo.train.checkpoint import IncompatibleCheckpoint
+
+    _save(tmp_path, [10, 20])
+    other = {k: v for k, v in _state().items() if k != "flag"}
+    with Checkpointer(str(tmp_path)) as ckpt:
+        with pytest.raises(IncompatibleCheckpoint, match="20 holds a different state"):
+            ckpt.restore_latest(jax.tree.map(_abstract, other))
+        assert ckpt.steps() == [10, 20]
+    assert not any(p.name.endswith(".corrupt") for p in tmp_path.iterdir())
+
+
+def test_state_swapped_in_from_another_checkpoint_fails_the_digest(tmp_path):
+    """A consistent store with other content (no file-level checksum can see it)."""
+    _save(tmp_path, [10, 20])
+    shutil.rmtree(tmp_path / "20" / "state")
+    shutil.copytree(tmp_path / "10" / "state", tmp_path / "20" / "state")
+    reports = []
+    with Checkpointer(str(tmp_path)) as ckpt:
+        step, _, _ = ckpt.restore_latest(jax.tree.map(_abstract, _state()),
+                                         on_corrupt=reports.append)  # fmt: skip
+    assert step == 10
+    assert len(reports) == 1 and f"{tmp_path / '20'}: content digest mismatch" in reports[0]
