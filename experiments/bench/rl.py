@@ -183,7 +183,7 @@ def throughput(rounds: int, calls: int) -> tuple[list[dict], list[dict]]:
         steps = T * num_envs
         return {"envs": num_envs, "jdo": steps / times["jdo"], "gym": steps / times["gym"]}
 
-    acting_rows = [acting(n) for n in (8, 32)]
+    acting_rows = [acting(n) for n in (N, N * W)]
 
     # -- 2. training: jdo PPO vs the plain PPO -------------------------------------------------
     train_rows = []
@@ -277,15 +277,20 @@ def main(argv=None):
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     lines = [f"CartPole-v1 on {device} ({os.cpu_count()} CPU cores); "
              f"`python -m experiments.bench.rl`", "",
-             "**Acting** (policy + env step, T=128 steps; env steps/s)", "",
-             "| env copies | jdo jitted rollout | gymnasium sync vector env + same jitted policy"
-             " | jdo ÷ gymnasium |", "|---:|---:|---:|---:|"]  # fmt: skip
-    for r in acting:
-        lines.append(f"| {r['envs']} | {r['jdo']:,.0f} | {r['gym']:,.0f} | "
-                     f"{r['jdo'] / r['gym']:,.0f}x |")  # fmt: skip
-    lines += ["", f"**PPO training** (rollout + GAE + {EPOCHS} epochs x {MB} minibatches per "
-              f"update, T={T}, {N} envs per worker; env steps/s)", "",
-              "| jdo workers (vmap) | env copies | jdo PPO | plain single-file PPO | jdo ÷ plain "
+             "**Environment steps per second**: gymnasium's sync vector env driving jdo's jitted "
+             "policy one step at a time (acting only) vs jdo's jitted rollout (acting only) and "
+             f"jdo's whole PPO update (acting + GAE + {EPOCHS} epochs x {MB} minibatches; "
+             f"{N} envs per worker, 1 or {W} workers)", "",
+             "| env copies | gymnasium + jitted policy | jdo rollout | jdo PPO training "
+             "| rollout ÷ gymnasium | training ÷ gymnasium |",
+             "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for a, t in zip(acting, training, strict=True):
+        lines.append(f"| {a['envs']} | {a['gym']:,.0f} | {a['jdo']:,.0f} | {t['jdo']:,.0f} | "
+                     f"{a['jdo'] / a['gym']:.1f}x | {t['jdo'] / a['gym']:.1f}x |")  # fmt: skip
+    lines += ["", f"**jdo PPO vs a plain single-file jitted PPO** (same network, hyperparameters "
+              f"and work; T={T}, {UPDATES_PER_CALL} updates per call; env steps/s; the plain PPO "
+              f"has all the env copies in one learner)", "",
+              "| jdo workers (vmap) | env copies | jdo PPO | plain PPO | jdo ÷ plain "
               "| A/A control |", "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in training:
         lines.append(f"| {r['workers']} | {r['envs']} | {r['jdo']:,.0f} | {r['plain']:,.0f} | "
