@@ -10,7 +10,7 @@ from tests.helpers import write_mnist_dir, write_npz
 
 GROUPS = (
     "task", "model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",
-    "trainer", "logger",
+    "trainer", "logger", "checkpoint",
 )  # fmt: skip
 SMOKE = ("debug=smoke",)
 
@@ -51,6 +51,17 @@ def test_every_option_composes_and_smoke_runs(override, make_cfg, tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3
     for name in ("config.yaml", "summary.json"):
         assert (tmp_path / "run" / name).is_file()
+
+
+def test_slurm_launcher_preset_composes_with_requeue():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"],
+                      return_hydra_config=True)  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
 
 
 def test_default_config_smoke_run(make_cfg, tmp_path):
