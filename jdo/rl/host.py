@@ -169,10 +169,9 @@ class EpisodeTracker:
 
     def pop_new(self) -> list[float]:
         """Returns of the episodes finished since the last call."""
-        new, self._seen = self.count - self._seen, self.count
-        return [
-            r for r, _ in list(self.finished)[len(self.finished) - min(new, len(self.finished)) :]
-        ]
+        new = min(self.count - self._seen, len(self.finished))  # the window may have dropped some
+        self._seen = self.count
+        return [r for r, _ in list(self.finished)[len(self.finished) - new :]]
 
     def mean_return(self) -> float:
         """Mean return of the last ``window`` finished episodes (NaN before the first)."""
@@ -475,6 +474,10 @@ def sebulba(
     behind the learner (the queue holds ``queue_size`` rollouts, default one per actor); the
     loss ignores that small policy lag, as synchronous A2C does. ``policy_lag`` in the metrics
     reports it. Host threads: the actors; the learner runs in the calling thread.
+
+    Determinism: each actor's keys and env seeds are fixed by ``seed``, and the learner batches
+    rollouts in actor order; the params version each rollout was acted with depends on thread
+    timing, so two runs agree only in distribution.
 
     Reference: Hessel et al. 2021, "Podracer architectures for scalable Reinforcement
     Learning" (Sebulba).

@@ -10,8 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jdo.models import MLP, functional
-from jdo.rl import host
+from jdo.rl import host, make_network, make_vec_env
 
 
 class Countdown(gym.Env):
@@ -177,19 +176,6 @@ def test_async_vector_env_with_spawn():
     assert (~r.valid).sum() >= 2  # always pushing left ends an episode within 30 steps
 
 
-def _cartpole_actor_critic(seed=0):
-    from flax import nnx
-
-    rngs = nnx.Rngs(seed)
-    pi_apply, pi_params = functional(MLP((4,), 2, hidden=(64, 64), rngs=rngs))
-    v_apply, v_params = functional(MLP((4,), 1, hidden=(64, 64), rngs=rngs))
-
-    def apply(params, obs):
-        return pi_apply(params["pi"], obs), v_apply(params["v"], obs)[:, 0]
-
-    return apply, {"pi": pi_params, "v": v_params}
-
-
 @pytest.mark.parametrize("workers,lifting", [(4, "vmap"), (8, "vmap"), (8, "shard_map")])
 def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
     actor = _actor("next_step", num_envs=8, env=functools.partial(Countdown, (2, 3, 5, 7)))
@@ -218,11 +204,12 @@ def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
 
 
 def test_sebulba_learns_cartpole():
-    apply, params = _cartpole_actor_critic()
+    # jdo's actor-critic sized by gymnax CartPole, whose spaces are gymnasium's
+    apply, params = make_network(make_vec_env("CartPole-v1", 1), (64, 64), seed=0)
     make = functools.partial(host.make_vector_env, "CartPole-v1", 8)
     t0 = time.perf_counter()
     out = host.sebulba(
-        [make(), make()], apply, params, optax.adam(5e-4), num_updates=350, num_steps=16,
+        [make(), make()], apply, params, optax.adam(1e-3), num_updates=300, num_steps=16,
         learner_workers=4, seed=0,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -230,6 +217,7 @@ def test_sebulba_learns_cartpole():
     last = out["history"][-1]
     print(f"sebulba: return {first:.1f} -> {last['episode_return']:.1f}, "
           f"{out['env_steps']} env steps, {seconds:.1f} s")  # fmt: skip
-    assert last["episode_return"] > 100 > first
-    assert out["env_steps"] == last["env_steps"] <= 350 * 16 * 16
+    # seeds 0, 1, 2 gave 263, 290, 271 here (thread interleaving varies the policy lag a bit)
+    assert last["episode_return"] > 150 and first < 60
+    assert out["env_steps"] == last["env_steps"] <= 300 * 16 * 16
     assert 0 <= last["policy_lag"] <= 2
