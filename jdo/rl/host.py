@@ -509,6 +509,8 @@ def sebulba(
         raise ValueError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    if queue_size is not None:
+        _check_positive("queue_size", queue_size)
     sizes = {e.num_envs for e in envs}
     if len(sizes) != 1:
         raise ValueError(f"every actor's vector env must have the same num_envs, got {sizes}")
@@ -528,7 +530,7 @@ def sebulba(
     policy = categorical_policy(apply)
     store = ParamsStore(params)
     stop = threading.Event()
-    rollouts: queue.Queue = queue.Queue(maxsize=queue_size or num_actors)
+    rollouts: queue.Queue = queue.Queue(maxsize=queue_size if queue_size else num_actors)
     key = jax.random.key(seed)
     actors = [HostActor(e, policy, seed=seed + 10_000 * i) for i, e in enumerate(envs)]
     threads = [

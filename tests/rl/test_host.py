@@ -164,6 +164,8 @@ def test_bad_arguments():
         host.sebulba(envs, apply, params, optax.sgd(0.1), num_updates=1, learner_workers=2)
     with pytest.raises(ValueError, match="envs"):
         host.sebulba(envs[0], apply, params, optax.sgd(0.1), num_updates=1)
+    with pytest.raises(ValueError, match="queue_size"):
+        host.sebulba(envs, apply, params, optax.sgd(0.1), num_updates=1, queue_size=0)
 
 
 def test_async_vector_env_with_spawn():
