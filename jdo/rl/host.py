@@ -199,6 +199,7 @@ class HostActor:
         self.prev_done = np.zeros(self.num_envs, bool)
         self.episodes = EpisodeTracker(self.num_envs)
         self.env_steps = 0  # valid transitions collected
+        self.devices: set = set()  # where the policy ran
 
     def rollout(self, params, key: jax.Array, num_steps: int) -> Rollout:
         """The next ``num_steps`` steps of every sub-environment under ``policy(params, .)``.
@@ -206,7 +207,10 @@ class HostActor:
         Returns of episodes that finished meanwhile: ``self.episodes.pop_new()``."""
         cols = {k: [] for k in Rollout._fields}
         for t in range(num_steps):
-            actions = np.asarray(self.policy(params, self.obs, jax.random.fold_in(key, t)))
+            actions = self.policy(params, self.obs, jax.random.fold_in(key, t))
+            if isinstance(actions, jax.Array):
+                self.devices.update(actions.devices())
+            actions = np.asarray(actions)
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
             valid = np.ones(self.num_envs, bool)
             successor = next_obs
@@ -455,6 +459,7 @@ def sebulba(
     lifting: str = "vmap",
     mesh=None,
     queue_size: int | None = None,
+    actor_device: jax.Device | None = None,
     seed: int = 0,
     callback: Callable[[int, dict], None] | None = None,
 ) -> dict[str, Any]:
@@ -492,10 +497,14 @@ def sebulba(
       num_steps: rollout length per actor per update.
       learner_workers: W, the learner's workers (the concatenated env count must divide by W).
       lifting: ``"vmap"`` or ``"shard_map"`` (needs ``mesh`` with a ``workers`` axis of size W).
+      actor_device: the device the actors' policy runs on (each new params version is copied
+        there), apart from the learner's devices (``mesh``) as in Sebulba; None: the default
+        device.
       callback: ``callback(update, metrics)`` on the host after each update.
 
     Returns:
-      ``{"params", "opt_state", "history": [metrics per update], "env_steps", "wall_s"}``; the
+      ``{"params", "opt_state", "history": [metrics per update], "env_steps", "wall_s",
+      "actor_devices"}`` (``actor_devices``: the devices the policy ran on); the
       metrics hold ``loss``, ``episode_return`` (mean of the last 100 finished episodes over all
       actors), ``env_steps`` (valid transitions so far) and ``policy_lag``.
     """
@@ -511,6 +520,8 @@ def sebulba(
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
     if queue_size is not None:
         _check_positive("queue_size", queue_size)
+    if actor_device is not None and not isinstance(actor_device, jax.Device):
+        raise ValueError(f"actor_device must be a jax.Device or None, got {actor_device!r}")
     sizes = {e.num_envs for e in envs}
     if len(sizes) != 1:
         raise ValueError(f"every actor's vector env must have the same num_envs, got {sizes}")
@@ -528,7 +539,8 @@ def sebulba(
 
     # -- the actors --------------------------------------------------------------------------
     policy = categorical_policy(apply)
-    store = ParamsStore(params)
+    to_actors = (lambda p: jax.device_put(p, actor_device)) if actor_device is not None else None
+    store = ParamsStore(params if to_actors is None else to_actors(params))
     stop = threading.Event()
     rollouts: queue.Queue = queue.Queue(maxsize=queue_size if queue_size else num_actors)
     key = jax.random.key(seed)
@@ -566,7 +578,7 @@ def sebulba(
                 env_steps += int(it[2].valid.sum())
             version = store.get()[1]
             params, opt_state, metrics = update(params, opt_state, batch)
-            store.put(params)
+            store.put(params if to_actors is None else to_actors(params))
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             metrics["episode_return"] = float(np.mean(recent)) if recent else float("nan")
             metrics["env_steps"] = float(env_steps)  # learned from (valid) so far
@@ -584,4 +596,5 @@ def sebulba(
         "history": history,
         "env_steps": env_steps,
         "wall_s": time.perf_counter() - t0,
+        "actor_devices": set().union(*(a.devices for a in actors)),
     }

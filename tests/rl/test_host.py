@@ -223,3 +223,25 @@ def test_sebulba_learns_cartpole():
     assert last["episode_return"] > 150 and first < 60
     assert out["env_steps"] == last["env_steps"] <= 300 * 16 * 16
     assert 0 <= last["policy_lag"] <= 2
+
+
+def test_sebulba_actors_and_learner_on_separate_devices(mesh8):
+    """Sebulba's split: the policy runs on device 7, the learner's 4 workers on devices 0-3."""
+    from jdo.train import make_mesh
+
+    apply, params = _linear_actor_critic()
+    envs = [host.make_vector_env(Countdown, 4), host.make_vector_env(Countdown, 4)]
+    actor_device = jax.devices()[7]
+    out = host.sebulba(
+        envs, apply, params, optax.sgd(0.01), num_updates=5, num_steps=4, learner_workers=4,
+        lifting="shard_map", mesh=make_mesh(4), actor_device=actor_device,
+    )  # fmt: skip
+    assert out["actor_devices"] == {actor_device}
+    assert {d for leaf in jax.tree.leaves(out["params"]) for d in leaf.devices()} <= set(
+        jax.devices()[:4]
+    )
+    assert len(out["history"]) == 5 and all(np.isfinite(m["loss"]) for m in out["history"])
+    default = host.sebulba(envs, apply, params, optax.sgd(0.01), num_updates=1, num_steps=4)
+    assert default["actor_devices"] == {jax.devices()[0]}
+    with pytest.raises(ValueError, match="actor_device"):
+        host.sebulba(envs, apply, params, optax.sgd(0.01), num_updates=1, actor_device=7)
