@@ -93,7 +93,7 @@ def rollout(
     """
 
     def body(carry, key):
-        env_state, obs, stats = carry
+        env_state, obs = carry
         act_key, env_key = jax.random.split(key)
         out, value = apply(params, obs)
         action = policy.sample(act_key, out)
@@ -101,15 +101,14 @@ def rollout(
         next_obs, env_state, reward, terminated, _, info = env.step(
             env_key, env_state, policy.to_env(action)
         )
-        stats = episode_stats_update(
-            stats, info["done"], info["episode_return"], info["episode_length"]
-        )
         t = Transition(obs, action, log_prob, value, reward, terminated, info["done"],
                        info["final_observation"])  # fmt: skip
-        return (env_state, next_obs, stats), t
+        return (env_state, next_obs), (t, info["episode_return"], info["episode_length"])
 
     keys = jax.random.split(key, num_steps)
-    (env_state, obs, stats), traj = jax.lax.scan(body, (env_state, obs, stats), keys)
+    (env_state, obs), (traj, returns, lengths) = jax.lax.scan(body, (env_state, obs), keys)
+    # One update for the whole rollout: [T, N] row-major is the order the episodes ended in.
+    stats = episode_stats_update(stats, traj.done, returns, lengths)
     return env_state, obs, traj, stats
 
 

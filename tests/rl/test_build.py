@@ -113,3 +113,13 @@ def test_rl_state_round_trips_through_orbax_and_continues_identically(algorithm,
     straight, resumed = go(state, 3, 6), go(restored, 3, 6)
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("task", ["cartpole", "acrobot"])
+@pytest.mark.parametrize("algorithm", ["ppo", "decentralized_ppo", "a2c", "a3c"])
+def test_every_rl_task_builds_with_every_rl_algorithm(task, algorithm, make_cfg):
+    exp = build(make_cfg(f"task={task}", f"algorithm={algorithm}"))
+    state = jax.eval_shape(exp.algorithm.init, exp.params, jax.random.key(0))
+    obs_size = {"cartpole": 4, "acrobot": 6}[task]
+    assert state.obs.shape == (4, obs_size)  # task.num_envs copies
+    assert exp.data is None and exp.dataset is None
