@@ -24,7 +24,7 @@ DISTRIBUTED_KEYS = ("coordinator", "num_processes", "process_id", "heartbeat_tim
 # Keys a resumed run may change: how long and where it runs, not what it computes.
 RESUME_MAY_DIFFER = ("trainer.steps", "trainer.eval_every", "trainer.eval_batch_size",
                      "trainer.progress", "trainer.nonfinite", "lifting", "cpu_devices", "logger",
-                     "checkpoint", "fault", "distributed")  # fmt: skip
+                     "checkpoint", "fault", "distributed", "deterministic")  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -168,6 +168,8 @@ def validate(cfg: Mapping) -> None:
     boolean(cfg, "checkpoint.async")
     one_of(cfg, "checkpoint.resume", ("auto", "force"))
     one_of(cfg, "checkpoint.elastic", ("none", "average"))
+    if "deterministic" in cfg:
+        boolean(cfg, "deterministic")
     known_keys(cfg, "fault", FAULT_KEYS)
     positive_int(cfg, "fault.kill_at_step", allow_none=True)
     boolean(cfg, "fault.in_save")
