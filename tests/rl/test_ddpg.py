@@ -303,7 +303,7 @@ def test_state_round_trips_through_orbax_and_continues_identically(tmp_path):
     import orbax.checkpoint as ocp
 
     algo, params = _small()
-    init, run = _runner(algo, 8, 1)
+    init, run = _runner(algo, 8, 1, "vmap", None)  # the cache key of _run's runner
     state = init(params)
     for t in range(4):  # past learning_starts: buffer, targets and optimizer states all moved
         state, _ = run(state, jnp.int32(t))
