@@ -116,6 +116,7 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
         return {"state": state, "metrics": metrics}
 
     train.env, train.apply, train.params, train.algorithm = env, apply, params, algo
+    train.config = cfg  # the full config, defaults filled in
     return train
 
 

@@ -111,9 +111,9 @@ def train_until(
     if config.get("normalize_obs"):
         raise ValueError("train_until evaluates raw observations: normalize_obs is not supported")
     train = make_train({**config, "updates": max_updates})
-    algo, workers = train.algorithm, int({**config}.get("workers", 8))
+    algo, workers = train.algorithm, int(train.config["workers"])
     env_name = train.env.name
-    env_params = dict(config.get("env_params", {}))
+    env_params = dict(train.config["env_params"])
 
     def worker_chunk(state, key, t0):
         def body(s, t):
