@@ -15,8 +15,22 @@ GROUPS = (
 SMOKE = ("debug=smoke",)
 
 
+def _is_rl(group, option):
+    """RL tasks, algorithms and networks (or options extending one, like decentralized_ppo):
+    tests/rl/test_build.py runs those."""
+    with open(os.path.join(CONF, group, f"{option}.yaml"), encoding="utf-8") as f:
+        text = f.read()
+    if "kind: rl" in text or "_target_: jdo.rl." in text:
+        return True
+    parents = [line.strip()[2:] for line in text.splitlines() if line.startswith("  - ")]
+    return any(
+        _is_rl(group, p) for p in parents if os.path.isfile(os.path.join(CONF, group, p + ".yaml"))
+    )
+
+
 def _options(group):
-    return sorted(f[:-5] for f in os.listdir(os.path.join(CONF, group)) if f.endswith(".yaml"))
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, group)) if f.endswith(".yaml"))
+    return [n for n in names if not _is_rl(group, n)]
 
 
 def _needs(option_override, tmp_path):
