@@ -499,7 +499,7 @@ def fit(
                 # A fresh array (params_of copies): the next chunk donates the state.
                 pending = (end, metrics, params_of(state) if is_eval else None)
                 faults.maybe_kill(end, False, state, ckpt)
-                stop = watch.signum is not None
+                stop = _agree(watch.signum is not None)
                 if ckpt is not None and (stop or end == steps or (every and end % every == 0)):
                     finish(pending)  # never checkpoint a non-finite state
                     pending = None
@@ -512,7 +512,8 @@ def fit(
                     if ckpt is not None:
                         ckpt.close()
                     watch.hand_on()
-                    raise Preempted(watch.signum, end, ckpt.path(end) if ckpt else None)
+                    signum = watch.signum or signal.SIGTERM  # another process got the signal
+                    raise Preempted(signum, end, ckpt.path(end) if ckpt else None)
             if pending is not None:
                 finish(pending)
                 pending = None
@@ -545,6 +546,16 @@ def fit(
             json.dump(summary, f, indent=2, default=float)
     summary["state"] = state
     return summary
+
+
+def _agree(flag: bool) -> bool:
+    """True on every process if it is True on any (a signal reaches processes at different
+    steps; they must stop at the same chunk boundary or their collectives would not match)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def _report_corrupt(message: str) -> None:
