@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+EXIT_PREEMPTED = 75  # jdo.train.preemption.EXIT_PREEMPTED (not imported: JAX must not start here)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     while any(p.poll() is None for p in procs):
         for i, p in enumerate(procs):
             code = p.poll()
-            if code not in (None, 0) and failed is None:
+            if code not in (None, 0, EXIT_PREEMPTED) and failed is None:
                 failed = (i, code, time.monotonic())
                 print(
                     f"launch: process {i} (pid {p.pid}) exited with {_describe(code)}; "
@@ -106,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             stop_all(signal.SIGKILL)
         time.sleep(0.1)
     codes = [p.returncode for p in procs]
-    if failed is None and all(c == 0 for c in codes):
-        return 0
-    first = failed[1] if failed is not None else next(c for c in codes if c)
-    return first if first > 0 else 128 - first
+    if failed is None:  # all done, or all stopped together by a forwarded SIGTERM/SIGUSR2
+        return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
+    return failed[1] if failed[1] > 0 else 128 - failed[1]
 
 
 if __name__ == "__main__":

@@ -217,6 +217,30 @@ def test_2_processes_of_4_devices_match_1_process_of_8(tmp_path):
     )
 
 
+def test_sigterm_to_the_launcher_stops_both_processes_at_one_checkpoint_then_resumes(tmp_path):
+    base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    launch = [sys.executable, "-m", "experiments.launch", "-n", "2", "--cpu-devices", "4", "--",
+              *BASE, "lifting=shard_map", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*launch, "trainer.steps=100000"], cwd=ROOT, env=base_env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    stopped = max(_digests(tmp_path))
+    assert stderr.count(f"stopped at step {stopped} with checkpoint") == 2  # both processes
+    resumed = subprocess.run([*launch, f"trainer.steps={stopped + 10}"], cwd=ROOT, env=base_env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"]["step"] == stopped
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killing_one_process_makes_the_other_exit_non_zero_within_60_s(tmp_path, victim):
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
