@@ -182,8 +182,15 @@ class Checkpointer:
         return dict(out["meta"])
 
     def read_state(self, step: int):
-        """Checkpoint ``step``'s state as saved (no target, no digest check): for inspection."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore())
+        """Checkpoint ``step``'s state on this process's first device, with orbax's own tree
+        containers (dicts and lists) and no digest check: for inspection, whatever devices and
+        processes wrote it."""
+        with ocp.StandardCheckpointer() as reader:
+            saved = reader.metadata(os.path.join(self.path(step), "state")).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              saved)  # fmt: skip
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return self._manager.restore(step, args=args)["state"]
 
     def restore_step(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:

@@ -659,15 +659,16 @@ def _checkpoint_options(container: Mapping, output_dir: str | None) -> Checkpoin
                 "anyway",
             )
 
-    if os.path.isdir(directory):  # check before anything in output_dir is written over
-        with Checkpointer(directory) as existing:
-            for step in reversed(existing.steps()):
-                try:
-                    meta = existing.read_meta(step)
-                except Exception:  # unreadable: restore_latest will report it
-                    continue
-                check_meta(meta)
-                break
+    # Check before anything in output_dir is written over. Every process opens the manager
+    # (orbax synchronises processes when it opens one: all must, or none).
+    with Checkpointer(directory) as existing:
+        for step in reversed(existing.steps()):
+            try:
+                meta = existing.read_meta(step)
+            except Exception:  # unreadable: restore_latest will report it
+                continue
+            check_meta(meta)
+            break
     return CheckpointOptions(
         directory=directory,
         every=node["every"],
