@@ -321,7 +321,8 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, runs in results.items():
         c = runs[0]["curve"]
-        ax.plot(c[:, 0], c[:, 1], marker="o", ms=3, label=name)
+        dashed = name.startswith("A3C-style, τ=0")  # it is A2C exactly: the curves coincide
+        ax.plot(c[:, 0], c[:, 1], marker="o", ms=3, ls="--" if dashed else "-", label=name)
     ax.axhline(475, color="gray", ls=":", lw=1)
     ax.set(xlabel="environment steps (all workers)", ylabel="evaluation return (worst worker)",
            title=f"CartPole-v1, {W} workers x {N} envs (seed 0)")  # fmt: skip

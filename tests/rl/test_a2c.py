@@ -52,16 +52,17 @@ def test_a3c_with_staleness_zero_is_a2c():
     states = []
     for algo in (a2c(env, apply, optax.adam(1e-2), **kw),
                  a3c(env, apply, optax.adam(1e-2), staleness=0, **kw)):  # fmt: skip
-        init, step = _lifted(algo, 4)
-        state = init(params, jax.random.split(jax.random.key(0), 4))
+        init, step = _lifted(algo, 2)
+        state = init(params, jax.random.split(jax.random.key(0), 2))
         for t in range(3):
-            state, metrics = step(state, None, jax.random.split(jax.random.key(t + 1), 4))
+            state, metrics = step(state, None, jax.random.split(jax.random.key(t + 1), 2))
         states.append(state)
     for a, b in zip(jax.tree.leaves(states[0][:6]), jax.tree.leaves(states[1][:6]), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(metrics["staleness"], 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cyclic", "random"])
 def test_a3c_applies_the_mean_of_gradients_at_the_scheduled_stale_versions(schedule):
     """Reference: a Python list of every param version; worker i at step t rolls out and
