@@ -265,6 +265,14 @@ def test_killing_one_process_makes_the_other_exit_non_zero_within_60_s(tmp_path,
         survivor.kill()
         pytest.fail("the surviving process did not exit within 60 s")
     took = time.monotonic() - died
-    assert survivor.returncode == EXIT_PEER_LOST, stderr[-3000:]
-    assert f"lost process {victim}" in stderr
-    print(f"survivor exited {took:.1f} s after process {victim} died")
+    assert survivor.returncode != 0, stderr[-3000:]
+    # Either jdo's handler (a failed collective, then the coordination service's list of live
+    # processes) or JAX's own coordination agent, which aborts the process, gets there first.
+    ours = survivor.returncode == EXIT_PEER_LOST and f"lost process {victim}" in stderr
+    jaxs = survivor.returncode == -signal.SIGABRT and (
+        f"stopped sending heartbeats):\n{victim}" in stderr  # the service names the task
+        or (victim == 0 and "coordination service" in stderr)  # the service itself is gone
+    )
+    assert ours or jaxs, stderr[-3000:]
+    print(f"survivor exited {took:.1f} s after process {victim} died "
+          f"({'jdo' if ours else 'JAX'} message)")  # fmt: skip
