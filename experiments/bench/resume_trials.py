@@ -6,7 +6,7 @@ One uninterrupted reference run, then ``--trials`` runs into fresh directories, 
 (SIGKILL, by jdo's fault injection) at 1 to 3 random steps — between checkpoints or during an
 asynchronous save — and resumed until it finishes. A trial passes when its final checkpoint's
 content digest and every logged metric equal the reference's. Writes
-experiments/bench/results/resume_trials.md.
+experiments/bench/results/resume_trials_seed<seed>.md.
 """
 
 from __future__ import annotations
@@ -59,8 +59,12 @@ def main(argv=None) -> None:
     rows, passed = [], 0
     for trial in range(args.trials):
         run_dir = work / f"trial{trial}"
-        kills = sorted(rng.choice(np.arange(10, 200, 10), size=rng.integers(1, 4), replace=False))
-        in_save = [bool(rng.random() < 0.3) and k % 50 == 0 for k in kills]
+        steps = np.arange(10, 200, 10)
+        weights = np.where(steps % 50 == 0, 5.0, 1.0)  # checkpoint steps (50, 100, 150) often
+        kills = sorted(rng.choice(steps, size=rng.integers(1, 4), replace=False,
+                                  p=weights / weights.sum()))  # fmt: skip
+        # a kill during an asynchronous save can only happen at a checkpoint step
+        in_save = [bool(k % 50 == 0 and rng.random() < 0.7) for k in kills]
         codes = [_train(run_dir, f"fault.kill_at_step={k}", f"fault.in_save={str(s).lower()}")
                  for k, s in zip(kills, in_save, strict=True)]  # fmt: skip
         final = _train(run_dir)
@@ -83,7 +87,7 @@ def main(argv=None) -> None:
     ]) + "\n"  # fmt: skip
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "resume_trials.md").write_text(text)
+    (RESULTS / f"resume_trials_seed{args.seed}.md").write_text(text)
 
 
 if __name__ == "__main__":
