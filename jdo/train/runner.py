@@ -441,7 +441,7 @@ def fit(
     # -- loop: dispatch chunk c+1, then log chunk c while it runs -----------------------------
     trackers = []
     if writer:
-        resume_step = start if resumed else None
+        resume_step = start  # drop lines a killed earlier attempt wrote after this step
         trackers.append(JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), resume_step))
         if tensorboard:
             trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb"), resume_step))

@@ -26,8 +26,8 @@ def _jsonable(value):
 class JsonlTracker:
     """Appends one JSON object per logging step to ``path`` (``{"step": ..., **metrics}``).
 
-    ``resume_step``: a run resumed from a checkpoint at this step first drops the lines of
-    later steps (written before the interruption; they are about to be recomputed).
+    ``resume_step``: a run starting at this step (0, or a checkpoint's) first drops the lines
+    of later steps (written by an interrupted earlier attempt; they are about to be recomputed).
     """
 
     def __init__(self, path: str, resume_step: int | None = None):

@@ -65,7 +65,7 @@ def reference(tmp_path_factory):
 
 def test_kill_9_at_three_steps_then_resume_is_bit_identical(reference, tmp_path):
     resumed_from = []
-    for kill_at in (70, 130, 180):  # between checkpoints 50/100, 100/150, 150/200
+    for kill_at in (30, 70, 130, 180):  # before any checkpoint, then between 50/100, 100/150...
         out = _train(*BASE, f"hydra.run.dir={tmp_path}", f"fault.kill_at_step={kill_at}")
         assert out.returncode == -signal.SIGKILL, out.stderr
         log = (tmp_path / "train.log").read_text()
