@@ -51,3 +51,14 @@ def test_bad_configs_name_what_is_allowed():
         train_until({**SMALL, "normalize_obs": True}, target=1.0)
     with pytest.raises(ValueError, match="eval_every <= max_updates"):
         train_until(SMALL, target=1.0, eval_every=5, max_updates=2)
+
+
+def test_continuous_actions_train_end_to_end():
+    """PPO on Pendulum (Gaussian policy, clipped torques, truncation only): finite, it moves."""
+    train = make_train({**SMALL, "env": "Pendulum-v1", "normalize_obs": True,
+                        "normalize_reward_gamma": 0.99})  # fmt: skip
+    out = jax.jit(train)(jax.random.key(0))
+    assert np.all(np.isfinite(out["metrics"]["loss"]))
+    before, after = jax.tree.leaves(train.params), jax.tree.leaves(out["state"].params)
+    assert any(not np.allclose(a[0], b) for a, b in zip(after, before, strict=True))
+    assert "log_std" in out["state"].params
