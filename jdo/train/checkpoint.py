@@ -10,7 +10,9 @@ tried.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
 import time
@@ -26,6 +28,12 @@ log = logging.getLogger("jdo")
 
 DIGEST_KEY = "digest"
 STRUCTURE_KEY = "structure"
+META_DIGEST_KEY = "meta_digest"
+# Errors that are not the checkpoint's fault (out of memory, too many open files, a storage
+# system that is briefly unavailable): they propagate instead of condemning the checkpoint.
+_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "UNAVAILABLE",
+               "DEADLINE_EXCEEDED", "Too many open files", "No space left")  # fmt: skip
+_NOT_DAMAGE_ERRNO = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EIO)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,6 +127,37 @@ def tree_digest(tree) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    """The step, worker count, counters and config are part of what a checkpoint restores."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _is_damage(e: BaseException) -> bool:
+    """Whether a failed read means the checkpoint's files are damaged (orbax and tensorstore
+    report damage with many exception types, so this lists what is *not* damage)."""
+    if isinstance(e, MemoryError) or not isinstance(e, Exception):
+        return False
+    if isinstance(e, OSError) and e.errno in _NOT_DAMAGE_ERRNO:
+        return False
+    return not any(mark in str(e) for mark in _NOT_DAMAGE)
+
+
+def _short(e: BaseException) -> str:
+    """The first clause of an error (tensorstore appends kilobytes of spec)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(" [tensorstore_spec")[0]
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def _all_processes(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class CorruptCheckpoint(RuntimeError):
     """A checkpoint that cannot be restored or whose digest does not match."""
 
@@ -163,11 +202,12 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def save(self, step: int, state, meta: Mapping[str, Any]) -> float:
-        """Starts saving ``state`` with ``meta`` (JSON) and its digest; returns the seconds the
+        """Starts saving ``state`` with ``meta`` (JSON) and its digests; returns the seconds the
         caller was blocked (digest + device-to-host copy; the write goes on in the background)."""
         t0 = time.perf_counter()
         meta = {**meta, "step": int(step), DIGEST_KEY: tree_digest(state),
                 STRUCTURE_KEY: tree_signature(state, skip_leading=True)}  # fmt: skip
+        meta[META_DIGEST_KEY] = _meta_digest(meta)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -193,18 +233,34 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return self._manager.restore(step, args=args)["state"]
 
+    def verified_meta(self, step: int) -> dict[str, Any]:
+        """:meth:`read_meta`, checked: raises :class:`CorruptCheckpoint` if it is unreadable,
+        altered or filed under another step."""
+        path = self.path(step)
+        try:
+            meta = self.read_meta(step)
+        except Exception as e:
+            if not _is_damage(e):
+                raise
+            raise CorruptCheckpoint(f"{path}: unreadable metadata ({_short(e)})") from None
+        stored = meta.get(META_DIGEST_KEY)
+        if stored is None or stored != _meta_digest(meta) or meta.get("step") != step:
+            raise CorruptCheckpoint(f"{path}: its metadata was altered or belongs to step "
+                                    f"{meta.get('step')}")  # fmt: skip
+        return meta
+
     def restore_step(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint ``step`` onto ``abstract_state``'s shapes and shardings and
         verifies its digest; raises :class:`CorruptCheckpoint` naming the path otherwise, or
-        :class:`IncompatibleCheckpoint` if it holds a different kind of state."""
+        :class:`IncompatibleCheckpoint` if it holds a different kind of state. Errors that are
+        not damage to the files (out of memory, too many open files) propagate.
+
+        With several processes, each restores its own shards: they agree on the outcome before
+        the digest (a collective) is computed, so they always make the same calls."""
         path = self.path(step)
-        try:
-            saved = self.read_meta(step).get(STRUCTURE_KEY)
-        except Exception as e:
-            raise CorruptCheckpoint(
-                f"{path}: unreadable metadata ({type(e).__name__}: {e})"
-            ) from None
+        meta = self.verified_meta(step)
         wanted = tree_signature(abstract_state, skip_leading=True)
+        saved = meta.get(STRUCTURE_KEY)
         if saved is not None and saved != wanted:
             extra = sorted(set(saved) - set(wanted))
             missing = sorted(set(wanted) - set(saved))
@@ -213,25 +269,21 @@ class Checkpointer:
                 f"{extra[:1] or 'nothing more'}, lacks {missing[:1] or 'nothing'}): written by "
                 "another algorithm, model or jdo version"
             )
+        state, damage = None, None
         try:
-            out = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
-            )
+            state = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )["state"]
         except Exception as e:
-            raise CorruptCheckpoint(
-                f"{path}: cannot be restored ({type(e).__name__}: {e})"
-            ) from None
-        state, meta = out["state"], dict(out["meta"])
-        expected = meta.get(DIGEST_KEY)
-        if expected is None:
-            raise CorruptCheckpoint(f"{path}: has no content digest")
+            if not _is_damage(e):
+                raise
+            damage = f"{path}: cannot be restored ({_short(e)})"
+        if not _all_processes(damage is None):
+            raise CorruptCheckpoint(damage or f"{path}: cannot be restored on another process")
         actual = tree_digest(state)
-        if actual != expected:
+        if actual != meta.get(DIGEST_KEY):
             raise CorruptCheckpoint(
-                f"{path}: content digest mismatch (stored {expected[:16]}…, "
+                f"{path}: content digest mismatch (stored {str(meta.get(DIGEST_KEY))[:16]}…, "
                 f"restored data {actual[:16]}…): the files were altered after saving"
             )
         return state, meta
@@ -244,20 +296,15 @@ class Checkpointer:
     ) -> tuple[int, Any, dict[str, Any]] | None:
         """The newest checkpoint that restores and verifies, as ``(step, state, meta)``; None
         if there is none. ``abstract_state`` may be a function of the checkpoint's metadata
-        (e.g. a different worker count). A corrupt checkpoint is reported (``on_corrupt`` or a
-        warning), moved aside to ``<step>.corrupt`` and the previous one is tried; an intact
-        one of another kind of state raises :class:`IncompatibleCheckpoint` (nothing moved)."""
+        (e.g. a different worker count). A damaged checkpoint is reported (``on_corrupt`` or a
+        warning), moved aside to ``<step>.corrupt[-n]`` (never deleted) and the previous one
+        is tried; an intact one of another kind of state raises
+        :class:`IncompatibleCheckpoint` (nothing moved)."""
         for step in reversed(self.steps()):
             try:
                 target = abstract_state
                 if callable(abstract_state):
-                    try:
-                        meta = self.read_meta(step)
-                    except Exception as e:
-                        raise CorruptCheckpoint(
-                            f"{self.path(step)}: unreadable metadata ({type(e).__name__}: {e})"
-                        ) from None
-                    target = abstract_state(meta)  # its own errors (a refusal) propagate
+                    target = abstract_state(self.verified_meta(step))  # a refusal propagates
                 state, meta = self.restore_step(step, target)
                 return step, state, meta
             except CorruptCheckpoint as e:
@@ -267,9 +314,13 @@ class Checkpointer:
         return None
 
     def _quarantine(self, step: int) -> None:
+        path = self.path(step)
         if jax.process_index() == 0:
-            path = self.path(step)
-            os.replace(path, f"{path}.corrupt")
+            target, n = f"{path}.corrupt", 1
+            while os.path.exists(target):  # the same step may go bad twice
+                n += 1
+                target = f"{path}.corrupt-{n}"
+            os.replace(path, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -156,3 +156,42 @@ def test_state_swapped_in_from_another_checkpoint_fails_the_digest(tmp_path):
                                          on_corrupt=reports.append)  # fmt: skip
     assert step == 10
     assert len(reports) == 1 and f"{tmp_path / '20'}: content digest mismatch" in reports[0]
+
+
+def test_the_same_step_corrupt_twice_is_moved_aside_twice(tmp_path):
+    for round_ in range(2):
+        _save(tmp_path, [20])  # (re)written after the previous copy was moved aside
+        victim = _largest_file(tmp_path / "20")
+        data = bytearray(open(victim, "rb").read())
+        data[len(data) // 2] ^= 0x01
+        open(victim, "wb").write(bytes(data))
+        with Checkpointer(str(tmp_path)) as ckpt:
+            assert ckpt.restore_latest(jax.tree.map(_abstract, _state()),
+                                       on_corrupt=lambda m: None) is None  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20.corrupt", "20.corrupt-2"]
+
+
+def test_a_step_folder_renamed_to_another_step_is_refused(tmp_path):
+    _save(tmp_path, [10])
+    os.rename(tmp_path / "10", tmp_path / "30")  # would resume at the wrong data position
+    reports = []
+    with Checkpointer(str(tmp_path)) as ckpt:
+        assert ckpt.restore_latest(jax.tree.map(_abstract, _state()),
+                                   on_corrupt=reports.append) is None  # fmt: skip
+    assert "30: its metadata was altered or belongs to step 10" in reports[0]
+
+
+def test_an_error_that_is_not_damage_propagates_and_moves_nothing(tmp_path, monkeypatch):
+    _save(tmp_path, [10])
+    with Checkpointer(str(tmp_path)) as ckpt:
+        original = ckpt._manager.restore
+
+        def restore(step, args):
+            if "state" in args:
+                raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while allocating")
+            return original(step, args=args)
+
+        monkeypatch.setattr(ckpt._manager, "restore", restore)
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+            ckpt.restore_latest(jax.tree.map(_abstract, _state()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["10"]
