@@ -131,5 +131,27 @@ def main(cfg: DictConfig) -> None:
         log.info("results (%s):\n%s", output_dir, summary_table(summary))
 
 
-if __name__ == "__main__":
+def _check_run_dir(argv: list[str]) -> None:
+    """Hydra makes the run directory before ``main`` runs (and fails with a traceback): check
+    a ``hydra.run.dir=`` override first and fail with one line instead."""
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            path = os.path.abspath(arg.split("=", 1)[1])
+            parent = path
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+                what = "is not a directory" if not os.path.isdir(parent) else "is not writable"
+                print(f"error: hydra.run.dir: cannot create {path}: {parent} {what}",
+                      file=sys.stderr)  # fmt: skip
+                sys.exit(2)
+
+
+def cli() -> None:
+    """``python -m experiments.train``."""
+    _check_run_dir(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

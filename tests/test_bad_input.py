@@ -21,12 +21,12 @@ SMOKE = ("debug=smoke", "model.hidden=[16]")
 
 
 def _main(argv, monkeypatch, capsys) -> tuple[int, str]:
-    from experiments.train import main
+    from experiments.train import cli
 
     script = str(Path(__file__).parent.parent / "experiments" / "train.py")
     monkeypatch.setattr(sys, "argv", [script, *argv])
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        cli()
     code = exit_info.value.code
     return (0 if code is None else code), capsys.readouterr().err
 
@@ -143,6 +143,12 @@ CASES = [  # (overrides, exit status, message)
         "error: checkpoint.resume: {run}/checkpoints holds a checkpoint (step 3)"
         " of a different config: workers was 8, is now 4",
     ),
+    (
+        ("trainer.steps=2", "trainer.eval_every=1"),
+        2,
+        "error: trainer.steps: the checkpoint in {run}/checkpoints is at step 3: use "
+        "trainer.steps >= 3",
+    ),
 ]
 
 
@@ -177,5 +183,7 @@ def test_unwritable_output_directory(tmp_path, monkeypatch, capsys):
         run(cfg, output_dir=blocked)
     # and from the command line, where Hydra itself makes the run directory
     status, stderr = _main([*SMOKE, f"hydra.run.dir={blocked}"], monkeypatch, capsys)
-    assert status != 0
-    assert "Not a directory" in stderr and blocked in stderr
+    assert status == 2
+    parent = os.path.dirname(blocked)
+    assert f"error: hydra.run.dir: cannot create {blocked}: {parent} is not a directory" in stderr
+    assert "Traceback" not in stderr

@@ -21,7 +21,8 @@ ENV = {"coordinator": "JDO_COORDINATOR", "num_processes": "JDO_NUM_PROCESSES",
 
 
 def _cluster_detected() -> bool:
-    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    # SLURM_STEP_NUM_TASKS is set inside an srun step (SLURM_NTASKS also in a plain batch script)
+    for var in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE"):
         try:
             if int(os.environ.get(var, "1")) > 1:
                 return True
@@ -84,6 +85,9 @@ def initialize(node: Mapping[str, Any] | None) -> bool:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service installs a SIGTERM handler Python cannot see, which swallows the
+    # signal; jdo's own (jdo.train.preemption) checkpoints and stops instead.
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d (%d local devices of %d)", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip

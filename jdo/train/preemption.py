@@ -23,11 +23,12 @@ class Preempted(Exception):
     """Training stopped on a signal after checkpointing ``step`` (``None``: no checkpoint)."""
 
     def __init__(self, signum: int, step: int, checkpoint: str | None):
-        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (checkpointing off)"
-        super().__init__(
-            f"{signal.Signals(signum).name} received: stopped at step {step} with {where}; "
-            "run the same command again to resume"
-        )
+        if checkpoint:
+            then = f"checkpoint {checkpoint}; run the same command again to resume"
+        else:
+            then = "no checkpoint (checkpointing is off): the run cannot be resumed"
+        super().__init__(f"{signal.Signals(signum).name} received: stopped at step {step} with "
+                         f"{then}")  # fmt: skip
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 

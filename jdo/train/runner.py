@@ -308,6 +308,7 @@ def fit(
     checkpoint: CheckpointOptions | None = None,
     nonfinite: str = "stop",
     faults: Faults = Faults(),
+    config_yaml: str | None = None,
 ) -> dict[str, Any]:
     """Trains ``exp`` for ``steps`` steps, ``log_every`` steps per jitted call.
 
@@ -326,7 +327,8 @@ def fit(
     cross-device ones).
 
     Returns the summary (also written to ``output_dir/summary.json``); per-chunk metrics go to
-    ``output_dir/metrics.jsonl``. Returns the final state under the ``"state"`` key.
+    ``output_dir/metrics.jsonl``; ``config_yaml`` is written to ``output_dir/config.yaml`` once
+    the checkpoint (if any) was accepted. Returns the final state under the ``"state"`` key.
     """
     for name, value in (("steps", steps), ("eval_every", eval_every)):
         if value < 1 or value % log_every:
@@ -335,161 +337,172 @@ def fit(
     if every is not None and (every < 1 or every % log_every):
         raise ValueError(f"checkpoint every={every} must be a positive multiple of "
                          f"log_every={log_every}")  # fmt: skip
-    algo = guard_nonfinite(exp.algorithm, nonfinite)
-    num_chunks = steps // log_every
-    writer = output_dir is not None and jax.process_index() == 0
+    with PreemptionWatch() as watch:  # from the start: a signal during compile counts
+        algo = guard_nonfinite(exp.algorithm, nonfinite)
+        num_chunks = steps // log_every
+        writer = output_dir is not None and jax.process_index() == 0
 
-    # -- mesh and placement -------------------------------------------------------------------
-    mesh = _worker_mesh(workers, lifting, devices)
-    per_worker = NamedSharding(mesh, P(WORKERS))
-    replicated = NamedSharding(mesh, P())
-    data = _place(tuple(exp.data), per_worker) if exp.data is not None else ()
-    key = jax.random.key(seed)
-    init_key, run_key = jax.random.split(key)
+        # -- mesh and placement --------------------------------------------------------------------
+        mesh = _worker_mesh(workers, lifting, devices)
+        per_worker = NamedSharding(mesh, P(WORKERS))
+        replicated = NamedSharding(mesh, P())
+        data = _place(tuple(exp.data), per_worker) if exp.data is not None else ()
+        key = jax.random.key(seed)
+        init_key, run_key = jax.random.split(key)
 
-    # -- per-worker chunk of K steps, lifted once ------------------------------------------------
-    def worker_step(state, data, key, t):
-        k = jax.random.fold_in(jax.random.fold_in(key, comm.worker_index()), t)
-        batch_key, step_key = jax.random.split(k)
-        batch = sample_batch(*data, batch_key, batch_size) if data else None
-        return algo.step(state, batch, step_key)
+        # -- per-worker chunk of K steps, lifted once ----------------------------------------------
+        def worker_step(state, data, key, t):
+            k = jax.random.fold_in(jax.random.fold_in(key, comm.worker_index()), t)
+            batch_key, step_key = jax.random.split(k)
+            batch = sample_batch(*data, batch_key, batch_size) if data else None
+            return algo.step(state, batch, step_key)
 
-    def worker_chunk(state, data, key, step0):
-        body = lambda s, t: worker_step(s, data, key, t)
-        return jax.lax.scan(body, state, step0 + jnp.arange(log_every))
+        def worker_chunk(state, data, key, step0):
+            body = lambda s, t: worker_step(s, data, key, t)
+            return jax.lax.scan(body, state, step0 + jnp.arange(log_every))
 
-    lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting == "shard_map" else None)
-    chunk = jax.jit(
-        lift_(worker_chunk, in_axes=(0, 0, None, None)),
-        donate_argnums=0,
-        out_shardings=(per_worker, per_worker),
-    )
-    init = jax.jit(lift_(algo.init, in_axes=(None, 0)), out_shardings=per_worker)
-    init_per_worker = jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker)
-    init_keys = _place(jax.random.key_data(jax.random.split(init_key, workers)), per_worker)
-    init_keys = jax.random.wrap_key_data(init_keys)
-
-    # -- state: fresh, or restored from the newest good checkpoint -------------------------------
-    t0 = time.perf_counter()
-    state = init(exp.params, init_keys)
-    params_of = jax.jit(jax.vmap(algo.params))  # Algorithm.params is per worker
-    ckpt, start, skipped, resumed = None, 0, 0, None
-    if checkpoint is not None:
-        ckpt = Checkpointer(
-            checkpoint.directory, keep_last=checkpoint.keep_last,
-            keep_every=checkpoint.keep_every, async_save=checkpoint.async_save,
-        )  # fmt: skip
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+        shard_mesh = mesh if lifting == "shard_map" else None
+        lift_ = functools.partial(lift, lifting=lifting, mesh=shard_mesh)
+        chunk = jax.jit(
+            lift_(worker_chunk, in_axes=(0, 0, None, None)),
+            donate_argnums=0,
+            out_shardings=(per_worker, per_worker),
         )
+        init = jax.jit(lift_(algo.init, in_axes=(None, 0)), out_shardings=per_worker)
+        init_per_worker = jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker)
+        init_keys = _place(jax.random.key_data(jax.random.split(init_key, workers)), per_worker)
+        init_keys = jax.random.wrap_key_data(init_keys)
 
-        def target(meta):
-            if checkpoint.check_meta is not None:
-                checkpoint.check_meta(meta)
-            old = int(meta.get("workers", workers))
-            if old == workers:
-                return abstract
-            if checkpoint.elastic != "average":
-                raise ConfigError("workers", f"the checkpoint in {checkpoint.directory} has "
-                                  f"{old} workers, this run {workers}; set "
-                                  "checkpoint.elastic=average to regroup its workers, or use "
-                                  "another output directory")  # fmt: skip
-            one = NamedSharding(make_mesh(1), P())
-            return jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct((old, *x.shape[1:]), x.dtype, sharding=one),
-                abstract,
+        # -- state: fresh, or restored from the newest good checkpoint -----------------------------
+        t0 = time.perf_counter()
+        state = init(exp.params, init_keys)
+        params_of = jax.jit(jax.vmap(algo.params))  # Algorithm.params is per worker
+        ckpt, start, skipped, resumed = None, 0, 0, None
+        if checkpoint is not None:
+            ckpt = Checkpointer(
+                checkpoint.directory, keep_last=checkpoint.keep_last,
+                keep_every=checkpoint.keep_every, async_save=checkpoint.async_save,
+            )  # fmt: skip
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
             )
 
+            def target(meta):
+                if checkpoint.check_meta is not None:
+                    checkpoint.check_meta(meta)
+                old = int(meta.get("workers", workers))
+                if old == workers:
+                    return abstract
+                if checkpoint.elastic != "average":
+                    raise ConfigError("workers", f"the checkpoint in {checkpoint.directory} has "
+                                      f"{old} workers, this run {workers}; set "
+                                      "checkpoint.elastic=average to regroup its workers, or use "
+                                      "another output directory")  # fmt: skip
+                # replicated on this run's devices: every process holds all old workers
+                return jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct((old, *x.shape[1:]), x.dtype,
+                                                   sharding=replicated),
+                    abstract,
+                )  # fmt: skip
+
+            try:
+                found = ckpt.restore_latest(target, on_corrupt=_report_corrupt)
+            except IncompatibleCheckpoint as e:
+                raise ConfigError("checkpoint", f"{e}; use another output directory") from None
+            if found is not None:
+                start, restored, meta = found
+                skipped = int(meta.get("skipped_steps", 0))
+                resumed = {"step": start, "path": ckpt.path(start)}
+                if start % log_every:
+                    raise ConfigError("trainer.log_every", f"the checkpoint is at step {start}, "
+                                      f"not a multiple of log_every={log_every}")  # fmt: skip
+                if start > steps:
+                    raise ConfigError("trainer.steps", f"the checkpoint in "
+                                      f"{checkpoint.directory} is at step {start}: use "
+                                      f"trainer.steps >= {start}, or another output "
+                                      "directory")  # fmt: skip
+                if int(meta.get("workers", workers)) == workers:
+                    state = restored
+                else:  # checkpoint.elastic=average
+                    new_params = _place(regroup(jax.device_get(params_of(restored)), workers),
+                                        per_worker)  # fmt: skip
+                    state = init_per_worker(new_params, init_keys)
+                    resumed["regrouped_from"] = int(meta["workers"])
+                log.info("resumed from %s (step %d)", resumed["path"], start)
+
+        if writer and config_yaml is not None:  # after any refusal to resume: nothing lost
+            with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(config_yaml)
+
+        # -- compile (training chunk and evaluation), count bytes ----------------------------------
+        step0 = jnp.zeros((), jnp.int32)
+        compiled = chunk.lower(state, data, run_key, step0).compile()
+        one_worker = lambda tree: jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
+        )
+        count = lambda conditionals: comm.worker_bytes(
+            worker_step, workers, one_worker(state), one_worker(data), run_key, step0,
+            in_axes=(0, 0, None, None), platform=jax.default_backend(),
+            conditionals=conditionals,
+        )  # fmt: skip
+        step_bytes = count("max")  # a step that communicates
+        bytes_per_step = sum(step_bytes.values())
+        quiet_bytes = sum(count("min").values())  # periodic algorithms' other steps
+        evaluate = make_evaluate(exp, eval_batch_size).lower(params_of(state)).compile()
+        gather = jax.jit(lambda tree: tree, out_shardings=replicated)  # for multi-process hosts
+        compile_s = time.perf_counter() - t0
+
+        # -- loop: dispatch chunk c+1, then log chunk c while it runs ------------------------------
+        trackers = []
+        if writer:
+            resume_step = start  # drop lines a killed earlier attempt wrote after this step
+            trackers.append(JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), resume_step))
+            if tensorboard:
+                trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb"), resume_step))
+        tracker = MultiTracker(trackers)
+        bar = _progress(steps - start, progress)
+        samples_per_step = (  # per worker
+            batch_size or float(np.mean(exp.data.count)) if exp.data is not None else 0
+        )
+        record: dict[str, Any] = {}
+        save_block_s: list[float] = []
+        t_start = t_last = time.perf_counter()
+
+        def finish(pending):
+            """Host side of a finished chunk: checks, records, logs (waits for the chunk)."""
+            nonlocal record, t_last, skipped
+            done_step, done_metrics, done_params = pending
+            metrics = jax.device_get(gather(done_metrics))  # each [W, K]
+            bad = metrics.pop("nonfinite", None)
+            if bad is not None and np.any(bad):
+                k = int(np.argmax(np.any(bad, axis=0)))  # the chunk's first bad step
+                workers_bad = np.flatnonzero(bad[:, k]).tolist()
+                raise NonFiniteError(
+                    f"non-finite loss or update at step {done_step - log_every + k + 1} (workers "
+                    f"{workers_bad}); training stopped; {_last_good(ckpt)}"
+                )
+            skips = metrics.pop("skipped", None)
+            mask = None
+            if skips is not None:
+                mask = skips[0] == 0  # the same on every worker
+                skipped += int(np.sum(skips[0]))
+            record = _train_record(metrics, done_step, bytes_per_step, quiet_bytes, mask)
+            if skips is not None:
+                record["skipped_steps"] = skipped
+            now = time.perf_counter()
+            record["steps_per_s"] = log_every / max(now - t_last, 1e-9)
+            record["samples_per_s"] = record["steps_per_s"] * workers * samples_per_step
+            t_last = now
+            if done_params is not None:
+                record.update({k: float(v) for k, v in evaluate(done_params).items()})
+            tracker.log(done_step, record)
+            bar.update(log_every)
+            bar.set_postfix(loss=f"{record['train/loss']:.4f}", sps=f"{record['steps_per_s']:.0f}")
+            if done_params is not None:
+                log.info(_line(done_step, record))
+
+        pending = None
         try:
-            found = ckpt.restore_latest(target, on_corrupt=_report_corrupt)
-        except IncompatibleCheckpoint as e:
-            raise ConfigError("checkpoint", f"{e}; use another output directory") from None
-        if found is not None:
-            start, restored, meta = found
-            skipped = int(meta.get("skipped_steps", 0))
-            resumed = {"step": start, "path": ckpt.path(start)}
-            if start % log_every:
-                raise ConfigError("trainer.log_every", f"the checkpoint is at step {start}, "
-                                  f"not a multiple of log_every={log_every}")  # fmt: skip
-            if int(meta.get("workers", workers)) == workers:
-                state = restored
-            else:  # checkpoint.elastic=average
-                new_params = _place(regroup(jax.device_get(params_of(restored)), workers),
-                                    per_worker)  # fmt: skip
-                state = init_per_worker(new_params, init_keys)
-                resumed["regrouped_from"] = int(meta["workers"])
-            log.info("resumed from %s (step %d)", resumed["path"], start)
-
-    # -- compile (training chunk and evaluation), count bytes -----------------------------------
-    step0 = jnp.zeros((), jnp.int32)
-    compiled = chunk.lower(state, data, run_key, step0).compile()
-    one_worker = lambda tree: jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree
-    )
-    count = lambda conditionals: comm.worker_bytes(
-        worker_step, workers, one_worker(state), one_worker(data), run_key, step0,
-        in_axes=(0, 0, None, None), platform=jax.default_backend(),
-        conditionals=conditionals,
-    )  # fmt: skip
-    step_bytes = count("max")  # a step that communicates
-    bytes_per_step = sum(step_bytes.values())
-    quiet_bytes = sum(count("min").values())  # periodic algorithms' other steps
-    evaluate = make_evaluate(exp, eval_batch_size).lower(params_of(state)).compile()
-    gather = jax.jit(lambda tree: tree, out_shardings=replicated)  # for multi-process hosts
-    compile_s = time.perf_counter() - t0
-
-    # -- loop: dispatch chunk c+1, then log chunk c while it runs -----------------------------
-    trackers = []
-    if writer:
-        resume_step = start  # drop lines a killed earlier attempt wrote after this step
-        trackers.append(JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), resume_step))
-        if tensorboard:
-            trackers.append(TensorBoardTracker(os.path.join(output_dir, "tb"), resume_step))
-    tracker = MultiTracker(trackers)
-    bar = _progress(steps - start, progress)
-    samples_per_step = (  # per worker
-        batch_size or float(np.mean(exp.data.count)) if exp.data is not None else 0
-    )
-    record: dict[str, Any] = {}
-    save_block_s: list[float] = []
-    t_start = t_last = time.perf_counter()
-
-    def finish(pending):
-        """Host side of a finished chunk: checks, records, logs (waits for the chunk)."""
-        nonlocal record, t_last, skipped
-        done_step, done_metrics, done_params = pending
-        metrics = jax.device_get(gather(done_metrics))  # each [W, K]
-        bad = metrics.pop("nonfinite", None)
-        if bad is not None and np.any(bad):
-            k = int(np.argmax(np.any(bad, axis=0)))  # the chunk's first bad step
-            workers_bad = np.flatnonzero(bad[:, k]).tolist()
-            raise NonFiniteError(
-                f"non-finite loss or update at step {done_step - log_every + k + 1} (workers "
-                f"{workers_bad}); training stopped; {_last_good(ckpt)}"
-            )
-        skips = metrics.pop("skipped", None)
-        mask = None
-        if skips is not None:
-            mask = skips[0] == 0  # the same on every worker
-            skipped += int(np.sum(skips[0]))
-        record = _train_record(metrics, done_step, bytes_per_step, quiet_bytes, mask)
-        if skips is not None:
-            record["skipped_steps"] = skipped
-        now = time.perf_counter()
-        record["steps_per_s"] = log_every / max(now - t_last, 1e-9)
-        record["samples_per_s"] = record["steps_per_s"] * workers * samples_per_step
-        t_last = now
-        if done_params is not None:
-            record.update({k: float(v) for k, v in evaluate(done_params).items()})
-        tracker.log(done_step, record)
-        bar.update(log_every)
-        bar.set_postfix(loss=f"{record['train/loss']:.4f}", sps=f"{record['steps_per_s']:.0f}")
-        if done_params is not None:
-            log.info(_line(done_step, record))
-
-    pending = None
-    try:
-        with PreemptionWatch() as watch:
             for c in range(start // log_every, num_chunks):
                 end = (c + 1) * log_every
                 state, metrics = compiled(state, data, run_key, jnp.int32(c * log_every))
@@ -499,7 +512,8 @@ def fit(
                 # A fresh array (params_of copies): the next chunk donates the state.
                 pending = (end, metrics, params_of(state) if is_eval else None)
                 faults.maybe_kill(end, False, state, ckpt)
-                stop = _agree(watch.signum is not None)
+                # A signal during the last chunk: the run finishes normally instead.
+                stop = _agree(watch.signum is not None) and end < steps
                 if ckpt is not None and (stop or end == steps or (every and end % every == 0)):
                     finish(pending)  # never checkpoint a non-finite state
                     pending = None
@@ -517,35 +531,35 @@ def fit(
             if pending is not None:
                 finish(pending)
                 pending = None
-        if ckpt is not None:
-            ckpt.close()  # waits for the last save
-    finally:
-        bar.close()
-        tracker.close()
-    if not record:  # resumed at the end: nothing left to train
-        record = {k: float(v) for k, v in evaluate(params_of(state)).items()}
-    wall_s = time.perf_counter() - t_start
-    trained = steps - start
-    summary = {
-        "workers": workers,
-        "lifting": lifting,
-        "steps": steps,
-        **record,
-        "bytes/step_by_kind": step_bytes,
-        "compile_s": compile_s,
-        "wall_s": wall_s,
-        "steps_per_s": trained / wall_s,  # this session, evaluations and checkpoints included
-        "samples_per_s": trained / wall_s * workers * samples_per_step,
-    }
-    if resumed:
-        summary["resumed_from"] = resumed
-    if save_block_s:
-        summary["checkpoint/save_block_s"] = float(np.mean(save_block_s))
-    if writer:
-        with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, default=float)
-    summary["state"] = state
-    return summary
+            if ckpt is not None:
+                ckpt.close()  # waits for the last save
+        finally:
+            bar.close()
+            tracker.close()
+        if not record:  # resumed at the end: nothing left to train
+            record = {k: float(v) for k, v in evaluate(params_of(state)).items()}
+        wall_s = time.perf_counter() - t_start
+        trained = steps - start
+        summary = {
+            "workers": workers,
+            "lifting": lifting,
+            "steps": steps,
+            **record,
+            "bytes/step_by_kind": step_bytes,
+            "compile_s": compile_s,
+            "wall_s": wall_s,
+            "steps_per_s": trained / wall_s,  # this session, evaluations and checkpoints included
+            "samples_per_s": trained / wall_s * workers * samples_per_step,
+        }
+        if resumed:
+            summary["resumed_from"] = resumed
+        if save_block_s:
+            summary["checkpoint/save_block_s"] = float(np.mean(save_block_s))
+        if writer and trained > 0:  # a rerun of a finished run keeps its summary
+            with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2, default=float)
+        summary["state"] = state
+        return summary
 
 
 def _agree(flag: bool) -> bool:
@@ -700,8 +714,6 @@ def run(cfg: DictConfig | Mapping, output_dir: str | None = None) -> dict[str, A
     if output_dir is not None:
         _check_writable(output_dir)
     checkpoint = _checkpoint_options(container, output_dir)
-    if output_dir is not None and jax.process_index() == 0:
-        OmegaConf.save(cfg, os.path.join(output_dir, "config.yaml"), resolve=True)
     trainer, fault = container["trainer"], container["fault"]
     return fit(
         exp,
@@ -720,6 +732,7 @@ def run(cfg: DictConfig | Mapping, output_dir: str | None = None) -> dict[str, A
         checkpoint=checkpoint,
         nonfinite=trainer["nonfinite"],
         faults=Faults(fault["kill_at_step"], fault["in_save"]),
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
     )
 
 

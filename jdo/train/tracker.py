@@ -35,8 +35,9 @@ class JsonlTracker:
         if resume_step is not None and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 kept = [line for line in f if _line_step(line) <= resume_step]
-            with open(path, "w", encoding="utf-8") as f:
+            with open(f"{path}.tmp", "w", encoding="utf-8") as f:  # a kill here loses nothing
                 f.writelines(kept)
+            os.replace(f"{path}.tmp", path)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, step, metrics):

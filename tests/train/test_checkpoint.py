@@ -159,7 +159,7 @@ def test_state_swapped_in_from_another_checkpoint_fails_the_digest(tmp_path):
 
 
 def test_the_same_step_corrupt_twice_is_moved_aside_twice(tmp_path):
-    for round_ in range(2):
+    for _ in range(2):
         _save(tmp_path, [20])  # (re)written after the previous copy was moved aside
         victim = _largest_file(tmp_path / "20")
         data = bytearray(open(victim, "rb").read())

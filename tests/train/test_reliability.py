@@ -69,9 +69,12 @@ def test_kill_9_at_three_steps_then_resume_is_bit_identical(reference, tmp_path)
         out = _train(*BASE, f"hydra.run.dir={tmp_path}", f"fault.kill_at_step={kill_at}")
         assert out.returncode == -signal.SIGKILL, out.stderr
         log = (tmp_path / "train.log").read_text()
-        resumed_from.append(log.count("resumed from"))
+        resumed_from.append(log.split("resumed from")[-1].split("(step ")[-1].split(")")[0]
+                            if "resumed from" in log else None)  # fmt: skip
     out = _train(*BASE, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
+    # no checkpoint before the kill at 30; then each attempt resumes from the last one saved
+    assert resumed_from == [None, None, "50", "100"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["resumed_from"]["step"] == 150
     assert _digests(tmp_path)[200] == reference["digests"][200]
@@ -87,6 +90,7 @@ def test_kill_9_during_an_async_save_resumes_from_the_previous_checkpoint(refere
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"]["step"] == 50
     assert _digests(tmp_path)[200] == reference["digests"][200]
+    assert _metrics(tmp_path) == reference["metrics"]
 
 
 def test_a_flipped_byte_in_the_newest_checkpoint_is_named_and_the_previous_one_used(
@@ -131,6 +135,7 @@ def test_sigterm_checkpoints_at_a_step_boundary_exits_75_and_resumes_exactly(tmp
     assert _train(*BASE, end, f"hydra.run.dir={run_dir}").returncode == 0
     assert _train(*BASE, end, f"hydra.run.dir={fresh}").returncode == 0
     assert _digests(run_dir)[stopped + 20] == _digests(fresh)[stopped + 20]
+    assert _metrics(run_dir) == _metrics(fresh)
 
 
 # ----------------------------------------------------------------------------------------------
