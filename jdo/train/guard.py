@@ -28,7 +28,9 @@ def guard_nonfinite(algorithm: Algorithm, mode: str, axis_name: str = WORKERS) -
     worker's flag), for the runner to stop on. ``mode="skip"``: if any worker's step is
     non-finite, every worker keeps its previous state (one ``pmin`` over ``axis_name`` decides,
     so the workers never drift apart, and periodic algorithms keep communicating on the same
-    steps) and ``metrics["skipped"]`` is 1.
+    steps) and ``metrics["skipped"]`` is 1. That ``pmin`` is a 4-byte all-reduce on every step:
+    it shows in the runner's ``bytes/step`` and makes every step a synchronisation point, also
+    the quiet steps of local SGD or DiLoCo.
     """
     if mode not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {mode!r}")
