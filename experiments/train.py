@@ -23,7 +23,8 @@ SUMMARY_KEYS = (
     "steps", "workers", "lifting", "train/loss", "eval/avg_model/loss",
     "eval/avg_model/accuracy", "eval/workers/accuracy_mean", "eval/workers/accuracy_min",
     "train/episode_return", "train/env_steps", "consensus", "dist_to_opt", "bytes/step",
-    "bytes/step_quiet", "bytes/total", "steps_per_s", "samples_per_s", "compile_s", "wall_s",
+    "bytes/step_quiet", "bytes/total", "steps_per_s", "samples_per_s", "env_steps_per_s",
+    "skipped_steps", "compile_s", "wall_s",
 )  # fmt: skip
 
 

@@ -466,11 +466,12 @@ def fit(
         )
         record: dict[str, Any] = {}
         save_block_s: list[float] = []
+        env_steps_before = None if resumed else 0.0  # RL's running total at the last chunk
         t_start = t_last = time.perf_counter()
 
         def finish(pending):
             """Host side of a finished chunk: checks, records, logs (waits for the chunk)."""
-            nonlocal record, t_last, skipped
+            nonlocal record, t_last, skipped, env_steps_before
             done_step, done_metrics, done_params = pending
             metrics = jax.device_get(gather(done_metrics))  # each [W, K]
             bad = metrics.pop("nonfinite", None)
@@ -491,7 +492,13 @@ def fit(
                 record["skipped_steps"] = skipped
             now = time.perf_counter()
             record["steps_per_s"] = log_every / max(now - t_last, 1e-9)
-            record["samples_per_s"] = record["steps_per_s"] * workers * samples_per_step
+            if samples_per_step:  # not for tasks that make their own data (RL)
+                record["samples_per_s"] = record["steps_per_s"] * workers * samples_per_step
+            if "train/env_steps" in record:  # RL: environment steps of all workers per second
+                if env_steps_before is not None:
+                    done = record["train/env_steps"] - env_steps_before
+                    record["env_steps_per_s"] = done / max(now - t_last, 1e-9)
+                env_steps_before = record["train/env_steps"]
             t_last = now
             if done_params is not None:
                 record.update({k: float(v) for k, v in evaluate(done_params).items()})
@@ -549,8 +556,11 @@ def fit(
             "compile_s": compile_s,
             "wall_s": wall_s,
             "steps_per_s": trained / wall_s,  # this session, evaluations and checkpoints included
-            "samples_per_s": trained / wall_s * workers * samples_per_step,
         }
+        if samples_per_step:
+            summary["samples_per_s"] = trained / wall_s * workers * samples_per_step
+        if "train/env_steps" in record and not resumed:  # RL, the whole run like steps_per_s
+            summary["env_steps_per_s"] = record["train/env_steps"] / wall_s
         if resumed:
             summary["resumed_from"] = resumed
         if save_block_s:
@@ -587,6 +597,9 @@ def _last_good(ckpt: Checkpointer | None) -> str:
     return f"the last good checkpoint is {ckpt.path(steps[-1])} (step {steps[-1]})"
 
 
+COUNTERS = ("env_steps",)  # metrics that are running totals over all workers
+
+
 def _train_record(
     metrics, step: int, bytes_per_step: int, quiet_bytes: int, mask=None
 ) -> dict[str, float]:
@@ -598,13 +611,18 @@ def _train_record(
         mask = None
         metrics = {k: np.full(np.shape(v), np.nan) for k, v in metrics.items()}
     keep = (lambda v: v[:, mask]) if mask is not None else (lambda v: v)
-    per_worker = {k: np.mean(keep(np.asarray(v, np.float64)), axis=-1) for k, v in metrics.items()}
+    # Counters (RL's env_steps: a running total) are read at the chunk's end, not averaged.
+    counters = {k: float(np.max(np.asarray(v)[:, -1])) for k, v in metrics.items()
+                if k in COUNTERS}  # fmt: skip
+    per_worker = {k: np.mean(keep(np.asarray(v, np.float64)), axis=-1) for k, v in metrics.items()
+                  if k not in COUNTERS}  # fmt: skip
     loss = per_worker["loss"]
     record = {"train/loss": float(loss.mean()), "train/loss_min": float(loss.min()),
               "train/loss_max": float(loss.max())}  # fmt: skip
     for k, v in per_worker.items():
         if k != "loss":
             record[f"train/{k}"] = float(v.mean())
+    record.update({f"train/{k}": v for k, v in counters.items()})
     record["bytes/step"] = int(bytes_per_step)
     if quiet_bytes != bytes_per_step:
         record["bytes/step_quiet"] = int(quiet_bytes)
