@@ -35,8 +35,8 @@ def test_rl_configs_run_through_the_runner(algorithm, extra, make_cfg, tmp_path)
     assert "train/episode_return" in summary
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
-    # env steps of all workers after steps 3 and 4, averaged over the chunk
-    assert lines[-1]["train/env_steps"] == 3.5 * 8 * 4 * 8
+    # a running total, read at the chunk's end: all workers' env steps after step 4
+    assert lines[-1]["train/env_steps"] == 4 * 8 * 4 * 8
     if algorithm == "decentralized_ppo":
         assert summary["consensus"] > 0  # gossip: the workers differ
     else:
