@@ -112,22 +112,27 @@ def test_a_flipped_byte_in_the_newest_checkpoint_is_named_and_the_previous_one_u
     assert _digests(tmp_path)[200] == reference["digests"][200]
 
 
-def test_sigterm_checkpoints_at_a_step_boundary_exits_75_and_resumes_exactly(tmp_path):
-    run_dir, fresh = tmp_path / "run", tmp_path / "fresh"
-    base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *BASE, "trainer.steps=100000",
-         f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=base_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    metrics = run_dir / "metrics.jsonl"
+def _sigterm_mid_run(command, run_dir) -> tuple[int, str]:
+    """Starts ``command``, sends SIGTERM once it logged 3 chunks; its exit status and stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = Path(run_dir) / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    stderr = proc.communicate(timeout=300)[1]
-    assert proc.returncode == EXIT_PREEMPTED == 75, stderr
+    return proc.wait(timeout=300), proc.stderr.read()
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_exits_75_and_resumes_exactly(tmp_path):
+    run_dir, fresh = tmp_path / "run", tmp_path / "fresh"
+    command = [sys.executable, "-m", "experiments.train", *BASE, "trainer.steps=100000",
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    status, stderr = _sigterm_mid_run(command, run_dir)
+    assert status == EXIT_PREEMPTED == 75, stderr
+    metrics = run_dir / "metrics.jsonl"
     assert "SIGTERM received: stopped at step" in stderr
     stopped = max(_digests(run_dir))
     assert stopped % 10 == 0 and stopped == json.loads(metrics.read_text().splitlines()[-1])["step"]
@@ -226,18 +231,8 @@ def test_sigterm_to_the_launcher_stops_both_processes_at_one_checkpoint_then_res
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     launch = [sys.executable, "-m", "experiments.launch", "-n", "2", "--cpu-devices", "4", "--",
               *BASE, "lifting=shard_map", f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    proc = subprocess.Popen(
-        [*launch, "trainer.steps=100000"], cwd=ROOT, env=base_env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stderr = proc.communicate(timeout=300)[1]
-    assert proc.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    status, stderr = _sigterm_mid_run([*launch, "trainer.steps=100000"], tmp_path)
+    assert status == EXIT_PREEMPTED, stderr[-3000:]
     stopped = max(_digests(tmp_path))
     assert stderr.count(f"stopped at step {stopped} with checkpoint") == 2  # both processes
     resumed = subprocess.run([*launch, f"trainer.steps={stopped + 10}"], cwd=ROOT, env=base_env,
