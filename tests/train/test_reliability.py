@@ -123,7 +123,8 @@ def _sigterm_mid_run(command, run_dir) -> tuple[int, str]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=300), proc.stderr.read()
+    stderr = proc.communicate(timeout=300)[1]  # (a full pipe would block a plain wait)
+    return proc.returncode, stderr
 
 
 def test_sigterm_checkpoints_at_a_step_boundary_exits_75_and_resumes_exactly(tmp_path):
