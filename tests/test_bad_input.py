@@ -3,13 +3,18 @@ what is allowed, a non-zero exit status, no traceback, and nothing lost — ever
 directory that already holds a finished run, whose checkpoints and metrics must come out
 byte-identical.
 
-Runs Hydra's entry point in this process (``SystemExit`` carries the status the shell sees);
-``tests/test_cli.py`` checks the same path in a fresh process.
+All cases run one after the other in ONE fresh process (Hydra's entry point called in-process;
+``SystemExit`` carries the status the shell sees): fast, and isolated from what other tests did
+to this process's logging and output capture.
 """
 
+import contextlib
 import hashlib
+import io
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,17 +23,26 @@ import pytest
 from tests.helpers import write_idx, write_mnist_dir
 
 SMOKE = ("debug=smoke", "model.hidden=[16]")
+ROOT = Path(__file__).parent.parent
 
 
-def _main(argv, monkeypatch, capsys) -> tuple[int, str]:
+def _run_cases(cases_json: str, out_json: str) -> None:
+    """In a fresh process: each ``argv`` of ``cases_json`` through the CLI entry point."""
     from experiments.train import cli
 
-    script = str(Path(__file__).parent.parent / "experiments" / "train.py")
-    monkeypatch.setattr(sys, "argv", [script, *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        cli()
-    code = exit_info.value.code
-    return (0 if code is None else code), capsys.readouterr().err
+    script = str(ROOT / "experiments" / "train.py")
+    results = []
+    for argv in json.loads(Path(cases_json).read_text()):
+        sys.argv = [script, *argv]
+        err = io.StringIO()
+        code = 0
+        with contextlib.redirect_stderr(err):
+            try:
+                cli()
+            except SystemExit as e:
+                code = 0 if e.code is None else e.code
+        results.append({"status": code, "stderr": err.getvalue()})
+    Path(out_json).write_text(json.dumps(results))
 
 
 def _fingerprint(run_dir: Path) -> dict[str, str]:
@@ -46,13 +60,11 @@ def _fingerprint(run_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished smoke run (8 workers, checkpoints) to run the bad inputs into."""
-    import subprocess
-
     run_dir = tmp_path_factory.mktemp("finished")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
         [sys.executable, "-m", "experiments.train", *SMOKE, f"hydra.run.dir={run_dir}"],
-        cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert (run_dir / "checkpoints" / "3").is_dir()
@@ -152,37 +164,59 @@ CASES = [  # (overrides, exit status, message)
 ]
 
 
-@pytest.mark.parametrize("overrides,code,message", CASES, ids=[" ".join(c[0]) for c in CASES])
-def test_bad_input_one_message_non_zero_exit_nothing_lost(
-    overrides, code, message, finished_run, tmp_path, monkeypatch, capsys
-):
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished_run, run_dir)
-    before = _fingerprint(run_dir)
-    files = {**_files(tmp_path), "run": str(run_dir)}
-    overrides = [o.format(**files) for o in overrides]
-    status, stderr = _main([*SMOKE, *overrides, f"hydra.run.dir={run_dir}"], monkeypatch, capsys)
+@pytest.fixture(scope="module")
+def outcomes(finished_run, tmp_path_factory):
+    """Every case (and the unwritable run directory) run in one fresh process, each into its
+    own copy of the finished run; ``{case id: (status, stderr, files, before, run_dir)}``."""
+    work = tmp_path_factory.mktemp("bad_input")
+    files = _files(work)
+    cases, prepared = [], {}
+    for i, (overrides, _, _) in enumerate(CASES):
+        run_dir = work / f"run{i}"
+        shutil.copytree(finished_run, run_dir)
+        names = {**files, "run": str(run_dir)}
+        prepared[i] = (names, _fingerprint(run_dir), run_dir)
+        cases.append([*SMOKE, *(o.format(**names) for o in overrides), f"hydra.run.dir={run_dir}"])
+    cases.append([*SMOKE, f"hydra.run.dir={files['blocked']}"])
+    (work / "cases.json").write_text(json.dumps(cases))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    code = f"import tests.test_bad_input as t; t._run_cases({str(work / 'cases.json')!r}, " \
+           f"{str(work / 'out.json')!r})"  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((work / "out.json").read_text())
+    return results, prepared, files
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_one_message_non_zero_exit_nothing_lost(index, outcomes):
+    results, prepared, _ = outcomes
+    _, code, message = CASES[index]
+    names, before, run_dir = prepared[index]
+    status, stderr = results[index]["status"], results[index]["stderr"]
     assert status == code, stderr
-    assert message.format(**files) in stderr
+    assert message.format(**names) in stderr
     assert "Traceback" not in stderr
     assert _fingerprint(run_dir) == before
 
 
-def test_unwritable_output_directory(tmp_path, monkeypatch, capsys):
+def test_unwritable_output_directory(outcomes, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from jdo.train import ConfigError, run
-    from tests.conftest import CONF  # noqa: F401 - the config directory
+    from tests.conftest import CONF
 
     blocked = _files(tmp_path)["blocked"]
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(SMOKE))
-    with pytest.raises(
-        ConfigError, match=f"output_dir: cannot write to {blocked}: Not a directory"
-    ):
+    expected = f"output_dir: cannot write to {blocked}: Not a directory"
+    with pytest.raises(ConfigError, match=expected):
         run(cfg, output_dir=blocked)
-    # and from the command line, where Hydra itself makes the run directory
-    status, stderr = _main([*SMOKE, f"hydra.run.dir={blocked}"], monkeypatch, capsys)
+    # and from the command line, where Hydra itself would make the run directory
+    results, _, files = outcomes
+    status, stderr = results[-1]["status"], results[-1]["stderr"]
+    blocked = files["blocked"]
     assert status == 2
     parent = os.path.dirname(blocked)
     assert f"error: hydra.run.dir: cannot create {blocked}: {parent} is not a directory" in stderr
