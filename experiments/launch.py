@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.processes):
         env = {**os.environ, "JDO_COORDINATOR": coordinator,
                "JDO_NUM_PROCESSES": str(args.processes), "JDO_PROCESS_ID": str(i)}  # fmt: skip
-        env.pop("XLA_FLAGS", None)  # cpu_devices sets the device count
+        if args.cpu_devices is not None:  # cpu_devices sets the device count; keep other flags
+            flags = env.get("XLA_FLAGS", "").split()
+            env["XLA_FLAGS"] = " ".join(
+                f for f in flags if not f.startswith("--xla_force_host_platform_device_count")
+            )
         extra = [] if i == 0 else ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
         procs.append(
             subprocess.Popen(  # noqa: S603 - our own module
