@@ -46,3 +46,14 @@ def write_npz(path: str, n_train: int = 64, n_test: int = 32, shape=(32, 32, 3),
         y_test=(np.arange(n_test) % 10).astype(np.int64),
     )
     return path
+
+
+def orbax_round_trip(state, directory):
+    """``state`` saved with orbax's StandardCheckpointer and restored onto its own shapes."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(directory, state)
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(directory, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))

@@ -5,11 +5,11 @@ bit-identically from the restored state."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import jdo
 from jdo.train import build
+from tests.helpers import orbax_round_trip
 
 EXTRA = {
     "compressed_sgd": ["compression=top_k", "algorithm.error_feedback=ef21"],
@@ -41,12 +41,7 @@ def test_state_round_trips_through_orbax_and_continues_identically(name, make_cf
     init = jax.jit(jax.vmap(algo.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
     step = jax.jit(jax.vmap(algo.step, in_axes=(0, 0, None), axis_name=jdo.WORKERS))
     state = _run(step, init(exp.params, jnp.zeros((W, 2), jnp.uint32)), batches, 0, 4)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp_path / "ckpt", state)
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(
-            tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        )
+    restored = orbax_round_trip(state, tmp_path / "ckpt")
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     straight = _run(step, state, batches, 4, 8)
     resumed = _run(step, restored, batches, 4, 8)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import jdo
 from jdo.train import ConfigError, build, run
+from tests.helpers import orbax_round_trip
 
 ROOT = Path(__file__).parent.parent.parent
 SMALL = ("trainer.steps=4", "trainer.log_every=2", "trainer.eval_every=4",
@@ -102,12 +102,7 @@ def test_rl_state_round_trips_through_orbax_and_continues_identically(algorithm,
         return state
 
     state = go(init(exp.params, keys(100)), 0, 3)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp_path / "ckpt", state)
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(
-            tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        )
+    restored = orbax_round_trip(state, tmp_path / "ckpt")
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     straight, resumed = go(state, 3, 6), go(restored, 3, 6)
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):

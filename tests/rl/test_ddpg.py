@@ -21,6 +21,7 @@ from jdo.rl.ddpg import (
     replay_init,
     replay_sample,
 )
+from tests.helpers import orbax_round_trip
 
 # ---------------------------------------------------------------------------------------------
 # Replay buffer
@@ -300,19 +301,13 @@ def test_ddpg_on_a_discrete_task_is_a_config_error(make_cfg):
 
 
 def test_state_round_trips_through_orbax_and_continues_identically(tmp_path):
-    import orbax.checkpoint as ocp
 
     algo, params = _small()
     init, run = _runner(algo, 8, 1, "vmap", None)  # the cache key of _run's runner
     state = init(params)
     for t in range(4):  # past learning_starts: buffer, targets and optimizer states all moved
         state, _ = run(state, jnp.int32(t))
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(tmp_path / "ckpt", state)
-    with ocp.StandardCheckpointer() as ckpt:
-        restored = ckpt.restore(
-            tmp_path / "ckpt", jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        )
+    restored = orbax_round_trip(state, tmp_path / "ckpt")
     assert jax.tree.structure(restored) == jax.tree.structure(state)
 
     def go(s):
