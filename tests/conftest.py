@@ -11,7 +11,7 @@ import jax
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+CONF = os.path.join(os.path.dirname(__file__), "..", "jdo", "conf")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

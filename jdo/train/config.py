@@ -1,7 +1,7 @@
 """Checking a run's configuration before anything compiles.
 
 Every problem raises :class:`ConfigError` naming the key and what is allowed;
-``experiments/train.py`` prints it as one line and exits with status 2.
+``jdo.train.cli`` prints it as one line and exits with status 2.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The runner saves, then re-raises the signal's previous handler if there was one (e.g.
 submitit's, which requeues the SLURM job), else raises :class:`Preempted`, which
-``experiments/train.py`` turns into exit status :data:`EXIT_PREEMPTED`.
+``jdo.train.cli`` turns into exit status :data:`EXIT_PREEMPTED`.
 """
 
 from __future__ import annotations
