@@ -1,21 +1,36 @@
 """The runner: lifting, jit, K steps per call, evaluation, logging. Only this package (and
-``experiments/``) touches jit, devices, files and logs."""
+``experiments/``) touches jit, devices, files and logs.
 
-from jdo.lifting import LIFTINGS, lift
-from jdo.train.config import ConfigError, validate
-from jdo.train.mesh import make_mesh
-from jdo.train.runner import Experiment, build, consensus_distance, fit, make_evaluate, run
+Names are imported on first use, so ``jdo.train.cli`` can set XLA flags before JAX starts and
+``import jdo`` stays light.
+"""
 
-__all__ = [
-    "LIFTINGS",
-    "ConfigError",
-    "Experiment",
-    "build",
-    "consensus_distance",
-    "fit",
-    "lift",
-    "make_evaluate",
-    "make_mesh",
-    "run",
-    "validate",
-]
+import importlib
+
+_EXPORTS = {
+    "LIFTINGS": "jdo.lifting",
+    "lift": "jdo.lifting",
+    "ConfigError": "jdo.train.config",
+    "validate": "jdo.train.config",
+    "make_mesh": "jdo.train.mesh",
+    "Experiment": "jdo.train.runner",
+    "build": "jdo.train.runner",
+    "consensus_distance": "jdo.train.runner",
+    "fit": "jdo.train.runner",
+    "make_evaluate": "jdo.train.runner",
+    "run": "jdo.train.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jdo.train' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
