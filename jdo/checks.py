@@ -85,6 +85,8 @@ def number(
 
 
 def _interval(low, high, low_open, high_open) -> str:
+    if low is None and high is None:
+        return "a number (not NaN)"
     if high is None:
         if low == 0:
             return "positive" if low_open else "non-negative"
