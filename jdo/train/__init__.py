@@ -13,11 +13,11 @@ _EXPORTS = {
     "ConfigError": "jdo.train.config",
     "validate": "jdo.train.config",
     "make_mesh": "jdo.train.mesh",
-    "Experiment": "jdo.train.runner",
-    "build": "jdo.train.runner",
-    "consensus_distance": "jdo.train.runner",
+    "Experiment": "jdo.train.experiment",
+    "build": "jdo.train.build",
+    "consensus_distance": "jdo.train.evaluate",
     "fit": "jdo.train.runner",
-    "make_evaluate": "jdo.train.runner",
+    "make_evaluate": "jdo.train.evaluate",
     "run": "jdo.train.runner",
 }
 

@@ -14,7 +14,7 @@ import jax
 
 from jdo.lifting import LIFTINGS
 
-PARTITIONS = ("iid", "dirichlet", "shard", "natural")
+
 TRAINER_KEYS = ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "progress",
                 "nonfinite")  # fmt: skip
 LOGGER_KEYS = ("tensorboard",)
@@ -175,11 +175,6 @@ def validate(cfg: Mapping) -> None:
     boolean(cfg, "fault.in_save")
     known_keys(cfg, "logger", LOGGER_KEYS)
     boolean(cfg, "logger.tensorboard")
-    partition = one_of(cfg, "partition.name", PARTITIONS)
-    if partition == "dirichlet":
-        positive_float(cfg, "partition.alpha")
-    if partition == "shard":
-        positive_int(cfg, "partition.shards_per_worker")
     optimizer = _get(cfg, "optimizer")
     if "learning_rate" in optimizer:
         positive_float(cfg, "optimizer.learning_rate")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import logging
 import os
@@ -18,202 +17,29 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import hydra.utils
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from omegaconf import DictConfig, OmegaConf
 
 from jdo import comm
 from jdo._axis import WORKERS
-from jdo.algorithms import Algorithm
-from jdo.data import Dataset, WorkerData, make_loss, partition, sample_batch
-from jdo.data.synthetic import optimum_of_parts
+from jdo.data import sample_batch
 from jdo.lifting import lift
-from jdo.models import functional
+from jdo.train.build import build
 from jdo.train.checkpoint import Checkpointer, IncompatibleCheckpoint
 from jdo.train.config import RESUME_MAY_DIFFER, ConfigError, config_differences, validate
 from jdo.train.elastic import regroup
+from jdo.train.evaluate import make_evaluate
+from jdo.train.experiment import Experiment
 from jdo.train.guard import guard_nonfinite
 from jdo.train.mesh import make_mesh
 from jdo.train.preemption import Preempted, PreemptionWatch
 from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
 
 log = logging.getLogger("jdo")
-
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """Everything a run needs, built on the host: no device work has happened yet."""
-
-    algorithm: Algorithm
-    apply: Callable  # apply(params, x) -> model output
-    loss_fn: Callable  # loss_fn(params, batch, key) -> (loss, metrics)
-    params: Any  # initial params, shared by every worker
-    # Every worker's part of the training set, [W, n_max, ...]; None for tasks that make
-    # their own data inside ``algorithm.step`` (reinforcement learning: step gets batch=None).
-    data: WorkerData | None
-    dataset: Dataset | None  # the test set, the data kind and a known optimum; None: no eval
-
-
-# ----------------------------------------------------------------------------------------------
-# Building from a config
-# ----------------------------------------------------------------------------------------------
-
-
-def _instantiate(node, key: str, **kwargs):
-    """``node``'s ``_target_`` called with its config values and ``kwargs`` (Python objects
-    such as a loss function or a topology, which Hydra cannot merge into a config)."""
-    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
-    if missing:
-        raise ConfigError(missing[0], "is required (set it on the command line)")
-    try:
-        return hydra.utils.instantiate(node, _partial_=True)(**kwargs)
-    except Exception as e:  # hydra wraps the factory's own error
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
-
-
-def _factory_parameters(node, key: str) -> Mapping[str, inspect.Parameter]:
-    """The parameters of the factory named by ``node._target_``."""
-    try:
-        return inspect.signature(hydra.utils.get_method(node["_target_"])).parameters
-    except Exception:
-        raise ConfigError(f"{key}._target_", f"cannot import {node['_target_']!r}") from None
-
-
-def split_data(dataset: Dataset, cfg_partition: Mapping, num_workers: int, seed: int):
-    """Index arrays, one per worker, from a ``partition`` config node."""
-    name = cfg_partition["name"]
-    try:
-        if name == "iid":
-            return partition.iid(len(dataset.x_train), num_workers, seed)
-        if name == "dirichlet":
-            return partition.dirichlet(
-                dataset.y_train, num_workers, float(cfg_partition["alpha"]), seed
-            )
-        if name == "shard":
-            return partition.by_shard(
-                dataset.y_train, num_workers, int(cfg_partition["shards_per_worker"]), seed
-            )
-        if dataset.groups is None:
-            raise ValueError(f"the {dataset.name} data has no natural partition")
-        return partition.natural(dataset.groups, num_workers)
-    except ValueError as e:
-        raise ConfigError("partition", str(e)) from None
-
-
-def build(cfg: Mapping) -> Experiment:
-    """Data, model and algorithm from a validated config (see ``conf/``)."""
-    if cfg["task"].get("kind") == "rl":  # environments instead of a dataset
-        from jdo.train.rl import build_rl
-
-        return build_rl(cfg)
-    workers, seed = int(cfg["workers"]), int(cfg["seed"])
-    dataset = _instantiate(cfg["task"]["data"], "task.data")
-    parts = split_data(dataset, cfg["partition"], workers, seed)
-    try:
-        data = partition.stack(dataset.x_train, dataset.y_train, parts)
-    except ValueError as e:
-        raise ConfigError("workers", f"{e} ({len(dataset.x_train)} training samples for "
-                          f"{workers} workers)") from None  # fmt: skip
-    if dataset.optimum is not None:  # the optimum of the objective the workers actually share
-        dataset = dataclasses.replace(dataset, optimum=optimum_of_parts(dataset, parts))
-    model = _instantiate(
-        cfg["model"], "model", in_shape=dataset.in_shape, num_outputs=dataset.num_outputs,
-        rngs=nnx.Rngs(seed),
-    )  # fmt: skip
-    apply, params = functional(model)
-    loss_fn = make_loss(apply, dataset.kind, dataset.l2)
-    optimizer = _instantiate(cfg["optimizer"], "optimizer")
-    extra, accepted = {}, _factory_parameters(cfg["algorithm"], "algorithm")
-    if "topology" in accepted:
-        topology = _instantiate(cfg["topology"], "topology")
-        if topology.n != workers:
-            raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
-        extra["topology"] = topology
-    if "compressor" in accepted:
-        compressor = _instantiate(cfg["compression"], "compression")
-        # An optional compressor (diloco's outer communication) stays off unless one is chosen.
-        if (
-            accepted["compressor"].default is inspect.Parameter.empty
-            or compressor.name != "identity"
-        ):
-            extra["compressor"] = compressor
-    algorithm = _instantiate(
-        cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **extra
-    )
-    try:  # an algorithm may refuse the model at init (e.g. a Newton solve on a big model)
-        jax.eval_shape(algorithm.init, params, jax.random.key(0))
-    except ValueError as e:
-        raise ConfigError("algorithm", str(e)) from None
-    return Experiment(algorithm, apply, loss_fn, params, data, dataset)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-def _test_batches(dataset: Dataset, batch_size: int):
-    n = len(dataset.x_test)
-    num = -(-n // batch_size)
-    pad = num * batch_size - n
-    padded = lambda a: np.concatenate([a, np.repeat(a[:1], pad, 0)]).reshape(
-        num, batch_size, *a.shape[1:]
-    )
-    weight = (np.arange(num * batch_size) < n).astype(np.float32).reshape(num, batch_size)
-    return {"x": padded(dataset.x_test), "y": padded(dataset.y_test), "weight": weight}
-
-
-def consensus_distance(params_stacked) -> jax.Array:
-    """``(1/W) Σ_i ||x_i − x̄||²`` over all parameters of the stacked ``[W, ...]`` params."""
-    sq = jax.tree.map(
-        lambda x: jnp.sum(jnp.square(x - jnp.mean(x, axis=0))) / x.shape[0], params_stacked
-    )
-    return sum(jax.tree.leaves(sq))
-
-
-def make_evaluate(exp: Experiment, batch_size: int):
-    """``evaluate(params_stacked) -> metrics``: test metrics of the averaged model and of every
-    worker (mean/min/max), the consensus distance, and the distance to a known optimum."""
-    if exp.dataset is None:  # no test set: only the consensus distance
-        return jax.jit(lambda params_stacked: {"consensus": consensus_distance(params_stacked)})
-    batches = jax.device_put(_test_batches(exp.dataset, batch_size))
-    optimum = exp.dataset.optimum
-    if optimum is not None and jax.tree.structure(optimum) != jax.tree.structure(exp.params):
-        optimum = None  # the known optimum is for another model (e.g. an MLP on least squares)
-
-    def test_metrics(params):
-        def one(batch):
-            loss, metrics = exp.loss_fn(params, batch, None)
-            total = jnp.sum(batch["weight"])
-            return total, {"loss": loss * total, **{k: v * total for k, v in metrics.items()}}
-
-        totals, sums = jax.lax.map(one, batches)
-        return {k: jnp.sum(v) / jnp.sum(totals) for k, v in sums.items()}
-
-    @jax.jit
-    def evaluate(params_stacked):
-        mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), params_stacked)
-        out = {f"eval/avg_model/{k}": v for k, v in test_metrics(mean).items()}
-        per_worker = jax.vmap(test_metrics)(params_stacked)
-        for k, v in per_worker.items():
-            out[f"eval/workers/{k}_mean"] = jnp.mean(v)
-            out[f"eval/workers/{k}_min"] = jnp.min(v)
-            out[f"eval/workers/{k}_max"] = jnp.max(v)
-        out["consensus"] = consensus_distance(params_stacked)
-        if optimum is not None:
-            sq = jax.tree.map(lambda x, o: jnp.sum(jnp.square(x - o)), mean, optimum)
-            out["dist_to_opt"] = jnp.sqrt(sum(jax.tree.leaves(sq)))
-        return out
-
-    return evaluate
 
 
 # ----------------------------------------------------------------------------------------------
