@@ -16,7 +16,10 @@ _EXPORTS = {
     "Experiment": "jdo.train.experiment",
     "build": "jdo.train.build",
     "consensus_distance": "jdo.train.evaluate",
-    "fit": "jdo.train.runner",
+    "fit": "jdo.train.loop",
+    "FitOptions": "jdo.train.loop",
+    "NonFiniteError": "jdo.train.loop",
+    "CheckpointOptions": "jdo.train.restore",
     "make_evaluate": "jdo.train.evaluate",
     "run": "jdo.train.runner",
 }
