@@ -48,18 +48,28 @@ class DivergenceError(NonFiniteError):
 class Faults:
     """Fault injection for tests: SIGKILL this process once step ``kill_at_step`` is done,
     before its own checkpoint and after the earlier ones are committed (a kill between
-    checkpoints); or, with ``in_save``, right after its asynchronous save started."""
+    checkpoints); or, with ``in_save``, right after its asynchronous save started. Or SIGTERM
+    it once a call ends at or past ``sigterm_at_step``."""
 
     kill_at_step: int | None = None
     in_save: bool = False
+    sigterm_at_step: int | None = None
 
     @classmethod
     def from_env(cls, value: str | None) -> Faults:
-        """From ``JDO_TEST_FAULT`` (``"130"`` or ``"130:in_save"``), a test-only hook."""
+        """From ``JDO_TEST_FAULT``, a test-only hook: ``"130"`` (SIGKILL after step 130),
+        ``"130:in_save"`` (during its save) or ``"130:sigterm"``."""
         if not value:
             return cls()
         step, _, where = value.partition(":")
+        if where == "sigterm":
+            return cls(sigterm_at_step=int(step))
         return cls(int(step), where == "in_save")
+
+    def maybe_signal(self, step: int) -> None:
+        if self.sigterm_at_step is not None and step >= self.sigterm_at_step:
+            object.__setattr__(self, "sigterm_at_step", None)  # once
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def maybe_kill(self, step: int, in_save: bool, state, ckpt: Checkpointer | None) -> None:
         if self.kill_at_step == step and self.in_save == in_save:
@@ -135,7 +145,8 @@ class Run:
     resumed: dict | None = None
     ckpt: Checkpointer | None = None
     compile_s: float = 0.0
-    first_loss: float | None = None
+    first_loss: float | None = None  # the mean loss of the run's first step
+    diverged: float | None = None  # the loss that tripped the divergence guard
     step_s: float | None = None  # measured seconds per step
     device_free: float = 0.0  # when the device finished its last handled item
     interval: list = dataclasses.field(default_factory=list)  # metrics of the open interval
@@ -249,6 +260,7 @@ def _loop(run: Run, watch: PreemptionWatch) -> None:
         with Progress(opts.steps - run.step, opts.progress) as progress:
             while run.step < opts.steps:
                 _dispatch(run, queue)
+                opts.faults.maybe_signal(run.step)
                 _drain(run, queue, tracker, progress, keep=1 + (queue[-1].kind == "eval"))
                 if run.step % opts.log_every == 0:
                     _boundary(run, queue, tracker, progress, watch, run.step)
@@ -309,34 +321,45 @@ def _drain(run, queue, tracker, progress, keep: int) -> None:
 
 
 def _check_call(run: Run, item: Call, metrics, finite) -> None:
-    """Non-finite loss (every step) or state (once per call), and divergence."""
+    """Divergence or a non-finite loss (every step; whichever comes first), a non-finite state
+    (once per call)."""
     bad = metrics.pop("nonfinite", None)
-    if bad is not None:
-        bad = bad[:, : item.n]
-        if np.any(bad):
-            k = int(np.argmax(np.any(bad, axis=0)))
-            raise NonFiniteError(f"non-finite loss at step {item.step0 + k + 1} (workers "
-                                 f"{np.flatnonzero(bad[:, k]).tolist()}); training stopped; "
-                                 f"{_last_good(run.ckpt)}")
-        if not np.all(finite):
-            raise NonFiniteError(
-                f"non-finite state after steps {item.step0 + 1}..{item.step0 + item.n} "
-                f"(workers {np.flatnonzero(~np.asarray(finite)).tolist()}; the loss was "
-                f"finite); training stopped; {_last_good(run.ckpt)}")
+    bad = np.zeros((1, item.n), bool) if bad is None else bad[:, : item.n]
+    first_bad = int(np.argmax(np.any(bad, axis=0))) if np.any(bad) else item.n
+    first_over = _first_divergent(run, metrics, item.n)
+    if first_over < min(first_bad, item.n):
+        raise DivergenceError(
+            f"diverged: the mean loss {run.diverged:.3g} at step {item.step0 + first_over + 1} "
+            f"is over {run.opts.divergence:g} times the first one ({run.first_loss:.3g}); "
+            "likely knob: optimizer.learning_rate (or the algorithm's own step size); training "
+            f"stopped; {_last_good(run.ckpt)}")
+    if first_bad < item.n:
+        raise NonFiniteError(f"non-finite loss at step {item.step0 + first_bad + 1} (workers "
+                             f"{np.flatnonzero(bad[:, first_bad]).tolist()}); training "
+                             f"stopped; {_last_good(run.ckpt)}")
+    if not np.all(finite):
+        raise NonFiniteError(
+            f"non-finite state after steps {item.step0 + 1}..{item.step0 + item.n} (workers "
+            f"{np.flatnonzero(~np.asarray(finite)).tolist()}; the loss was finite); training "
+            f"stopped; {_last_good(run.ckpt)}")
+
+
+def _first_divergent(run: Run, metrics, n: int) -> int:
+    """The call's first step whose mean loss is over ``divergence`` times the run's first
+    (``n``: none; supervised tasks only)."""
     limit = run.opts.divergence
     if limit is None or run.exp.data is None:
-        return
-    loss = np.mean(np.asarray(metrics["loss"], np.float64)[:, : item.n], axis=0)
-    if run.first_loss is None:
+        return n
+    loss = np.mean(np.asarray(metrics["loss"], np.float64)[:, :n], axis=0)
+    if run.first_loss is None and np.isfinite(loss[0]):
         run.first_loss = float(abs(loss[0]))
+    if run.first_loss is None:
+        return n
     over = np.flatnonzero(np.abs(loss) > limit * max(run.first_loss, 1e-12))
-    if over.size:
-        k = int(over[0])
-        raise DivergenceError(
-            f"diverged: the mean loss {loss[k]:.3g} at step {item.step0 + k + 1} is over "
-            f"{limit:g} times the first one ({run.first_loss:.3g}); likely knob: "
-            f"optimizer.learning_rate (or the algorithm's own step size); training stopped; "
-            f"{_last_good(run.ckpt)}")
+    if not over.size:
+        return n
+    run.diverged = float(loss[over[0]])
+    return int(over[0])
 
 
 def _close_interval(run: Run, end: int) -> None:
