@@ -75,5 +75,5 @@ class PreemptionWatch:
         """Calls the handler that was installed before ours for the received signal (after
         the checkpoint is committed), so a launcher's own logic (requeue) still runs."""
         previous = self._previous.get(self.signum)
-        if callable(previous):
-            previous(self.signum, None)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)  # Python's own SIGINT handler would raise instead

@@ -4,8 +4,10 @@ exactly, divergence, time-based checkpoints, unique run directories."""
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -153,3 +155,37 @@ def test_runs_started_together_get_their_own_directories(tmp_path):
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 2
     assert all((r / "summary.json").exists() for r in runs)
+
+
+def test_summary_records_the_overrides(make_cfg, tmp_path):
+    overrides = [*LSQ, "optimizer.learning_rate=0.05", "trainer.steps=50", "trainer.log_every=50",
+                 "trainer.eval_every=50", "checkpoint=none"]
+    summary = run(make_cfg(*overrides), output_dir=str(tmp_path), overrides=overrides)
+    assert summary["overrides"] == overrides
+    assert json.loads((tmp_path / "summary.json").read_text())["overrides"] == overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 75)])
+def test_a_signal_to_a_slow_run_checkpoints_and_exits_within_seconds(signum, status, tmp_path):
+    """The CNN's 500-step interval takes minutes here; calls of ~1 s let the run stop soon."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [sys.executable, "-m", "experiments.train", "experiment=digits_cnn",
+               "trainer.steps=1000", "trainer.log_every=500", "trainer.eval_every=500",
+               "trainer.call_seconds=1", "trainer.progress=false", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "config.yaml").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)  # written once the checkpoint was checked, before compiling
+    time.sleep(15)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    took = time.monotonic() - sent
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"preempted: {signal.Signals(signum).name}")
+    assert took < 60, took  # compile (if still running) + one call + the save, on 2 loaded cores
+    with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        assert ckpt.steps() and ckpt.steps()[-1] % 500  # mid-interval
