@@ -29,9 +29,9 @@ def guard_nonfinite(algorithm: Algorithm, mode: str, axis_name: str = WORKERS) -
     call, before any checkpoint: checking it every step cost 1.4x on a small model).
     ``mode="skip"``: if any worker's step is non-finite, every worker keeps its previous state
     (one ``pmin`` over ``axis_name`` decides, so the workers never drift apart, and periodic
-    algorithms keep communicating on the same steps) and ``metrics["skipped"]`` is 1. That ``pmin`` is a 4-byte all-reduce on every step:
-    it shows in the runner's ``bytes/step`` and makes every step a synchronisation point, also
-    the quiet steps of local SGD or DiLoCo.
+    algorithms keep communicating on the same steps) and ``metrics["skipped"]`` is 1. That
+    ``pmin`` is a 4-byte all-reduce on every step: it shows in the runner's ``bytes/step`` and
+    makes every step a synchronisation point, also the quiet steps of local SGD or DiLoCo.
     """
     if mode not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {mode!r}")
