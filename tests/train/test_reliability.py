@@ -410,6 +410,10 @@ def test_the_launcher_drops_gloo_connection_lines_only():
     mangled = b"[Gloo] Rank 0 is connected to 1[Gloo] Rank 0 is connected to 1 peer ranks. "
     assert is_gloo_chatter(mangled + b"Expected number of connected peer ranks is : 1\n")
     assert is_gloo_chatter(b" peer ranks. Expected number of connected peer ranks is : 1\n")
+    assert is_gloo_chatter(b"[Gloo] Rank [Gloo] Rank 6 is connected to 7 peer ranks. \n")
+    assert is_gloo_chatter(
+        b"5 is connected to 7 peer ranks. Expected number of connected peer ranks is : 7\n"
+    )
     assert not is_gloo_chatter(b"[2026][jdo][INFO] - step 10: loss 1.0\n")
     assert not is_gloo_chatter(b"[Gloo] Rank 0 lost its connection to rank 1\n")
     assert not is_gloo_chatter(report + b"ranks is : 7; then an error\n")
