@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from jdo.train.preemption import EXIT_PEER_LOST
+
 log = logging.getLogger("jdo")
 
 ENV = {"coordinator": "JDO_COORDINATOR", "num_processes": "JDO_NUM_PROCESSES",
@@ -152,8 +154,6 @@ def exit_peer_lost(me: int, lost: list[int], why: str, *, use_logging: bool = Tr
     """Prints one line naming the lost processes and ends this process with status 4 at once
     (JAX's shutdown would wait for the lost peer). The first caller wins; another blocks until
     the process is gone. ``use_logging=False`` in a signal handler (no logging locks)."""
-    from jdo.train.preemption import EXIT_PEER_LOST
-
     _exiting.acquire()
     who = ", ".join(map(str, lost))
     message = (
@@ -282,14 +282,18 @@ def install_abort_hook(coordinator: str, me: int) -> None:
 
     def on_abort(signum):
         if not _reachable(coordinator):
-            why = "the coordinator's address refuses connections"
+            why = "JAX's coordination service stopped and its address no longer answers"
             exit_peer_lost(me, [0], why, use_logging=False)
 
-    libc = ctypes.CDLL(None)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = [ctypes.c_int, _ABORT_HANDLER]
-    _abort_hook = _ABORT_HANDLER(on_abort)
-    libc.signal(signal.SIGABRT, _abort_hook)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, _ABORT_HANDLER]
+        _abort_hook = _ABORT_HANDLER(on_abort)
+        libc.signal(signal.SIGABRT, _abort_hook)
+    except (OSError, AttributeError) as e:  # no C library to call: JAX's abort stays as is
+        log.debug("no SIGABRT hook: %s", e)
+        return
     import atexit
 
     atexit.register(remove_abort_hook)  # runs before JAX's own atexit shutdown

@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     for thread in forwarders:  # (a grandchild still holding the pipe must not hang us)
         thread.join(timeout=5)
     codes = [p.returncode for p in procs]
+    if failed is not None:
+        others = ", ".join(
+            f"process {i} {_describe(c)}" for i, c in enumerate(codes) if i != failed[0]
+        )
+        print(f"launch: then {others} (status 4: stopped on losing a peer)", file=sys.stderr)
     if failed is None:  # all done, or all stopped together by a forwarded SIGTERM/SIGUSR2
         return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else 0
     return failed[1] if failed[1] > 0 else 128 - failed[1]
