@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -143,11 +145,28 @@ def _is_damage(e: BaseException) -> bool:
     return not any(mark in str(e) for mark in _NOT_DAMAGE)
 
 
-def _short(e: BaseException) -> str:
-    """The first clause of an error (tensorstore appends kilobytes of spec)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    text = text.split(" [tensorstore_spec")[0]
-    return f"{type(e).__name__}: {text[:300]}"
+_SPEC_TAILS = (" See full TensorStore details", " [tensorstore_spec", " [source locations")
+
+
+def _clause(e: BaseException) -> str:
+    """An error's message on one line, without the specs tensorstore and orbax append (orbax's
+    "See full TensorStore details: <bound method ... of TensorStore({...})>" is a repr)."""
+    text = " ".join(str(e).split())
+    for tail in _SPEC_TAILS:
+        text = text.split(tail)[0]
+    return text.rstrip(" :.")
+
+
+def _short(e: BaseException, limit: int = 500) -> str:
+    """One readable line for a failed read: the error's first clause, then its causes' (orbax
+    wraps tensorstore's error, which says what is wrong, in one that says where)."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen and len(parts) < 4:
+        seen.add(id(e))
+        parts.append(f"{type(e).__name__}: {_clause(e)}")
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    text = "; caused by ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _all_processes(ok: bool) -> bool:
@@ -156,6 +175,42 @@ def _all_processes(ok: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _late_tensorstore_callback(unraisable) -> bool:
+    """Whether an unraisable error is tensorstore completing a read for an asyncio loop that
+    orbax already closed (after a failed restore): a ``RuntimeError('Event loop is closed')``
+    raised by ``call_soon_threadsafe`` called directly from C++, with no Python caller."""
+    tb = unraisable.exc_traceback
+    return (
+        unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and unraisable.object is None
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+        and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py"))
+    )
+
+
+class _QuietLateCallbacks:
+    """``sys.unraisablehook`` that drops :func:`_late_tensorstore_callback` errors (each printed
+    a traceback on stderr after a damaged checkpoint was already reported) and hands every
+    other one to the hook it replaced."""
+
+    def __init__(self, previous):
+        self.previous, self.dropped = previous, 0
+
+    def __call__(self, unraisable):
+        if _late_tensorstore_callback(unraisable):
+            self.dropped += 1
+            return
+        self.previous(unraisable)
+
+
+def quiet_late_tensorstore_callbacks() -> None:
+    """Installs :class:`_QuietLateCallbacks` once (idempotent)."""
+    if not isinstance(sys.unraisablehook, _QuietLateCallbacks):
+        sys.unraisablehook = _QuietLateCallbacks(sys.unraisablehook)
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -224,9 +279,12 @@ class Checkpointer:
     def read_state(self, step: int):
         """Checkpoint ``step``'s state on this process's first device, with orbax's own tree
         containers (dicts and lists) and no digest check: for inspection, whatever devices and
-        processes wrote it."""
-        with ocp.StandardCheckpointer() as reader:
-            saved = reader.metadata(os.path.join(self.path(step), "state")).item_metadata
+        processes wrote it (:func:`read_state` checks the digest)."""
+        handler = ocp.StandardCheckpointHandler()  # reads the item's own metadata, no warning
+        try:
+            saved = handler.metadata(pathlib.Path(self.path(step)) / "state").tree
+        finally:
+            handler.close()
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                               saved)  # fmt: skip
@@ -277,6 +335,7 @@ class Checkpointer:
         except Exception as e:
             if not _is_damage(e):
                 raise
+            quiet_late_tensorstore_callbacks()  # its pending reads complete into a closed loop
             damage = f"{path}: cannot be restored ({_short(e)})"
         if not _all_processes(damage is None):
             raise CorruptCheckpoint(damage or f"{path}: cannot be restored on another process")
@@ -340,3 +399,48 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_state(run_dir: str, step: int | None = None, *, verify: bool = True):
+    """Loads a run's trained state: how to get a run's parameters (or an RL run's policy) back
+    into Python after ``jdo-train``.
+
+        state = jdo.train.read_state("outputs/2026-01-01/12-00-00")
+        params = state["params"]                            # every worker's, leading axis W
+        average = jax.tree.map(lambda x: x.mean(0), params)  # the averaged model
+
+    Args:
+      run_dir: the run directory (``hydra.run.dir``; its ``checkpoints/`` is read) or a
+        checkpoint directory itself.
+      step: which checkpoint; None for the newest.
+      verify: recompute the content digest stored at save time and raise
+        :class:`CorruptCheckpoint` if the data was altered.
+
+    Returns the state as nested dicts and lists of arrays on this process's first device (the
+    containers orbax stores, e.g. a NamedTuple comes back as a dict with its field names),
+    whatever devices and processes wrote it. Raises ``FileNotFoundError`` if there is no
+    checkpoint, ``ValueError`` for a step that is not one.
+    """
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        directory = run_dir
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    with Checkpointer(directory) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise FileNotFoundError(
+                f"{directory}: holds no checkpoint (a run with checkpoint=none keeps no state)"
+            )
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise ValueError(f"step: {step} is not a checkpoint in {directory} (it has {steps})")
+        state = ckpt.read_state(step)
+        if verify:
+            stored = ckpt.verified_meta(step).get(DIGEST_KEY)
+            if tree_digest(state) != stored:
+                raise CorruptCheckpoint(
+                    f"{ckpt.path(step)}: content digest mismatch: the files were altered after "
+                    "saving"
+                )
+    return state

@@ -87,55 +87,63 @@ def main(cfg: DictConfig) -> None:
         EXIT_CONFIG,
         EXIT_INTERRUPTED,
         EXIT_NONFINITE,
-        EXIT_PEER_LOST,
         EXIT_PREEMPTED,
         Preempted,
     )
 
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing, distributed chatter
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     try:
-        distributed.initialize(cfg.get("distributed"))
+        multi = distributed.initialize(cfg.get("distributed"))
     except ValueError as e:
         _fail(str(e), EXIT_CONFIG)
+    import jax
+
+    if multi:
+        _log_from_process_0(jax.process_index())
+        log.info("process %d of %d (%d local devices of %d)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip
     from jdo.train import ConfigError, run
     from jdo.train.loop import NonFiniteError
 
-    logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     output_dir = HydraConfig.get().runtime.output_dir
     try:
         overrides = list(HydraConfig.get().overrides.task)
         summary = run(cfg, output_dir=output_dir, overrides=overrides)
     except ConfigError as e:
+        distributed.finish()  # every process stops alike: not a lost peer
         _fail(str(e), EXIT_CONFIG)
     except NonFiniteError as e:
+        distributed.finish()
         _fail(str(e), EXIT_NONFINITE)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         print("interrupted (no checkpoint taken)", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Preempted as e:
+        distributed.finish()
         log.warning("%s", e)
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED)
-    except Exception as e:
-        import jax
-
-        if jax.process_count() == 1 or not isinstance(e, jax.errors.JaxRuntimeError):
-            raise
-        # A peer died: say which, and exit now instead of waiting in JAX's shutdown barrier.
-        timeout = (cfg.get("distributed") or {}).get("heartbeat_timeout_s") or 20
-        lost = distributed.lost_processes(timeout + 5)
-        who = f"process {', '.join(map(str, lost))}" if lost else "a peer process"
-        first = str(e).strip().splitlines()[0]
-        message = (f"process {jax.process_index()}: lost {who} ({first}); stopping. Rerun all "
-                   "processes to resume from the last checkpoint")  # fmt: skip
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        log.error(message)
-        logging.shutdown()
-        os._exit(EXIT_PEER_LOST)
-    import jax
-
+    except jax.errors.JaxRuntimeError:
+        if multi:  # a collective failed: if a peer died, the watchdog names it and exits 4
+            timeout = (cfg.get("distributed") or {}).get("heartbeat_timeout_s") or 20
+            distributed.await_watchdog(timeout + 5)
+        raise
+    distributed.finish()
     if jax.process_index() == 0:
         log.info("results (%s):\n%s", output_dir, summary_table(summary))
+
+
+def _log_from_process_0(index: int) -> None:
+    """In a multi-process run, processes other than 0 log warnings and errors only, each line
+    marked with the process (process 0 logs everything, to the console and train.log)."""
+    if index == 0:
+        return
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    marked = logging.Formatter(f"[process {index}] %(levelname)s %(name)s: %(message)s")
+    for handler in root.handlers:
+        handler.setFormatter(marked)
 
 
 def _check_run_dir(argv: list[str]) -> None:

@@ -27,17 +27,16 @@ class JsonlTracker:
     """Appends one JSON object per logging step to ``path`` (``{"step": ..., **metrics}``).
 
     ``resume_step``: a run starting at this step (0, or a checkpoint's) first drops the lines
-    of later steps (written by an interrupted earlier attempt; they are about to be recomputed).
+    of later steps (written by an interrupted earlier attempt; they are recomputed, and a
+    resumed run logs the same values, so nothing is lost; the count is logged). A line that does
+    not parse (cut short by a kill, or damaged) is never dropped: it is appended to
+    ``<path>.damaged`` with a warning naming both files and the count.
     """
 
     def __init__(self, path: str, resume_step: int | None = None):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if resume_step is not None and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                kept = [line for line in f if _line_step(line) <= resume_step]
-            with open(f"{path}.tmp", "w", encoding="utf-8") as f:  # a kill here loses nothing
-                f.writelines(kept)
-            os.replace(f"{path}.tmp", path)
+            _truncate_after(path, resume_step)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, step, metrics):
@@ -49,11 +48,51 @@ class JsonlTracker:
         self._file.close()
 
 
-def _line_step(line: str) -> float:
+def _line_step(line: str) -> float | None:
+    """The step of a metrics line, or None if the line is damaged (not a JSON object with an
+    integer step)."""
     try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-        return math.inf
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _truncate_after(path: str, resume_step: int) -> None:
+    """Keeps the lines of steps <= ``resume_step``; later ones are dropped (and counted),
+    damaged ones appended to ``<path>.damaged`` before ``path`` is rewritten."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = [line if line.endswith("\n") else line + "\n" for line in f]
+    steps = [_line_step(line) for line in lines]
+    damaged = [line for line, s in zip(lines, steps, strict=True) if s is None and line.strip()]
+    kept = [
+        line for line, s in zip(lines, steps, strict=True) if s is not None and s <= resume_step
+    ]
+    later = sum(s is not None and s > resume_step for s in steps)
+    if damaged:  # first, so a kill below loses nothing
+        with open(f"{path}.damaged", "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(damaged)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning(
+            "%s: %d damaged line%s (not JSON with a step) moved to %s.damaged",
+            path,
+            len(damaged),
+            "" if len(damaged) == 1 else "s",
+            path,
+        )
+    if later:
+        log.info(
+            "%s: dropped %d line%s of steps after %d (from an interrupted attempt; recomputed now)",
+            path,
+            later,
+            "" if later == 1 else "s",
+            resume_step,
+        )
+    if damaged or later:
+        with open(f"{path}.tmp", "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(kept)
+        os.replace(f"{path}.tmp", path)  # a kill before this loses nothing
 
 
 class TensorBoardTracker:

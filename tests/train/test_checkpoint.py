@@ -1,7 +1,9 @@
 """The content digest and the Checkpointer: atomic orbax saves plus integrity on restore."""
 
+import logging
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,3 +197,108 @@ def test_an_error_that_is_not_damage_propagates_and_moves_nothing(tmp_path, monk
         with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
             ckpt.restore_latest(jax.tree.map(_abstract, _state()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["10"]
+
+
+def test_a_truncated_array_is_reported_on_one_readable_line(tmp_path):
+    big = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(512, 1024)), jnp.float32)}
+    with Checkpointer(str(tmp_path)) as ckpt:
+        ckpt.save(10, big, {})
+        ckpt.save(20, {"w": big["w"] + 1}, {})
+    files = [p for p in (tmp_path / "20" / "state").rglob("*") if p.is_file()]
+    victim = max(files, key=lambda p: p.stat().st_size)  # the array's chunk
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    reports = []
+    with Checkpointer(str(tmp_path)) as ckpt:
+        step, _, _ = ckpt.restore_latest(jax.tree.map(_abstract, big), on_corrupt=reports.append)
+    assert step == 10 and len(reports) == 1
+    (report,) = reports
+    assert "\n" not in report and len(report) < 800, report
+    assert "<bound method" not in report and "TensorStore({" not in report, report
+    assert f"{tmp_path / '20'}: cannot be restored (" in report
+    # the cause, from tensorstore, says what is wrong
+    assert "caused by ValueError: OUT_OF_RANGE" in report and "byte range" in report, report
+
+
+def _late_callback_error():
+    """What tensorstore hands ``sys.unraisablehook`` when a read completes after orbax closed
+    its event loop: ``call_soon_threadsafe`` called from C++, with no Python caller."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        return e, e.__traceback__.tb_next  # drop this function's frame, as C++ has none
+
+
+def _unraisable_args_type(monkeypatch):
+    """Python's ``UnraisableHookArgs`` type (not importable): caught from a real unraisable."""
+    caught = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+
+    class Boom:
+        def __del__(self):
+            raise ValueError("boom")
+
+    Boom()
+    return type(caught[0])
+
+
+def test_late_tensorstore_callbacks_are_silenced_and_other_errors_are_not(capsys, monkeypatch):
+    from jdo.train.checkpoint import quiet_late_tensorstore_callbacks
+
+    args = _unraisable_args_type(monkeypatch)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    error, tb = _late_callback_error()
+    late = args((RuntimeError, error, tb, None, None))
+    sys.unraisablehook(late)
+    assert "Event loop is closed" in capsys.readouterr().err  # Python's own hook prints it
+    quiet_late_tensorstore_callbacks()
+    quiet_late_tensorstore_callbacks()  # once only
+    sys.unraisablehook(late)
+    assert capsys.readouterr().err == ""
+    assert sys.unraisablehook.dropped == 1
+    # the same error with a Python caller (_late_callback_error's frame), any other error,
+    # and the same error handed in with an object, still print
+    for unraisable in (
+        args((RuntimeError, error, error.__traceback__, None, None)),
+        args((ValueError, ValueError("real"), tb, None, None)),
+        args((RuntimeError, error, tb, None, print)),
+    ):
+        sys.unraisablehook(unraisable)
+    err = capsys.readouterr().err
+    assert err.count("RuntimeError: Event loop is closed\n") == 2 and "ValueError: real" in err, err
+    assert sys.unraisablehook.dropped == 1
+
+
+def test_read_state_logs_no_orbax_warning(tmp_path, caplog):
+    _save(tmp_path, [10])
+    with caplog.at_level(logging.INFO), Checkpointer(str(tmp_path)) as ckpt:
+        for _ in range(2):
+            state = ckpt.read_state(10)
+    assert tree_digest(state) == tree_digest(_state(10))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_read_state_of_a_run_directory_verifies_and_names_what_is_missing(tmp_path):
+    from jdo.train.checkpoint import read_state
+
+    run = tmp_path / "run"
+    _save(run / "checkpoints", [10, 20])
+    assert tree_digest(read_state(str(run))) == tree_digest(_state(20))  # the newest
+    assert tree_digest(read_state(str(run), step=10)) == tree_digest(_state(10))
+    assert tree_digest(read_state(str(run / "checkpoints"), 10)) == tree_digest(_state(10))
+    with pytest.raises(ValueError, match=r"step: 15 is not a checkpoint .* \[10, 20\]"):
+        read_state(str(run), step=15)
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        read_state(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        read_state(str(tmp_path / "empty"))
+    # a checkpoint whose data changed but stays readable (swapped in from step 10)
+    shutil.rmtree(run / "checkpoints" / "20" / "state")
+    shutil.copytree(run / "checkpoints" / "10" / "state", run / "checkpoints" / "20" / "state")
+    with pytest.raises(CorruptCheckpoint, match="20: content digest mismatch"):
+        read_state(str(run))
+    assert tree_digest(read_state(str(run), verify=False)) == tree_digest(_state(10))
