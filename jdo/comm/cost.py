@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.lifting import InAxes, _axes, shard_map_workers
 
@@ -111,8 +112,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
     ``conditionals="max"`` charges each ``conditional`` its most expensive branch (a step that
     communicates); ``"min"`` its cheapest (a step that does not, for periodic algorithms).
     """
-    if conditionals not in ("max", "min"):
-        raise ValueError(f"conditionals must be 'max' or 'min', got {conditionals!r}")
+    checks.one_of("conditionals", conditionals, ("max", "min"))
     pick = max if conditionals == "max" else min
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     entry, current = None, None
@@ -131,7 +131,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
             name, rhs = instr.groups()
             computations[current].append((name, *_split_shape_and_op(rhs)))
     if entry is None:
-        raise ValueError("no ENTRY computation found in the HLO text")
+        raise checks.InvalidArgument("hlo_text", "holds no ENTRY computation")
     shapes = {name: shape for instrs in computations.values() for name, shape, *_ in instrs}
 
     memo: dict[str, np.ndarray] = {}

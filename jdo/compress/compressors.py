@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
+
 Payload = Any
 
 
@@ -50,6 +52,16 @@ class Compressor:
     def __call__(self, x, key=None):
         """``decompress(compress(x))``: what the receiver reconstructs."""
         return self.decompress(self.compress(x, key), _like(x))
+
+
+def check_compressor(name: str, value) -> Compressor:
+    """``value`` as a :class:`Compressor` (a factory's argument check)."""
+    if not isinstance(value, Compressor):
+        raise checks.WrongType(
+            name, f"must be a jdo.compress.Compressor (identity(), top_k(0.01), qsgd(), ...), "
+            f"got {type(value).__name__}"
+        )  # fmt: skip
+    return value
 
 
 def identity() -> Compressor:
@@ -90,13 +102,21 @@ def fp8() -> Compressor:
 
 
 def _k(size: int, ratio: float | None, k: int | None) -> int:
-    if (ratio is None) == (k is None):
-        raise ValueError("give exactly one of ratio= or k=")
+    """The number of entries kept of ``size`` (at least 1, at most ``size``)."""
     if k is None:
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         k = math.ceil(ratio * size)
     return max(1, min(int(k), size))
+
+
+def _check_ratio_or_k(ratio, k) -> None:
+    if (ratio is None) == (k is None):
+        raise checks.InvalidArgument(
+            "ratio", f"or k must be given, not both and not neither (got ratio={ratio!r}, k={k!r})"
+        )
+    if k is None:
+        checks.number("ratio", ratio, low=0, high=1, low_open=True)
+    else:
+        checks.positive_int("k", k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +140,9 @@ class TopK(Compressor):
 
 
 def top_k(ratio: float | None = None, *, k: int | None = None) -> Compressor:
-    """Top-k sparsification by magnitude (``ratio`` of the entries, or exactly ``k``)."""
-    _k(1_000_000, ratio, k)  # validates the arguments
+    """Top-k sparsification by magnitude (``ratio`` in (0, 1] of the entries, or exactly
+    ``k``)."""
+    _check_ratio_or_k(ratio, k)
     return TopK(name="top_k", unbiased=False, ratio=ratio, k=k)
 
 
@@ -135,7 +156,7 @@ class RandK(TopK):
 
     def compress(self, x, key=None):
         if key is None:
-            raise ValueError("random_k needs a PRNG key")
+            raise checks.InvalidArgument("key", "is required: random_k draws its indices from it")
         flat = x.reshape(-1)
         k = _k(flat.size, self.ratio, self.k)
         idx = jax.random.permutation(key, flat.size)[:k]
@@ -144,8 +165,11 @@ class RandK(TopK):
 
 
 def random_k(ratio: float | None = None, *, k: int | None = None, scale: bool = True):
-    """Random-k sparsification; unbiased when ``scale`` (values times d/k)."""
-    _k(1_000_000, ratio, k)
+    """Random-k sparsification (``ratio`` in (0, 1] of the entries, or exactly ``k``);
+    unbiased when ``scale`` (values times d/k)."""
+    _check_ratio_or_k(ratio, k)
+    if not isinstance(scale, bool):
+        raise checks.WrongType("scale", f"must be true or false, got {scale!r}")
     return RandK(name="random_k", unbiased=scale, ratio=ratio, k=k, scale=scale)
 
 
@@ -160,7 +184,7 @@ class QSGD(Compressor):
 
     def compress(self, x, key=None):
         if key is None:
-            raise ValueError("qsgd needs a PRNG key")
+            raise checks.InvalidArgument("key", "is required: qsgd rounds at random")
         norm = jnp.linalg.norm(x.astype(jnp.float32).reshape(-1))
         scaled = jnp.abs(x).astype(jnp.float32) / jnp.where(norm > 0, norm, 1.0) * self.levels
         lower = jnp.floor(scaled)
@@ -176,8 +200,9 @@ class QSGD(Compressor):
 
 def qsgd(levels: int = 127) -> Compressor:
     """QSGD with ``levels`` quantisation levels (1..127; int8 codes)."""
+    checks.integer("levels", levels)
     if not 1 <= levels <= 127:
-        raise ValueError(f"qsgd: levels must be in 1..127 (int8 codes), got {levels}")
+        raise checks.InvalidArgument("levels", f"must be in 1..127 (int8 codes), got {levels}")
     return QSGD(name=f"qsgd{levels}", unbiased=True, levels=levels)
 
 

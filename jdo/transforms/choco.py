@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.gossip import mix
-from jdo.compress import Compressor, compress_tree, decompress_tree
-from jdo.topology import Topology
+from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
+from jdo.topology import Topology, check_topology
 from jdo.transforms.compressed import worker_key
 
 
@@ -45,15 +46,15 @@ def choco(
     instead of a copy per neighbour. With the identity compressor and ``gamma=1`` this is
     exact gossip. The consensus step ``gamma`` must shrink as compression gets coarser.
     """
-    if topology.stochastic != "doubly":
-        raise ValueError(f"choco needs a doubly stochastic topology; {topology!r} is not")
+    check_topology("topology", topology, ("doubly",), purpose="choco")
     if topology.period != 1:
-        raise ValueError(
-            f"choco needs a static topology: {topology!r} changes every step, and the "
+        raise checks.InvalidArgument(
+            "topology", f"must be static for choco: {topology!r} changes every step, and the "
             "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W"
-        )
-    if not 0 < gamma <= 1:
-        raise ValueError(f"choco: gamma must be in (0, 1], got {gamma}")
+        )  # fmt: skip
+    check_compressor("compressor", compressor)
+    checks.number("gamma", gamma, low=0, high=1, low_open=True)
+    checks.integer("seed", seed)
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -61,7 +62,8 @@ def choco(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("choco needs the params: call update(updates, state, params)")
+            raise checks.InvalidArgument("params", "is required by choco: call "
+                                         "update(updates, state, params)")  # fmt: skip
         local = optax.apply_updates(params, updates)  # x^+ = x + u
         change = jax.tree.map(jnp.subtract, local, state.public)
         payloads = compress_tree(compressor, change, worker_key(seed, state.count, axis_name))

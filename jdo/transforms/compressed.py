@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import gather_mean, varying
-from jdo.compress import Compressor, compress_tree, decompress_tree
+from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
 
 ERROR_FEEDBACK = ("ef", "ef21", None)
 
@@ -58,10 +59,10 @@ def compressed_all_reduce(
       seed: for random compressors; each worker and step folds in its own key.
       axis_name: the workers' named axis.
     """
-    if error_feedback not in ERROR_FEEDBACK:
-        raise ValueError(f"error_feedback must be one of {ERROR_FEEDBACK}, got {error_feedback!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    check_compressor("compressor", compressor)
+    checks.one_of("error_feedback", error_feedback, ERROR_FEEDBACK)
+    checks.non_negative_int("warmup_steps", warmup_steps)
+    checks.integer("seed", seed)
 
     def decode(like):  # a payload decoder for values shaped like `like`
         return lambda payloads: decompress_tree(compressor, payloads, like)

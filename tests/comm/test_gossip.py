@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdo import checks
 import jdo
 from jdo import comm
 from jdo import topology as T
@@ -106,8 +107,10 @@ def test_push_sum_reaches_the_true_average_on_a_directed_time_varying_graph(lift
 
 
 def test_mix_checks_the_worker_count():
-    with pytest.raises(ValueError, match=r"has 4 nodes but the 'workers' axis has 8 workers"):
+    with pytest.raises(checks.InvalidArgument, match=r"has 4 nodes but the 'workers' axis has 8 "
+                       "workers") as e:  # fmt: skip
         jax.vmap(lambda x: comm.mix(x, T.ring(4)), axis_name="workers")(jnp.zeros(8))
+    assert e.value.argument == "topology"
 
 
 @pytest.mark.parametrize(

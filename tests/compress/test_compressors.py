@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from jdo import checks
 from jdo import compress as C
 
 X = np.random.default_rng(0).normal(size=(40, 25)).astype(np.float32)  # d = 1000
@@ -86,14 +87,23 @@ def test_trees_and_bad_arguments():
     back = C.decompress_tree(C.top_k(k=3), payloads, tree)
     assert np.count_nonzero(back["a"]) == 3 and np.count_nonzero(back["b"]) == 3
     assert C.tree_wire_bytes(C.top_k(k=3), tree) == 48
-    with pytest.raises(ValueError, match="give exactly one of ratio= or k="):
-        C.top_k()
-    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
-        C.top_k(1.5)
-    with pytest.raises(ValueError, match="levels must be in 1..127"):
-        C.qsgd(300)
-    with pytest.raises(ValueError, match="qsgd needs a PRNG key"):
+    cases = [
+        (C.top_k, (), checks.InvalidArgument, "ratio", "or k must be given, not both"),
+        (C.top_k, (1.5,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 1.5"),
+        (C.random_k, (1.5,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 1.5"),
+        (C.random_k, (0.0,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 0.0"),
+        (C.top_k, ("0.1",), checks.WrongType, "ratio", "must be a number"),
+        (C.qsgd, (300,), checks.InvalidArgument, "levels", "must be in 1..127"),
+    ]
+    for factory, args, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            factory(*args)
+        assert e.value.argument == argument
+    with pytest.raises(checks.InvalidArgument, match="is required: qsgd rounds at random"):
         C.qsgd()(X)
+    with pytest.raises(checks.InvalidArgument, match=r"must be in \(0, 1\]") as e:
+        C.top_k(k=None, ratio=2)
+    assert str(e.value) == "ratio must be in (0, 1], got 2"
 
 
 def test_the_unbiasedness_check_can_fail():

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from sklearn.linear_model import Lasso
 
+from jdo import checks
 import jdo
 from jdo import topology as T
 from jdo.constrained import prox
@@ -128,9 +129,21 @@ def test_decentralized_admm_on_a_ring_reaches_the_same_optimum(lifting, float64,
 
 def test_bad_arguments():
     _, _, loss_fn, _, _ = _problem()
-    with pytest.raises(ValueError, match="need rho > 0 and 0 < alpha < 2"):
-        jdo.constrained.consensus_admm(loss_fn, rho=0.0)
-    with pytest.raises(ValueError, match="solver='gradient' needs an optimizer"):
-        jdo.constrained.consensus_admm(loss_fn, solver="gradient")
-    with pytest.raises(ValueError, match="needs an undirected topology"):
-        jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W, directed=True))
+    cases = [
+        (lambda: jdo.constrained.consensus_admm(loss_fn, rho=0.0),
+         checks.InvalidArgument, "rho", "must be positive, got 0.0"),
+        (lambda: jdo.constrained.consensus_admm(loss_fn, alpha=2.0),
+         checks.InvalidArgument, "alpha", r"must be in \(0, 2\), got 2.0"),
+        (lambda: jdo.constrained.consensus_admm(loss_fn, solver="gradient"),
+         checks.InvalidArgument, "optimizer", "is required by consensus_admm with solver='gradient'"),
+        (lambda: jdo.constrained.consensus_admm(loss_fn, solver="lbfgs"),
+         checks.InvalidArgument, "solver", "must be one of 'auto', 'newton', 'gradient'"),
+        (lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W, directed=True)),
+         checks.InvalidArgument, "topology", "must be undirected"),
+        (lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W), c=-1),
+         checks.InvalidArgument, "c", "must be positive, got -1"),
+    ]  # fmt: skip
+    for make, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            make()
+        assert e.value.argument == argument

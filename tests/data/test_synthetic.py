@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jdo import checks
 from jdo import data, models
 
 PROBLEMS = {
@@ -50,5 +51,5 @@ def test_heterogeneous_groups_have_different_local_optima():
 
 
 def test_logistic_needs_l2():
-    with pytest.raises(ValueError, match="l2 must be > 0"):
+    with pytest.raises(checks.InvalidArgument, match="l2 must be positive, got 0.0"):
         data.logistic_regression(l2=0.0)
