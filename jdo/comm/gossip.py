@@ -55,6 +55,8 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None)
         result is ``Σ_j W_ij decode(x_j)`` (compressed gossip, as in CHOCO-SGD).
     """
     _check_size(topology, axis_name)
+    if topology.n == 1:  # W = [1]: nothing to send (not even to itself)
+        return x if decode is None else decode(x)
     if topology.is_complete:  # typed per-worker again, like the result of any other graph
         if decode is not None:
             return varying(gather_mean(x, decode, axis_name), axis_name)

@@ -207,8 +207,8 @@ def consensus_admm(
 
 
 class DecentralizedADMMState(NamedTuple):
-    x: Any
-    dual: Any  # α_i
+    x: Any  # x_i^k
+    dual: Any  # α_i^{k-1}: the dual update that x^k owes is made at the start of step k
     step: jax.Array
 
 
@@ -232,8 +232,11 @@ def decentralized_admm(
               \alpha_i \leftarrow \alpha_i + c\textstyle\sum_{j\in N_i}(x_i - x_j).
 
     The x-update is a prox step with :math:`\rho_i = 2 c\, d_i`; ``solver`` as in
-    :func:`consensus_admm`. Each step sends one neighbour exchange of x (the topology's
-    ppermutes). Converges to the minimiser of :math:`\sum_i f_i` for convex f_i.
+    :func:`consensus_admm`. Each step sends ONE neighbour exchange of x (the topology's
+    ppermutes): the dual update of :math:`x^{k+1}` needs :math:`\sum_{j\in N_i} x_j^{k+1}`,
+    which is the sum the next x-update needs too, so it is made at the start of the next
+    step (``state.dual`` holds :math:`\alpha^{k-1}` beside :math:`x^k`; the x iterates are
+    the paper's). Converges to the minimiser of :math:`\sum_i f_i` for convex f_i.
     """
     checks.function("loss_fn", loss_fn)
     checks.positive("c", c)
@@ -258,16 +261,20 @@ def decentralized_admm(
                                       jnp.zeros((), jnp.int32))  # fmt: skip
 
     def step(state, batch, key):
-        d = jnp.asarray(degree, jnp.float32)[jax.lax.axis_index(axis_name)]
-        others = neighbour_sum(state.x, topology, axis_name)  # Σ_{j∈N_i} x_j
+        d = jnp.asarray(degree, float)[jax.lax.axis_index(axis_name)]  # the default float
+        # 1. the step's one exchange: Σ_{j∈N_i} x_j^k
+        others = neighbour_sum(state.x, topology, axis_name)
+        # 2. the dual update x^k owes, α^k = α^{k-1} + c Σ_j (x_i^k − x_j^k) (none at k = 0,
+        #    where α^0 = 0)
+        owed = (state.step > 0).astype(d.dtype)
+        dual = jax.tree.map(lambda a, xi, xs: a + owed * c * (d * xi - xs), state.dual,
+                            state.x, others)  # fmt: skip
+        # 3. the x-update: argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at
+        #    m − α/ρ_i with m = (d x_i + Σ_j x_j) / (2d)
         rho_i = 2.0 * c * d
-        # argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at m − α/ρ_i,
-        # with m = (d x_i + Σ_j x_j) / (2d)
         v = jax.tree.map(lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i,
-                         state.x, others, state.dual)  # fmt: skip
+                         state.x, others, dual)  # fmt: skip
         x = solve(loss_fn, state.x, v, rho_i, batch, key)
-        new_others = neighbour_sum(x, topology, axis_name)
-        dual = jax.tree.map(lambda a, xi, xs: a + c * (d * xi - xs), state.dual, x, new_others)
         loss, metrics = loss_fn(x, batch, key)
         return DecentralizedADMMState(x, dual, state.step + 1), {"loss": loss, **metrics}
 

@@ -57,7 +57,8 @@ def diloco(
       f at steps ``f·H/F + kH``); the new global fragment is merged τ steps after its sync
       (overlapping communication with compute) as ``x ← α x + (1 − α) θ``.
     - ``compressor``: the pseudo-gradients travel compressed (e.g. ``jdo.compress.fp8()``:
-      quantised outer communication) through an all-gather of payloads.
+      quantised outer communication) through an all-gather of payloads. The identity
+      (``jdo.compress.identity()``) is the same as ``None``: one all-reduce.
     - ``participation=p``: FedAvg-style partial participation; each round a fixed-size random
       subset (``max(1, round(p·W))`` workers, drawn from ``seed`` and the round) is averaged.
     - ``prox=μ``: FedProx (Li et al. 2020): the inner gradient gets ``μ (x − θ)``.
@@ -79,8 +80,8 @@ def diloco(
             "delay", f"must be in [0, sync_every) = [0, {sync_every}), got {delay}"
         )
     checks.number("mixing", mixing, low=0, high=1, high_open=True)
-    if compressor is not None:
-        check_compressor("compressor", compressor)
+    if compressor is not None and type(check_compressor("compressor", compressor)) is Compressor:
+        compressor = None  # the identity: the plain all-reduce, not an all-gather of payloads
     checks.probability("participation", participation, allow_zero=False)
     checks.non_negative("prox", prox)
     checks.integer("seed", seed)

@@ -263,6 +263,27 @@ def test_diloco_with_compressed_outer_communication_and_prox(mesh8):
         np.testing.assert_allclose(xs[t], x, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("participation", [1.0, 0.5])
+def test_diloco_with_the_identity_compressor_is_diloco_without_one(participation, mesh8):
+    # The runner passes the configured compressor always (compression=none: the identity).
+    make = lambda compressor: jdo.transforms.diloco(
+        optax.sgd(0.1), sync_every=2, participation=participation, compressor=compressor
+    )
+    _, plain = _sgd_run(make(None), "shard_map", mesh8, 6)
+    _, identity = _sgd_run(make(C.identity()), "shard_map", mesh8, 6)
+    for a, b in zip(plain, identity, strict=True):
+        np.testing.assert_array_equal(a, b)
+    params = jnp.zeros(5)
+
+    def count(compressor):
+        tx = make(compressor)
+        step = lambda g, s, p: tx.update(g, s, p)
+        return jdo.comm.worker_bytes(step, W, params, tx.init(params), params)
+
+    assert count(C.identity()) == count(None)
+    assert count(None)["all-reduce"] > 0 and count(None)["all-gather"] == 0
+
+
 def test_bad_arguments():
     cases = [
         (lambda: jdo.transforms.diloco(optax.sgd(0.1), sync_every=4, delay=4),
