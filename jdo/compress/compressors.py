@@ -49,17 +49,31 @@ class Compressor:
         shapes = jax.eval_shape(lambda x: self.compress(x, jax.random.key(0)), like)
         return int(sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree.leaves(shapes)))
 
+    @property
+    def contractive(self) -> bool:
+        """Whether ``E||x̂ − x||² <= (1 − δ)||x||²`` for some δ > 0 (the compressors error
+        feedback and CHOCO assume). An unbiased compressor that scales up what it keeps is
+        not: its error can exceed ``||x||²``."""
+        return True
+
     def __call__(self, x, key=None):
         """``decompress(compress(x))``: what the receiver reconstructs."""
         return self.decompress(self.compress(x, key), _like(x))
 
 
-def check_compressor(name: str, value) -> Compressor:
-    """``value`` as a :class:`Compressor` (a factory's argument check)."""
+def check_compressor(name: str, value, *, contractive_for: str | None = None) -> Compressor:
+    """``value`` as a :class:`Compressor` (a factory's argument check); with
+    ``contractive_for`` (who needs it), refuses a compressor that is not contractive."""
     if not isinstance(value, Compressor):
         raise checks.WrongType(
             name, f"must be a jdo.compress.Compressor (identity(), top_k(0.01), qsgd(), ...), "
             f"got {type(value).__name__}"
+        )  # fmt: skip
+    if contractive_for and not value.contractive:
+        raise checks.InvalidArgument(
+            name, f"must be contractive for {contractive_for}: {value.name} with scale=True "
+            "multiplies what it keeps by d/k, so its expected error (d/k − 1)·||x||² exceeds "
+            "||x||² and the error memory grows without bound; use scale=False"
         )  # fmt: skip
     return value
 
@@ -154,19 +168,27 @@ class RandK(TopK):
 
     scale: bool = True
 
+    @property
+    def contractive(self) -> bool:
+        # Scaled by d/k the expected error is (d/k − 1)||x||² (99× ||x||² at 1%); unscaled it
+        # is (1 − k/d)||x||².
+        return not self.scale or self.ratio == 1
+
     def compress(self, x, key=None):
         if key is None:
             raise checks.InvalidArgument("key", "is required: random_k draws its indices from it")
         flat = x.reshape(-1)
         k = _k(flat.size, self.ratio, self.k)
-        idx = jax.random.permutation(key, flat.size)[:k]
+        # the k largest of d uniform draws: a uniform k-subset, far cheaper than permuting d
+        _, idx = jax.lax.top_k(jax.random.uniform(key, (flat.size,)), k)
         values = flat[idx] * (flat.size / k if self.scale else 1.0)
         return {"values": values.astype(x.dtype), "indices": idx.astype(jnp.int32)}
 
 
 def random_k(ratio: float | None = None, *, k: int | None = None, scale: bool = True):
     """Random-k sparsification (``ratio`` in (0, 1] of the entries, or exactly ``k``);
-    unbiased when ``scale`` (values times d/k)."""
+    unbiased when ``scale`` (values times d/k), contractive (``E||x̂ − x||² = (1 − k/d)||x||²``,
+    the form error feedback and CHOCO need: Stich et al. 2018) when not."""
     _check_ratio_or_k(ratio, k)
     if not isinstance(scale, bool):
         raise checks.WrongType("scale", f"must be true or false, got {scale!r}")

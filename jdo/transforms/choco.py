@@ -26,7 +26,7 @@ def choco(
     topology: Topology,
     compressor: Compressor,
     *,
-    gamma: float = 1.0,
+    gamma: float = 0.05,
     seed: int = 0,
     axis_name: str = WORKERS,
 ) -> optax.GradientTransformation:
@@ -44,7 +44,12 @@ def choco(
     Only the payloads :math:`q_j` travel, one per ppermute round of the topology. Each worker
     keeps :math:`s_i = \sum_j W_{ij}\hat x_j` (updated with the mixed decompressed payloads)
     instead of a copy per neighbour. With the identity compressor and ``gamma=1`` this is
-    exact gossip. The consensus step ``gamma`` must shrink as compression gets coarser.
+    exact gossip. The consensus step ``gamma`` must shrink as compression gets coarser (the
+    paper's theory: :math:`\gamma = O(\delta\rho^2)` for a δ-contractive compressor and
+    spectral gap ρ). The default 0.05 is for top-1% / random-1% on a ring: with Adam on
+    digits/MLP (8 workers, 1000 steps) γ = 1, 0.5 and 0.2 diverge (loss 1e27, 1.7e5), 0.1 and
+    0.05 reach a train loss of 0.007. The compressor must be contractive (``top_k``,
+    ``random_k(scale=False)``, casts).
     """
     check_topology("topology", topology, ("doubly",), purpose="choco")
     if topology.period != 1:
@@ -52,7 +57,7 @@ def choco(
             "topology", f"must be static for choco: {topology!r} changes every step, and the "
             "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W"
         )  # fmt: skip
-    check_compressor("compressor", compressor)
+    check_compressor("compressor", compressor, contractive_for="choco")
     checks.number("gamma", gamma, low=0, high=1, low_open=True)
     checks.integer("seed", seed)
 

@@ -53,14 +53,17 @@ def compressed_all_reduce(
     dense mean is used (the compressed state is still kept consistent).
 
     Args:
-      compressor: a :mod:`jdo.compress` compressor (top_k(0.01), qsgd(), scaled_sign(), ...).
+      compressor: a :mod:`jdo.compress` compressor (top_k(0.01), qsgd(), scaled_sign(), ...);
+        with error feedback a contractive one (``random_k(scale=False)``, not the scaled
+        unbiased random-k, whose error memory grows without bound).
       error_feedback: ``"ef"``, ``"ef21"`` or ``None``.
       warmup_steps: dense steps before compression starts.
       seed: for random compressors; each worker and step folds in its own key.
       axis_name: the workers' named axis.
     """
-    check_compressor("compressor", compressor)
     checks.one_of("error_feedback", error_feedback, ERROR_FEEDBACK)
+    needs = f"error_feedback={error_feedback!r} (or use error_feedback=None)"
+    check_compressor("compressor", compressor, contractive_for=needs if error_feedback else None)
     checks.non_negative_int("warmup_steps", warmup_steps)
     checks.integer("seed", seed)
 

@@ -43,6 +43,19 @@ def test_random_k_is_a_scaled_subset_and_unbiased():
     _assert_unbiased(c, samples=4000, std=np.abs(X) * math.sqrt(X.size / 100 - 1))
 
 
+@pytest.mark.parametrize("scale,expected", [(True, 100 / 10 - 1), (False, 1 - 10 / 100)])
+def test_random_k_error_is_what_contractive_says(scale, expected):
+    # E||x̂ − x||² / ||x||² = d/k − 1 scaled (not contractive: error feedback's memory grows
+    # without bound) and 1 − k/d unscaled (contractive, as EF and CHOCO need).
+    c = C.random_k(k=10, scale=scale)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=100), jnp.float32)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    errors = jax.vmap(lambda k: jnp.sum((c(x, k) - x) ** 2))(keys) / jnp.sum(x**2)
+    assert abs(float(errors.mean()) - expected) < 0.05 * expected
+    assert c.contractive is (expected < 1)
+    assert C.top_k(0.1).contractive and C.identity().contractive
+
+
 def _assert_unbiased(c, samples, std):
     """The mean of x̂ over independent keys is within 5 standard errors of x in every
     coordinate, with the compressor's exact per-coordinate standard deviation ``std``."""

@@ -302,6 +302,13 @@ def test_bad_arguments():
          checks.InvalidArgument, "topology", "must be static for choco"),
         (lambda: jdo.transforms.choco(T.ring(4), C.identity(), gamma=0.0),
          checks.InvalidArgument, "gamma", r"must be in \(0, 1\], got 0.0"),
+        # scaled random-k with error feedback: the memory grows until NaN (step 139 on digits)
+        (lambda: jdo.transforms.compressed_all_reduce(C.random_k(0.01)),
+         checks.InvalidArgument, "compressor", "must be contractive for error_feedback='ef'"),
+        (lambda: jdo.transforms.compressed_all_reduce(C.random_k(0.01), error_feedback="ef21"),
+         checks.InvalidArgument, "compressor", "use scale=False"),
+        (lambda: jdo.transforms.choco(T.ring(4), C.random_k(0.01)),
+         checks.InvalidArgument, "compressor", "must be contractive for choco"),
         (lambda: jdo.transforms.powersgd(0),
          checks.InvalidArgument, "rank", "must be a positive integer, got 0"),
         (lambda: jdo.algorithms.fedavg(lambda p, b, k: (0.0, {}), optax.sgd(0.1), local_steps=0),
@@ -314,3 +321,7 @@ def test_bad_arguments():
         with pytest.raises(kind, match=message) as e:
             make()
         assert e.value.argument == argument
+    # what the refusals leave allowed
+    jdo.transforms.compressed_all_reduce(C.random_k(0.01), error_feedback=None)
+    jdo.transforms.compressed_all_reduce(C.random_k(0.01, scale=False))
+    jdo.transforms.choco(T.ring(4), C.random_k(0.01, scale=False))
