@@ -97,41 +97,109 @@ def sgd(lr):
 A = jdo.algorithms
 TABLE = [
     # exact methods: the optimum, at both step sizes
-    Row("allreduce_sgd", "heterogeneous", lambda f, lr: A.allreduce_sgd(f, sgd(lr)),
-        0.2, 1500, "exact", 1e-5),
-    Row("allreduce_sgd", "ridge", lambda f, lr: A.allreduce_sgd(f, sgd(lr)),
-        0.2, 600, "exact", 1e-5),
-    Row("gradient_tracking", "heterogeneous",
-        lambda f, lr: A.gradient_tracking(f, sgd(lr), RING), 0.1, 3000, "exact", 1e-5),
+    Row(
+        "allreduce_sgd",
+        "heterogeneous",
+        lambda f, lr: A.allreduce_sgd(f, sgd(lr)),
+        0.2,
+        1500,
+        "exact",
+        1e-5,
+    ),
+    Row(
+        "allreduce_sgd", "ridge", lambda f, lr: A.allreduce_sgd(f, sgd(lr)), 0.2, 600, "exact", 1e-5
+    ),
+    Row(
+        "gradient_tracking",
+        "heterogeneous",
+        lambda f, lr: A.gradient_tracking(f, sgd(lr), RING),
+        0.1,
+        3000,
+        "exact",
+        1e-5,
+    ),
     # EF21 converges linearly with full gradients (Richtárik et al. 2021), any heterogeneity
-    Row("compressed_sgd", "heterogeneous",
+    Row(
+        "compressed_sgd",
+        "heterogeneous",
         lambda f, lr: A.compressed_sgd(f, sgd(lr), C.top_k(k=2), error_feedback="ef21"),
-        0.1, 3000, "exact", 1e-5),
+        0.1,
+        3000,
+        "exact",
+        1e-5,
+    ),
     # PowerSGD with rank >= min(n, m) of every matrix leaf is the exact mean. Its error
     # memories (M_i − mean M, as in the paper's and PyTorch's code) grow with the steps on
     # heterogeneous data and float32 rounding with them: stop once converged.
-    Row("powersgd", "heterogeneous", lambda f, lr: A.powersgd(f, sgd(lr), rank=1),
-        0.2, 500, "exact", 1e-5),
+    Row(
+        "powersgd",
+        "heterogeneous",
+        lambda f, lr: A.powersgd(f, sgd(lr), rank=1),
+        0.2,
+        500,
+        "exact",
+        1e-5,
+    ),
     # local SGD averaging every step is all-reduce SGD
-    Row("local_sgd", "ridge", lambda f, lr: A.local_sgd(f, sgd(lr), every=1),
-        0.2, 600, "exact", 1e-5),
+    Row(
+        "local_sgd",
+        "ridge",
+        lambda f, lr: A.local_sgd(f, sgd(lr), every=1),
+        0.2,
+        600,
+        "exact",
+        1e-5,
+    ),
     # methods with a constant-step bias on heterogeneous data: linear in α
-    Row("dpsgd", "heterogeneous", lambda f, lr: A.dpsgd(f, sgd(lr), RING),
-        0.02, 4000, "bias", 1e-3),
-    Row("push_sum", "heterogeneous",
+    Row(
+        "dpsgd", "heterogeneous", lambda f, lr: A.dpsgd(f, sgd(lr), RING), 0.02, 4000, "bias", 1e-3
+    ),
+    Row(
+        "push_sum",
+        "heterogeneous",
         lambda f, lr: A.push_sum(f, sgd(lr), T.ring(W, directed=True)),
-        0.02, 4000, "bias", 1e-3),
-    Row("choco_sgd", "heterogeneous",
+        0.02,
+        4000,
+        "bias",
+        1e-3,
+    ),
+    Row(
+        "choco_sgd",
+        "heterogeneous",
         lambda f, lr: A.choco_sgd(f, sgd(lr), RING, C.top_k(0.5), gamma=0.3),
-        0.02, 4000, "bias", 1e-3),
-    Row("local_sgd", "heterogeneous", lambda f, lr: A.local_sgd(f, sgd(lr), every=8),
-        0.02, 4000, "bias", 1e-3),
-    Row("diloco", "heterogeneous",
+        0.02,
+        4000,
+        "bias",
+        1e-3,
+    ),
+    Row(
+        "local_sgd",
+        "heterogeneous",
+        lambda f, lr: A.local_sgd(f, sgd(lr), every=8),
+        0.02,
+        4000,
+        "bias",
+        1e-3,
+    ),
+    Row(
+        "diloco",
+        "heterogeneous",
         lambda f, lr: A.diloco(f, sgd(lr), sync_every=8, outer=optax.sgd(0.5, momentum=0.5)),
-        0.02, 4000, "bias", 1e-3),
-    Row("fedavg", "heterogeneous", lambda f, lr: A.fedavg(f, sgd(lr), local_steps=8),
-        0.02, 4000, "bias", 1e-3),
-]  # fmt: skip
+        0.02,
+        4000,
+        "bias",
+        1e-3,
+    ),
+    Row(
+        "fedavg",
+        "heterogeneous",
+        lambda f, lr: A.fedavg(f, sgd(lr), local_steps=8),
+        0.02,
+        4000,
+        "bias",
+        1e-3,
+    ),
+]
 
 
 def _train(row: Row, problem: Problem) -> np.ndarray:
@@ -176,7 +244,17 @@ def test_distance_to_the_optimum_is_what_theory_says(row):
 
 
 def test_the_table_covers_every_supervised_algorithm():
-    supervised = {"allreduce_sgd", "dpsgd", "gradient_tracking", "push_sum", "compressed_sgd",
-                  "powersgd", "choco_sgd", "local_sgd", "diloco", "fedavg"}  # fmt: skip
+    supervised = {
+        "allreduce_sgd",
+        "dpsgd",
+        "gradient_tracking",
+        "push_sum",
+        "compressed_sgd",
+        "powersgd",
+        "choco_sgd",
+        "local_sgd",
+        "diloco",
+        "fedavg",
+    }
     assert supervised <= set(jdo.algorithms.available())
     assert {r.algorithm for r in TABLE} == supervised

@@ -95,9 +95,10 @@ def local_sgd(
     else:
         if start:
             raise checks.InvalidArgument(
-                "group_size", f"(hierarchical averaging) does not combine with start={start} "
-                "(post-local SGD): set one of them"
-            )  # fmt: skip
+                "group_size",
+                f"(hierarchical averaging) does not combine with start={start} "
+                "(post-local SGD): set one of them",
+            )
         group_every = 1 if group_every is None else group_every
         tx = transforms.hierarchical_local_sgd(group_size, group_every, every,
                                                axis_name=axis_name)  # fmt: skip

@@ -25,9 +25,10 @@ def _check_size(topology: Topology, axis_name: str) -> None:
     workers = jax.lax.axis_size(axis_name)
     if workers != topology.n:
         raise checks.InvalidArgument(
-            "topology", f"must have as many nodes as workers: {topology!r} has {topology.n} "
-            f"nodes but the {axis_name!r} axis has {workers} workers"
-        )  # fmt: skip
+            "topology",
+            f"must have as many nodes as workers: {topology!r} has {topology.n} "
+            f"nodes but the {axis_name!r} axis has {workers} workers",
+        )
 
 
 def _apply(schedule: Schedule, x, axis_name: str, decode):

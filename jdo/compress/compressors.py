@@ -66,15 +66,17 @@ def check_compressor(name: str, value, *, contractive_for: str | None = None) ->
     ``contractive_for`` (who needs it), refuses a compressor that is not contractive."""
     if not isinstance(value, Compressor):
         raise checks.WrongType(
-            name, f"must be a jdo.compress.Compressor (identity(), top_k(0.01), qsgd(), ...), "
-            f"got {type(value).__name__}"
-        )  # fmt: skip
+            name,
+            f"must be a jdo.compress.Compressor (identity(), top_k(0.01), qsgd(), ...), "
+            f"got {type(value).__name__}",
+        )
     if contractive_for and not value.contractive:
         raise checks.InvalidArgument(
-            name, f"must be contractive for {contractive_for}: {value.name} with scale=True "
+            name,
+            f"must be contractive for {contractive_for}: {value.name} with scale=True "
             "multiplies what it keeps by d/k, so its expected error (d/k − 1)·||x||² exceeds "
-            "||x||² and the error memory grows without bound; use scale=False"
-        )  # fmt: skip
+            "||x||² and the error memory grows without bound; use scale=False",
+        )
     return value
 
 

@@ -91,9 +91,10 @@ def _local_solver(solver, optimizer, inner_steps, name):
         n = size(params)
         if n > NEWTON_MAX_PARAMS and (solver == "newton" or optimizer is None):
             raise checks.InvalidArgument(
-                "solver", f"cannot be newton here: the Newton x-update needs the Hessian of {n} "
-                f"parameters (at most {NEWTON_MAX_PARAMS}); use solver=gradient with an optimizer"
-            )  # fmt: skip
+                "solver",
+                f"cannot be newton here: the Newton x-update needs the Hessian of {n} "
+                f"parameters (at most {NEWTON_MAX_PARAMS}); use solver=gradient with an optimizer",
+            )
 
     return solve, check
 
@@ -267,13 +268,15 @@ def decentralized_admm(
         # 2. the dual update x^k owes, α^k = α^{k-1} + c Σ_j (x_i^k − x_j^k) (none at k = 0,
         #    where α^0 = 0)
         owed = (state.step > 0).astype(d.dtype)
-        dual = jax.tree.map(lambda a, xi, xs: a + owed * c * (d * xi - xs), state.dual,
-                            state.x, others)  # fmt: skip
+        dual = jax.tree.map(
+            lambda a, xi, xs: a + owed * c * (d * xi - xs), state.dual, state.x, others
+        )
         # 3. the x-update: argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at
         #    m − α/ρ_i with m = (d x_i + Σ_j x_j) / (2d)
         rho_i = 2.0 * c * d
-        v = jax.tree.map(lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i,
-                         state.x, others, dual)  # fmt: skip
+        v = jax.tree.map(
+            lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i, state.x, others, dual
+        )
         x = solve(loss_fn, state.x, v, rho_i, batch, key)
         loss, metrics = loss_fn(x, batch, key)
         return DecentralizedADMMState(x, dual, state.step + 1), {"loss": loss, **metrics}

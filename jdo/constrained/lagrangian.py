@@ -61,9 +61,8 @@ def _count(fn, params, given: int | None, name: str) -> int:
         return sum(int(jnp.size(jnp.zeros(x.shape))) for x in jax.tree.leaves(shapes))
     except Exception as e:
         raise checks.InvalidArgument(
-            name, f"cannot be evaluated without a batch (fn(params, None) failed): pass "
-            f"num_{name}="
-        ) from e  # fmt: skip
+            name, f"cannot be evaluated without a batch (fn(params, None) failed): pass num_{name}="
+        ) from e
 
 
 def _penalty(lam, mu, g, h, rho, kind):
@@ -231,9 +230,9 @@ def augmented_lagrangian(
     checks.non_negative("rho", rho)
     if rho == 0 and not dual_lr:
         raise checks.InvalidArgument(
-            "dual_lr", "must be > 0 when rho=0 (rho=0 leaves the multipliers still; or use "
-            "lagrangian)"
-        )  # fmt: skip
+            "dual_lr",
+            "must be > 0 when rho=0 (rho=0 leaves the multipliers still; or use lagrangian)",
+        )
     checks.number("rho_growth", rho_growth, low=1)
     checks.non_negative("rho_max", rho_max)
     return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=dual_lr,

@@ -43,9 +43,10 @@ def dirichlet(
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     raise checks.InvalidArgument(
-        "alpha", f"too small: could not give every one of {num_workers} workers {min_size} "
-        f"samples with alpha={alpha}; raise alpha or lower the worker count"
-    )  # fmt: skip
+        "alpha",
+        f"too small: could not give every one of {num_workers} workers {min_size} "
+        f"samples with alpha={alpha}; raise alpha or lower the worker count",
+    )
 
 
 def by_shard(
@@ -62,9 +63,10 @@ def by_shard(
     size = len(labels) // num_shards
     if size == 0:
         raise checks.InvalidArgument(
-            "shards_per_worker", f"too many: {len(labels)} samples cannot make {num_workers} x "
-            f"{shards_per_worker} = {num_shards} shards"
-        )  # fmt: skip
+            "shards_per_worker",
+            f"too many: {len(labels)} samples cannot make {num_workers} x "
+            f"{shards_per_worker} = {num_shards} shards",
+        )
     shards = rng.permutation(num_shards)
     return [
         np.sort(np.concatenate([order[s * size : (s + 1) * size] for s in shards[w::num_workers]]))
@@ -78,9 +80,9 @@ def natural(groups: np.ndarray, num_workers: int) -> list[np.ndarray]:
     ids = np.unique(groups)
     if len(ids) != num_workers:
         raise checks.InvalidArgument(
-            "num_workers", f"must equal the data's {len(ids)} groups (one worker per group), "
-            f"got {num_workers}"
-        )  # fmt: skip
+            "num_workers",
+            f"must equal the data's {len(ids)} groups (one worker per group), got {num_workers}",
+        )
     return [np.flatnonzero(groups == g) for g in ids]
 
 

@@ -155,15 +155,17 @@ def check_topology(
     argument check; ``purpose`` names who needs it in the message)."""
     if not isinstance(value, Topology):
         raise checks.WrongType(
-            name, f"must be a jdo.topology.Topology (ring(n), exponential(n), ...), got "
-            f"{type(value).__name__}"
-        )  # fmt: skip
+            name,
+            f"must be a jdo.topology.Topology (ring(n), exponential(n), ...), got "
+            f"{type(value).__name__}",
+        )
     if value.stochastic not in stochastic:
         who = f" for {purpose}" if purpose else ""
         raise checks.InvalidArgument(
-            name, f"must be {' or '.join(stochastic)} stochastic{who}; {value!r} is "
-            f"{value.stochastic} stochastic"
-        )  # fmt: skip
+            name,
+            f"must be {' or '.join(stochastic)} stochastic{who}; {value!r} is "
+            f"{value.stochastic} stochastic",
+        )
     return value
 
 
@@ -185,9 +187,10 @@ def _weighted(adj: np.ndarray, weights: str, directed: bool) -> tuple[np.ndarray
     checks.one_of("weights", weights, WEIGHTS)
     if not np.array_equal(adj, adj.T):
         raise checks.InvalidArgument(
-            "directed", "must be true for a non-symmetric adjacency (an undirected topology "
-            "needs a symmetric one)"
-        )  # fmt: skip
+            "directed",
+            "must be true for a non-symmetric adjacency (an undirected topology "
+            "needs a symmetric one)",
+        )
     deg = adj.sum(axis=1)
     if weights == "uniform":
         w = (adj + np.eye(n)) / (deg[:, None] + 1)
@@ -241,18 +244,20 @@ def torus(n: int, rows: int | None = None, weights: str = "metropolis") -> Topol
     shapes = [r for r in range(2, math.isqrt(n) + 1) if n % r == 0]
     if not shapes:
         raise checks.InvalidArgument(
-            "n", f"must have a factorisation rows × cols with rows, cols >= 2 (a composite "
-            f"number >= 4: 4, 6, 8, 9, 10, 12, ...), got {n}: use ring({n}) for a cycle"
-        )  # fmt: skip
+            "n",
+            f"must have a factorisation rows × cols with rows, cols >= 2 (a composite "
+            f"number >= 4: 4, 6, 8, 9, 10, 12, ...), got {n}: use ring({n}) for a cycle",
+        )
     if rows is None:
         rows = shapes[-1]
     checks.integer("rows", rows)
     if not 2 <= rows <= n // 2 or n % rows:
         allowed = sorted({*shapes, *(n // r for r in shapes)})
         raise checks.InvalidArgument(
-            "rows", f"must divide n={n} with rows, n/rows >= 2 (one of "
-            f"{', '.join(map(str, allowed))}) or be null, got {rows}"
-        )  # fmt: skip
+            "rows",
+            f"must divide n={n} with rows, n/rows >= 2 (one of "
+            f"{', '.join(map(str, allowed))}) or be null, got {rows}",
+        )
     cols = n // rows
     adj = np.zeros((n, n))
     for r in range(rows):
@@ -323,10 +328,11 @@ def erdos_renyi(
     connected = nx.is_strongly_connected(graph) if directed else nx.is_connected(graph)
     if n > 1 and not connected:
         raise checks.InvalidArgument(
-            "p", f"too small: erdos_renyi(n={n}, p={p}, seed={seed}) is not connected; raise "
+            "p",
+            f"too small: erdos_renyi(n={n}, p={p}, seed={seed}) is not connected; raise "
             f"p (connectivity needs p above about ln(n)/n = {math.log(n) / n:.2f}) or try "
-            "another seed"
-        )  # fmt: skip
+            "another seed",
+        )
     adj = nx.to_numpy_array(graph, nodelist=range(n)).T  # adj[i, j]: edge j -> i
     return _from_adj(f"erdos_renyi(p={p})", adj, weights, directed)
 

@@ -54,9 +54,10 @@ def choco(
     check_topology("topology", topology, ("doubly",), purpose="choco")
     if topology.period != 1:
         raise checks.InvalidArgument(
-            "topology", f"must be static for choco: {topology!r} changes every step, and the "
-            "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W"
-        )  # fmt: skip
+            "topology",
+            f"must be static for choco: {topology!r} changes every step, and the "
+            "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W",
+        )
     check_compressor("compressor", compressor, contractive_for="choco")
     checks.number("gamma", gamma, low=0, high=1, low_open=True)
     checks.integer("seed", seed)
@@ -67,8 +68,9 @@ def choco(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise checks.InvalidArgument("params", "is required by choco: call "
-                                         "update(updates, state, params)")  # fmt: skip
+            raise checks.InvalidArgument(
+                "params", "is required by choco: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)  # x^+ = x + u
         change = jax.tree.map(jnp.subtract, local, state.public)
         payloads = compress_tree(compressor, change, worker_key(seed, state.count, axis_name))

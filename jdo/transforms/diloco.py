@@ -91,9 +91,9 @@ def diloco(
         groups = _fragments(len(leaves), fragments)
         if any(not g for g in groups):
             raise checks.InvalidArgument(
-                "fragments", f"must be at most the number of parameter leaves "
-                f"({len(leaves)}), got {fragments}"
-            )  # fmt: skip
+                "fragments",
+                f"must be at most the number of parameter leaves ({len(leaves)}), got {fragments}",
+            )
         outer_states = tuple(outer.init([leaves[i] for i in g]) for g in groups)
         return DiLoCoState(inner.init(params), outer_states, params, jnp.zeros((), jnp.int32))
 
@@ -121,8 +121,9 @@ def diloco(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise checks.InvalidArgument("params", "is required by diloco: call "
-                                         "update(updates, state, params)")  # fmt: skip
+            raise checks.InvalidArgument(
+                "params", "is required by diloco: call update(updates, state, params)"
+            )
         if prox:
             updates = jax.tree.map(lambda g, x, a: g + prox * (x - a), updates, params,
                                    state.anchor)  # fmt: skip

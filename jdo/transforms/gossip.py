@@ -44,9 +44,11 @@ def gossip(
       axis_name: the workers' named axis.
     """
     check_topology(
-        "topology", topology, ("doubly",),
+        "topology",
+        topology,
+        ("doubly",),
         purpose="gossip (mixing must keep the worker mean; push_sum takes directed graphs)",
-    )  # fmt: skip
+    )
     checks.positive_int("every", every)
     checks.positive_int("rounds", rounds)
 
@@ -56,8 +58,9 @@ def gossip(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise checks.InvalidArgument("params", "is required by gossip: call "
-                                         "update(updates, state, params)")  # fmt: skip
+            raise checks.InvalidArgument(
+                "params", "is required by gossip: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)
         event = state.count // every  # the gossip event's index selects W(t)
         gossip_now = lambda x: mix_rounds(x, topology, event, rounds, axis_name)

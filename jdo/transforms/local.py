@@ -26,8 +26,9 @@ def _averaging(every: int, group_size: int | None, group_every: int | None, star
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise checks.InvalidArgument("params", "is required by local SGD: call "
-                                         "update(updates, state, params)")  # fmt: skip
+            raise checks.InvalidArgument(
+                "params", "is required by local SGD: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)
         done = state.count + 1  # local steps taken, this one included
         average = lambda x: varying(jax.lax.pmean(x, axis_name), axis_name)

@@ -129,10 +129,17 @@ ENTRY %main (x: f32[4]) -> f32[4] {{
 """
         assert hlo_collective_bytes(text)[op] == sent, (op, attrs)
     permute = "ROOT %c = f32[4]{{0}} collective-permute(%x), source_target_pairs={{{pairs}}}"
-    for pairs, expected in (("{0,0}", 0), ("{0,0},{1,1}", 0), ("{0,1},{1,0}", 16),
-                            ("{0,0},{1,2},{2,1}", 16)):  # fmt: skip
-        text = "ENTRY %main (x: f32[4]) -> f32[4] {\n  %x = f32[4]{0} parameter(0)\n  " + \
-            permute.format(pairs=pairs).replace("{{0}}", "{0}") + "\n}\n"
+    for pairs, expected in (
+        ("{0,0}", 0),
+        ("{0,0},{1,1}", 0),
+        ("{0,1},{1,0}", 16),
+        ("{0,0},{1,2},{2,1}", 16),
+    ):
+        text = (
+            "ENTRY %main (x: f32[4]) -> f32[4] {\n  %x = f32[4]{0} parameter(0)\n  "
+            + permute.format(pairs=pairs).replace("{{0}}", "{0}")
+            + "\n}\n"
+        )
         assert hlo_collective_bytes(text)["collective-permute"] == expected, pairs
 
 

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdo import checks
 import jdo
-from jdo import comm
+from jdo import checks, comm
 from jdo import topology as T
 from tests.topology.test_graphs import FACTORIES
 
@@ -107,8 +106,11 @@ def test_push_sum_reaches_the_true_average_on_a_directed_time_varying_graph(lift
 
 
 def test_mix_checks_the_worker_count():
-    with pytest.raises(checks.InvalidArgument, match=r"has 4 nodes but the 'workers' axis has 8 "
-                       "workers") as e:  # fmt: skip
+    with pytest.raises(
+        checks.InvalidArgument,
+        match=r"has 4 nodes but the 'workers' axis has 8 "
+        "workers",
+    ) as e:
         jax.vmap(lambda x: comm.mix(x, T.ring(4)), axis_name="workers")(jnp.zeros(8))
     assert e.value.argument == "topology"
 

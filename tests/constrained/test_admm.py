@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 from sklearn.linear_model import Lasso
 
-from jdo import checks
 import jdo
+from jdo import checks
 from jdo import topology as T
 from jdo.constrained import prox
 
@@ -130,19 +130,43 @@ def test_decentralized_admm_on_a_ring_reaches_the_same_optimum(lifting, float64,
 def test_bad_arguments():
     _, _, loss_fn, _, _ = _problem()
     cases = [
-        (lambda: jdo.constrained.consensus_admm(loss_fn, rho=0.0),
-         checks.InvalidArgument, "rho", "must be positive, got 0.0"),
-        (lambda: jdo.constrained.consensus_admm(loss_fn, alpha=2.0),
-         checks.InvalidArgument, "alpha", r"must be in \(0, 2\), got 2.0"),
-        (lambda: jdo.constrained.consensus_admm(loss_fn, solver="gradient"),
-         checks.InvalidArgument, "optimizer", "is required by consensus_admm with solver='gradient'"),
-        (lambda: jdo.constrained.consensus_admm(loss_fn, solver="lbfgs"),
-         checks.InvalidArgument, "solver", "must be one of 'auto', 'newton', 'gradient'"),
-        (lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W, directed=True)),
-         checks.InvalidArgument, "topology", "must be undirected"),
-        (lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W), c=-1),
-         checks.InvalidArgument, "c", "must be positive, got -1"),
-    ]  # fmt: skip
+        (
+            lambda: jdo.constrained.consensus_admm(loss_fn, rho=0.0),
+            checks.InvalidArgument,
+            "rho",
+            "must be positive, got 0.0",
+        ),
+        (
+            lambda: jdo.constrained.consensus_admm(loss_fn, alpha=2.0),
+            checks.InvalidArgument,
+            "alpha",
+            r"must be in \(0, 2\), got 2.0",
+        ),
+        (
+            lambda: jdo.constrained.consensus_admm(loss_fn, solver="gradient"),
+            checks.InvalidArgument,
+            "optimizer",
+            "is required by consensus_admm with solver='gradient'",
+        ),
+        (
+            lambda: jdo.constrained.consensus_admm(loss_fn, solver="lbfgs"),
+            checks.InvalidArgument,
+            "solver",
+            "must be one of 'auto', 'newton', 'gradient'",
+        ),
+        (
+            lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W, directed=True)),
+            checks.InvalidArgument,
+            "topology",
+            "must be undirected",
+        ),
+        (
+            lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W), c=-1),
+            checks.InvalidArgument,
+            "c",
+            "must be positive, got -1",
+        ),
+    ]
     for make, kind, argument, message in cases:
         with pytest.raises(kind, match=message) as e:
             make()
@@ -189,9 +213,11 @@ def test_decentralized_admm_exchanges_x_once_per_step(mesh8):
     model = jdo.models.Linear((12,), 1, use_bias=False, rngs=nnx.Rngs(0))
     apply, params = jdo.models.functional(model)
     loss_fn = jdo.data.make_loss(apply, "regression")
-    batch = {"x": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
-             "y": jnp.asarray(rng.normal(size=(8, 1)), jnp.float32),
-             "weight": jnp.ones((8,), jnp.float32)}  # fmt: skip
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
+        "y": jnp.asarray(rng.normal(size=(8, 1)), jnp.float32),
+        "weight": jnp.ones((8,), jnp.float32),
+    }
     algo = jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W))
     state = algo.init(params, None)
     key = jax.random.key(0)

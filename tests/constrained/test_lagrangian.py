@@ -7,8 +7,8 @@ import optax
 import pytest
 from scipy.optimize import LinearConstraint, minimize
 
-from jdo import checks
 import jdo
+from jdo import checks
 
 W = 4
 

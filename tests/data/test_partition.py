@@ -2,8 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from jdo import checks
-from jdo import data
+from jdo import checks, data
 from jdo.data import partition
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jdo import checks
-from jdo import data, models
+from jdo import checks, data, models
 
 PROBLEMS = {
     "least_squares": lambda: data.least_squares(l2=0.0),

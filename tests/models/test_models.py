@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jdo import checks
-from jdo import models
+from jdo import checks, models
 
 
 @pytest.mark.parametrize(

@@ -117,22 +117,32 @@ def test_from_networkx_and_from_matrix():
         (lambda: T.from_matrix([[0.5, 0.5], [0.3, 0.7]]), "w", "not column stochastic"),
         (lambda: T.from_matrix([[1.5, -0.5], [-0.5, 1.5]]), "w", "finite and non-negative"),
         (lambda: T.from_matrix(np.eye(3)), "w", "disconnected over one period \\(3 strongly"),
-        (lambda: T.from_matrix(np.ones((2, 3)) / 3), "w",
-         "has shape \\(2, 3\\), expected \\(2, 2\\)"),
+        (
+            lambda: T.from_matrix(np.ones((2, 3)) / 3),
+            "w",
+            "has shape \\(2, 3\\), expected \\(2, 2\\)",
+        ),
         (lambda: T.from_matrix(np.eye(2), stochastic="both"), "stochastic", "must be one of"),
         (lambda: T.erdos_renyi(16, 0.05, seed=0), "p", "is not connected; raise p"),
         (lambda: T.erdos_renyi(16, 1.5), "p", "must be in \\(0, 1\\], got 1.5"),
         (lambda: T.ring(0), "n", "must be a positive integer, got 0"),
-        (lambda: T.torus(12, rows=5), "rows", "must divide n=12 with rows, n/rows >= 2 \\(one of "
-         "2, 3, 4, 6\\) or be null, got 5"),
+        (
+            lambda: T.torus(12, rows=5),
+            "rows",
+            "must divide n=12 with rows, n/rows >= 2 \\(one of 2, 3, 4, 6\\) or be null, got 5",
+        ),
         (lambda: T.torus(12, rows=1), "rows", "must divide n=12"),
         # a prime n used to give a silent 1 x 7 torus, i.e. a ring
-        (lambda: T.torus(7), "n", "must have a factorisation rows × cols with rows, cols >= 2 "
-         "\\(a composite number >= 4: 4, 6, 8, 9, 10, 12, ...\\), got 7: use ring\\(7\\)"),
+        (
+            lambda: T.torus(7),
+            "n",
+            "must have a factorisation rows × cols with rows, cols >= 2 "
+            "\\(a composite number >= 4: 4, 6, 8, 9, 10, 12, ...\\), got 7: use ring\\(7\\)",
+        ),
         (lambda: T.torus(2), "n", "must have a factorisation rows × cols"),
         (lambda: T.ring(4, weights="equal"), "weights", "must be one of"),
     ],
-)  # fmt: skip
+)
 def test_factories_validate(make, argument, message):
     with pytest.raises(checks.InvalidArgument, match=message) as e:
         make()
