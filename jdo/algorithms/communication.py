@@ -62,12 +62,12 @@ def choco_sgd(
     topology: Topology,
     compressor: Compressor,
     *,
-    gamma: float = 0.05,
+    gamma: float = 0.01,
     seed: int = 0,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     """CHOCO-SGD (Koloskova et al. 2019): a local step, then compressed gossip of the change to
-    the public copies with consensus step ``gamma`` (0.05: safe for 1% sparsification on a
+    the public copies with consensus step ``gamma`` (0.01: safe for 1% sparsification on a
     ring; 1.0 with the identity compressor is exact gossip). See
     :func:`jdo.transforms.choco`."""
     checks.optimizer("optimizer", optimizer)

@@ -14,7 +14,7 @@ import pytest
 import jdo
 from jdo import checks, comm
 from jdo import topology as T
-from tests.topology.test_graphs import FACTORIES
+from tests.topology.test_graphs import CASES, FACTORIES
 
 
 def _mixed(topo, xs, lifting, mesh, steps):
@@ -22,9 +22,8 @@ def _mixed(topo, xs, lifting, mesh, steps):
     return [np.asarray(f(xs, t)) for t in steps]
 
 
-@pytest.mark.parametrize("n", [2, 4, 8, 16])
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name,n", CASES)
 def test_mix_equals_dense_reference(name, lifting, n):
     if lifting == "shard_map" and n > jax.device_count():
         pytest.skip("covered by test_mix_on_16_devices (a 16-device subprocess)")
