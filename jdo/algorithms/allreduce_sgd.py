@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.transforms import all_reduce
@@ -24,15 +25,11 @@ class TrainState(NamedTuple):
 AllReduceSGDState = TrainState  # the name allreduce_sgd's state had first
 
 
-def _check_optimizer(optimizer, name):
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"{name}: optimizer must be an optax.GradientTransformation, "
-                        f"got {optimizer!r}")  # fmt: skip
-
-
 def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorithm:
     """The algorithm ``x ← x + tx(∇f(x; ξ), x)`` for one worker, where ``tx`` may communicate
     (all-reduce, gossip, compressed exchange, periodic averaging, ...)."""
+    checks.function("loss_fn", loss_fn)
+    checks.optimizer("tx", tx)
 
     def init(params, key):
         del key
@@ -70,5 +67,5 @@ def allreduce_sgd(
     Returns:
       An :class:`~jdo.algorithms.Algorithm` whose state is :class:`TrainState`.
     """
-    _check_optimizer(optimizer, "allreduce_sgd")
+    checks.optimizer("optimizer", optimizer)
     return from_transform(loss_fn, optax.chain(all_reduce(axis_name), optimizer))

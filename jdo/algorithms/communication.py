@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import optax
 
-from jdo import transforms
+from jdo import checks, transforms
 from jdo._axis import WORKERS
-from jdo.algorithms.allreduce_sgd import _check_optimizer, from_transform
+from jdo.algorithms.allreduce_sgd import from_transform
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.compress import Compressor
 from jdo.topology import Topology
@@ -28,7 +28,7 @@ def compressed_sgd(
     """Data-parallel SGD whose gradient all-reduce is compressed (top-k, QSGD, sign, casts),
     with error feedback (EF or EF21): ``x ← x + opt(mean_i D(C(g_i + e_i)))``. See
     :func:`jdo.transforms.compressed_all_reduce`."""
-    _check_optimizer(optimizer, "compressed_sgd")
+    checks.optimizer("optimizer", optimizer)
     tx = transforms.compressed_all_reduce(
         compressor, error_feedback=error_feedback, warmup_steps=warmup_steps, seed=seed,
         axis_name=axis_name,
@@ -49,7 +49,7 @@ def powersgd(
 ) -> Algorithm:
     """Data-parallel SGD with PowerSGD rank-r gradient all-reduce and error feedback
     (Vogels et al. 2019). See :func:`jdo.transforms.powersgd`."""
-    _check_optimizer(optimizer, "powersgd")
+    checks.optimizer("optimizer", optimizer)
     tx = transforms.powersgd(rank, min_compression=min_compression, warm_start=warm_start,
                              seed=seed, axis_name=axis_name)  # fmt: skip
     return from_transform(loss_fn, optax.chain(tx, optimizer))
@@ -62,13 +62,15 @@ def choco_sgd(
     topology: Topology,
     compressor: Compressor,
     *,
-    gamma: float = 1.0,
+    gamma: float = 0.01,
     seed: int = 0,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     """CHOCO-SGD (Koloskova et al. 2019): a local step, then compressed gossip of the change to
-    the public copies with consensus step ``gamma``. See :func:`jdo.transforms.choco`."""
-    _check_optimizer(optimizer, "choco_sgd")
+    the public copies with consensus step ``gamma`` (0.01: safe for 1% sparsification on a
+    ring; 1.0 with the identity compressor is exact gossip). See
+    :func:`jdo.transforms.choco`."""
+    checks.optimizer("optimizer", optimizer)
     tx = transforms.choco(topology, compressor, gamma=gamma, seed=seed, axis_name=axis_name)
     return from_transform(loss_fn, optax.chain(optimizer, tx))
 
@@ -87,13 +89,18 @@ def local_sgd(
     """Local SGD: local optimizer steps, parameters averaged every ``every`` steps; post-local
     SGD with ``start`` (average every step before it); hierarchical with ``group_size`` and
     ``group_every``. See :func:`jdo.transforms.local_sgd`."""
-    _check_optimizer(optimizer, "local_sgd")
+    checks.optimizer("optimizer", optimizer)
     if group_size is None:
         tx = transforms.local_sgd(every, start=start, axis_name=axis_name)
     else:
         if start:
-            raise ValueError("local_sgd: start (post-local) and group_size do not combine")
-        tx = transforms.hierarchical_local_sgd(group_size, group_every or 1, every,
+            raise checks.InvalidArgument(
+                "group_size",
+                f"(hierarchical averaging) does not combine with start={start} "
+                "(post-local SGD): set one of them",
+            )
+        group_every = 1 if group_every is None else group_every
+        tx = transforms.hierarchical_local_sgd(group_size, group_every, every,
                                                axis_name=axis_name)  # fmt: skip
     return from_transform(loss_fn, optax.chain(optimizer, tx))
 
@@ -116,7 +123,7 @@ def diloco(
 ) -> Algorithm:
     """DiLoCo / Streaming DiLoCo with ``optimizer`` as the inner optimizer; see
     :func:`jdo.transforms.diloco`."""
-    _check_optimizer(optimizer, "diloco")
+    checks.optimizer("optimizer", optimizer)
     tx = transforms.diloco(
         optimizer, outer, sync_every=sync_every, fragments=fragments, delay=delay,
         mixing=mixing, compressor=compressor, participation=participation, prox=prox, seed=seed,
@@ -142,7 +149,10 @@ def fedavg(
     fraction per round, deterministic by ``seed``). ``prox=μ``: FedProx (Li et al. 2020);
     ``server_optimizer`` (e.g. ``optax.adam``, ``optax.yogi``): FedOpt (Reddi et al. 2021) on
     the pseudo-gradient; the default ``optax.sgd(1.0)`` is plain averaging."""
-    _check_optimizer(optimizer, "fedavg")
+    checks.optimizer("optimizer", optimizer)
+    checks.positive_int("local_steps", local_steps)
+    if server_optimizer is not None:
+        checks.optimizer("server_optimizer", server_optimizer)
     server = server_optimizer if server_optimizer is not None else optax.sgd(1.0)
     tx = transforms.diloco(optimizer, server, sync_every=local_steps,
                            participation=participation, prox=prox, seed=seed,

@@ -8,23 +8,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
-from jdo.algorithms.allreduce_sgd import _check_optimizer
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.gossip import mix, mix_rounds
-from jdo.topology import Topology
+from jdo.topology import Topology, check_topology
 from jdo.transforms.gossip import gossip
 
 
-def _check(optimizer, topology, name, stochastic=("doubly",)):
-    _check_optimizer(optimizer, name)
-    if not isinstance(topology, Topology):
-        raise TypeError(f"{name}: topology must be a jdo.topology.Topology, got {topology!r}")
-    if topology.stochastic not in stochastic:
-        raise ValueError(
-            f"{name} needs a {' or '.join(stochastic)} stochastic topology; {topology!r} is "
-            f"{topology.stochastic} stochastic"
-        )
+def _check(loss_fn, optimizer, topology, name, stochastic=("doubly",)):
+    checks.function("loss_fn", loss_fn)
+    checks.optimizer("optimizer", optimizer)
+    check_topology("topology", topology, stochastic, purpose=name)
 
 
 def _grad(loss_fn, params, batch, key):
@@ -62,11 +57,10 @@ def dpsgd(
     ``gossip_every=H`` mixes on every H-th step only (periodic gossip, local steps between);
     ``gossip_rounds=R`` mixes R times per mixing step.
     """
-    _check(optimizer, topology, "dpsgd")
-    if variant not in ("atc", "cta"):
-        raise ValueError(f"dpsgd: variant must be 'atc' or 'cta', got {variant!r}")
-    if gossip_every < 1 or gossip_rounds < 1:
-        raise ValueError("dpsgd: gossip_every and gossip_rounds must be >= 1")
+    _check(loss_fn, optimizer, topology, "dpsgd")
+    checks.one_of("variant", variant, ("atc", "cta"))
+    checks.positive_int("gossip_every", gossip_every)
+    checks.positive_int("gossip_rounds", gossip_rounds)
 
     if variant == "atc":
         tx = optax.chain(
@@ -130,7 +124,7 @@ def gradient_tracking(
     D-PSGD stalls at a bias proportional to α and the heterogeneity. Mixing preserves
     :math:`\bar y^t = \bar g^t`. Each step mixes x and y: twice the bytes of D-PSGD.
     """
-    _check(optimizer, topology, "gradient_tracking")
+    _check(loss_fn, optimizer, topology, "gradient_tracking")
 
     def init(params, key):
         del key
@@ -184,7 +178,7 @@ def push_sum(
     :math:`z_i` converges to the average even though no worker averages with uniform weights.
     ``Algorithm.params`` returns :math:`z_i`.
     """
-    _check(optimizer, topology, "push_sum", stochastic=("doubly", "column"))
+    _check(loss_fn, optimizer, topology, "push_sum", stochastic=("doubly", "column"))
 
     def init(params, key):
         del key

@@ -9,7 +9,9 @@ Of a ``conditional`` (``lax.cond``/``switch``) the most expensive branch counts,
 ``conditionals="min"`` the cheapest: a periodic algorithm (local SGD, DiLoCo) sends the first
 on a communicating step and the second on the others. XLA may fuse the per-leaf all-reduces of
 a gradient pytree into one combined op; the byte total does not change, so count bytes, never
-ops.
+ops. A collective in which every worker only talks to itself (all groups of one worker, a
+permutation of self-pairs, as any collective over a single worker is) counts 0: self-messages
+are not traffic.
 
 A ``vmap``-lifted step runs all workers on one device and compiles to no collective at all.
 :func:`worker_bytes` therefore lowers a per-worker function under ``shard_map`` on an
@@ -29,6 +31,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.lifting import InAxes, _axes, shard_map_workers
 
@@ -46,6 +49,8 @@ _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLS = re.compile(r"\b(?:body|to_apply|calls|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"\bbranch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_GROUPS = re.compile(r"\breplica_groups=(\{\{[^=]*?\}\}|\{\}|\[\d+,\d+\]<=\[[\d,]+\])")
+_PAIRS = re.compile(r"\bsource_target_pairs=\{((?:\{\d+,\d+\},?)*)\}")
 
 
 def shape_bytes(shape: str) -> int:
@@ -89,6 +94,22 @@ def _operand_names(operands: str) -> list[str]:
     return [tok.split()[-1] for tok in operands.split(",") if tok.strip()]
 
 
+def _sends_nothing(attrs: str) -> bool:
+    """A collective in which every worker only talks to itself (groups of one worker, a
+    permutation of self-pairs: e.g. any collective over a single worker) moves no data."""
+    pairs = _PAIRS.search(attrs)
+    if pairs:
+        found = re.findall(r"\{(\d+),(\d+)\}", pairs.group(1))
+        return bool(found) and all(a == b for a, b in found)
+    groups = _GROUPS.search(attrs)
+    if not groups or groups.group(1) == "{}":  # {}: one group of every device
+        return False
+    text = groups.group(1)
+    if text.startswith("["):  # iota form [num_groups,group_size]<=[...]
+        return int(text[1:].split(",")[1].split("]")[0]) == 1
+    return all("," not in g for g in re.findall(r"\{([\d,]*)\}", text[1:-1]))
+
+
 def _trip_count(computations, attrs: str) -> int | None:
     """A while loop's trip count: XLA's ``known_trip_count`` (compiled HLO), else a condition
     ``i < N`` on a constant N (HLO before optimisation; JAX's loops count from 0)."""
@@ -111,8 +132,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
     ``conditionals="max"`` charges each ``conditional`` its most expensive branch (a step that
     communicates); ``"min"`` its cheapest (a step that does not, for periodic algorithms).
     """
-    if conditionals not in ("max", "min"):
-        raise ValueError(f"conditionals must be 'max' or 'min', got {conditionals!r}")
+    checks.one_of("conditionals", conditionals, ("max", "min"))
     pick = max if conditionals == "max" else min
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     entry, current = None, None
@@ -131,7 +151,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
             name, rhs = instr.groups()
             computations[current].append((name, *_split_shape_and_op(rhs)))
     if entry is None:
-        raise ValueError("no ENTRY computation found in the HLO text")
+        raise checks.InvalidArgument("hlo_text", "holds no ENTRY computation")
     shapes = {name: shape for instrs in computations.values() for name, shape, *_ in instrs}
 
     memo: dict[str, np.ndarray] = {}
@@ -143,7 +163,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
         total = np.zeros(len(KINDS))
         for _, _, opcode, operands, attrs in computations.get(comp, []):
             base = opcode.removesuffix("-start")
-            if base in KINDS:
+            if base in KINDS and not _sends_nothing(attrs):
                 total[KINDS.index(base)] += sum(
                     shape_bytes(shapes.get(o, "")) for o in _operand_names(operands)
                 )

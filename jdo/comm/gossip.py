@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import gather_mean, varying
 from jdo.topology import Schedule, Topology, make_schedule
@@ -23,8 +24,10 @@ from jdo.topology import Schedule, Topology, make_schedule
 def _check_size(topology: Topology, axis_name: str) -> None:
     workers = jax.lax.axis_size(axis_name)
     if workers != topology.n:
-        raise ValueError(
-            f"{topology!r} has {topology.n} nodes but the {axis_name!r} axis has {workers} workers"
+        raise checks.InvalidArgument(
+            "topology",
+            f"must have as many nodes as workers: {topology!r} has {topology.n} "
+            f"nodes but the {axis_name!r} axis has {workers} workers",
         )
 
 
@@ -53,6 +56,8 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None)
         result is ``Σ_j W_ij decode(x_j)`` (compressed gossip, as in CHOCO-SGD).
     """
     _check_size(topology, axis_name)
+    if topology.n == 1:  # W = [1]: nothing to send (not even to itself)
+        return x if decode is None else decode(x)
     if topology.is_complete:  # typed per-worker again, like the result of any other graph
         if decode is not None:
             return varying(gather_mean(x, decode, axis_name), axis_name)
@@ -86,8 +91,9 @@ def group_mean(x, group_size: int, axis_name: str = WORKERS):
     """Mean within consecutive groups of ``group_size`` workers (workers ``[k·g, (k+1)·g)``):
     ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured)."""
     n = jax.lax.axis_size(axis_name)
-    if group_size < 1 or n % group_size:
-        raise ValueError(f"group_size={group_size} must divide the {n} workers")
+    checks.positive_int("group_size", group_size)
+    if n % group_size:
+        raise checks.InvalidArgument("group_size", f"must divide the {n} workers, got {group_size}")
     if group_size == n:
         return varying(jax.lax.pmean(x, axis_name), axis_name)
     block = np.kron(np.eye(n // group_size), np.full((group_size, group_size), 1.0 / group_size))

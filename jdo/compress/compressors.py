@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
+
 Payload = Any
 
 
@@ -47,9 +49,35 @@ class Compressor:
         shapes = jax.eval_shape(lambda x: self.compress(x, jax.random.key(0)), like)
         return int(sum(math.prod(s.shape) * s.dtype.itemsize for s in jax.tree.leaves(shapes)))
 
+    @property
+    def contractive(self) -> bool:
+        """Whether ``E||x̂ − x||² <= (1 − δ)||x||²`` for some δ > 0 (the compressors error
+        feedback and CHOCO assume). An unbiased compressor that scales up what it keeps is
+        not: its error can exceed ``||x||²``."""
+        return True
+
     def __call__(self, x, key=None):
         """``decompress(compress(x))``: what the receiver reconstructs."""
         return self.decompress(self.compress(x, key), _like(x))
+
+
+def check_compressor(name: str, value, *, contractive_for: str | None = None) -> Compressor:
+    """``value`` as a :class:`Compressor` (a factory's argument check); with
+    ``contractive_for`` (who needs it), refuses a compressor that is not contractive."""
+    if not isinstance(value, Compressor):
+        raise checks.WrongType(
+            name,
+            f"must be a jdo.compress.Compressor (identity(), top_k(0.01), qsgd(), ...), "
+            f"got {type(value).__name__}",
+        )
+    if contractive_for and not value.contractive:
+        raise checks.InvalidArgument(
+            name,
+            f"must be contractive for {contractive_for}: {value.name} with scale=True "
+            "multiplies what it keeps by d/k, so its expected error (d/k − 1)·||x||² exceeds "
+            "||x||² and the error memory grows without bound; use scale=False",
+        )
+    return value
 
 
 def identity() -> Compressor:
@@ -90,13 +118,21 @@ def fp8() -> Compressor:
 
 
 def _k(size: int, ratio: float | None, k: int | None) -> int:
-    if (ratio is None) == (k is None):
-        raise ValueError("give exactly one of ratio= or k=")
+    """The number of entries kept of ``size`` (at least 1, at most ``size``)."""
     if k is None:
-        if not 0 < ratio <= 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         k = math.ceil(ratio * size)
     return max(1, min(int(k), size))
+
+
+def _check_ratio_or_k(ratio, k) -> None:
+    if (ratio is None) == (k is None):
+        raise checks.InvalidArgument(
+            "ratio", f"or k must be given, not both and not neither (got ratio={ratio!r}, k={k!r})"
+        )
+    if k is None:
+        checks.number("ratio", ratio, low=0, high=1, low_open=True)
+    else:
+        checks.positive_int("k", k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +156,9 @@ class TopK(Compressor):
 
 
 def top_k(ratio: float | None = None, *, k: int | None = None) -> Compressor:
-    """Top-k sparsification by magnitude (``ratio`` of the entries, or exactly ``k``)."""
-    _k(1_000_000, ratio, k)  # validates the arguments
+    """Top-k sparsification by magnitude (``ratio`` in (0, 1] of the entries, or exactly
+    ``k``)."""
+    _check_ratio_or_k(ratio, k)
     return TopK(name="top_k", unbiased=False, ratio=ratio, k=k)
 
 
@@ -133,19 +170,30 @@ class RandK(TopK):
 
     scale: bool = True
 
+    @property
+    def contractive(self) -> bool:
+        # Scaled by d/k the expected error is (d/k − 1)||x||² (99× ||x||² at 1%); unscaled it
+        # is (1 − k/d)||x||².
+        return not self.scale or self.ratio == 1
+
     def compress(self, x, key=None):
         if key is None:
-            raise ValueError("random_k needs a PRNG key")
+            raise checks.InvalidArgument("key", "is required: random_k draws its indices from it")
         flat = x.reshape(-1)
         k = _k(flat.size, self.ratio, self.k)
-        idx = jax.random.permutation(key, flat.size)[:k]
+        # the k largest of d uniform draws: a uniform k-subset, far cheaper than permuting d
+        _, idx = jax.lax.top_k(jax.random.uniform(key, (flat.size,)), k)
         values = flat[idx] * (flat.size / k if self.scale else 1.0)
         return {"values": values.astype(x.dtype), "indices": idx.astype(jnp.int32)}
 
 
 def random_k(ratio: float | None = None, *, k: int | None = None, scale: bool = True):
-    """Random-k sparsification; unbiased when ``scale`` (values times d/k)."""
-    _k(1_000_000, ratio, k)
+    """Random-k sparsification (``ratio`` in (0, 1] of the entries, or exactly ``k``);
+    unbiased when ``scale`` (values times d/k), contractive (``E||x̂ − x||² = (1 − k/d)||x||²``,
+    the form error feedback and CHOCO need: Stich et al. 2018) when not."""
+    _check_ratio_or_k(ratio, k)
+    if not isinstance(scale, bool):
+        raise checks.WrongType("scale", f"must be true or false, got {scale!r}")
     return RandK(name="random_k", unbiased=scale, ratio=ratio, k=k, scale=scale)
 
 
@@ -160,7 +208,7 @@ class QSGD(Compressor):
 
     def compress(self, x, key=None):
         if key is None:
-            raise ValueError("qsgd needs a PRNG key")
+            raise checks.InvalidArgument("key", "is required: qsgd rounds at random")
         norm = jnp.linalg.norm(x.astype(jnp.float32).reshape(-1))
         scaled = jnp.abs(x).astype(jnp.float32) / jnp.where(norm > 0, norm, 1.0) * self.levels
         lower = jnp.floor(scaled)
@@ -176,8 +224,9 @@ class QSGD(Compressor):
 
 def qsgd(levels: int = 127) -> Compressor:
     """QSGD with ``levels`` quantisation levels (1..127; int8 codes)."""
+    checks.integer("levels", levels)
     if not 1 <= levels <= 127:
-        raise ValueError(f"qsgd: levels must be in 1..127 (int8 codes), got {levels}")
+        raise checks.InvalidArgument("levels", f"must be in 1..127 (int8 codes), got {levels}")
     return QSGD(name=f"qsgd{levels}", unbiased=True, levels=levels)
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.collectives import varying
 from jdo.comm.gossip import neighbour_sum
 from jdo.constrained import prox as proxes
-from jdo.topology import Topology
+from jdo.topology import Topology, check_topology
 
 # solve(loss_fn, x0, v, rho, batch, key) -> argmin_x loss_fn(x, batch) + (rho/2)||x − v||²
 LocalSolver = Callable[..., Any]
@@ -68,12 +69,14 @@ NEWTON_MAX_PARAMS = 4096
 
 def _local_solver(solver, optimizer, inner_steps, name):
     """(solve, check): ``check(params)`` refuses a Newton solve on too many parameters."""
-    if not isinstance(solver, str):
+    if optimizer is not None:
+        checks.optimizer("optimizer", optimizer)
+    checks.positive_int("inner_steps", inner_steps)
+    if callable(solver):
         return solver, lambda params: None
-    if solver not in ("auto", "newton", "gradient"):
-        raise ValueError(f"{name}: solver must be auto, newton or gradient, got {solver!r}")
+    checks.one_of("solver", solver, ("auto", "newton", "gradient"))
     if solver == "gradient" and optimizer is None:
-        raise ValueError(f"{name}: solver='gradient' needs an optimizer")
+        raise checks.InvalidArgument("optimizer", f"is required by {name} with solver='gradient'")
     newton, gradient = newton_solver(), (gradient_solver(optimizer, inner_steps)
                                          if optimizer is not None else None)  # fmt: skip
 
@@ -87,9 +90,10 @@ def _local_solver(solver, optimizer, inner_steps, name):
     def check(params):
         n = size(params)
         if n > NEWTON_MAX_PARAMS and (solver == "newton" or optimizer is None):
-            raise ValueError(
-                f"{name}: the Newton x-update needs the Hessian of {n} parameters (at most "
-                f"{NEWTON_MAX_PARAMS}); use solver=gradient with an optimizer"
+            raise checks.InvalidArgument(
+                "solver",
+                f"cannot be newton here: the Newton x-update needs the Hessian of {n} "
+                f"parameters (at most {NEWTON_MAX_PARAMS}); use solver=gradient with an optimizer",
             )
 
     return solve, check
@@ -148,8 +152,15 @@ def consensus_admm(
     :math:`r = (\sum_i\|x_i - z\|^2)^{1/2}`, :math:`s = \rho\sqrt W\|z - z^-\|`, and
     ``converged`` by the §3.3 stopping rule with ``eps_abs``/``eps_rel``. ``params`` is z.
     """
-    if rho <= 0 or not 0 < alpha < 2:
-        raise ValueError(f"consensus_admm: need rho > 0 and 0 < alpha < 2, got {rho}, {alpha}")
+    checks.function("loss_fn", loss_fn)
+    checks.positive("rho", rho)
+    checks.number("alpha", alpha, low=0, high=2, low_open=True, high_open=True)
+    if regularizer is not None:
+        checks.function("regularizer", regularizer)
+    for name, value in (("mu", mu), ("tau", tau)):
+        checks.positive(name, value)
+    for name, value in (("eps_abs", eps_abs), ("eps_rel", eps_rel)):
+        checks.non_negative(name, value)
     solve, check = _local_solver(solver, optimizer, inner_steps, "consensus_admm")
     prox = regularizer or proxes.none()
 
@@ -197,8 +208,8 @@ def consensus_admm(
 
 
 class DecentralizedADMMState(NamedTuple):
-    x: Any
-    dual: Any  # α_i
+    x: Any  # x_i^k
+    dual: Any  # α_i^{k-1}: the dual update that x^k owes is made at the start of step k
     step: jax.Array
 
 
@@ -222,21 +233,27 @@ def decentralized_admm(
               \alpha_i \leftarrow \alpha_i + c\textstyle\sum_{j\in N_i}(x_i - x_j).
 
     The x-update is a prox step with :math:`\rho_i = 2 c\, d_i`; ``solver`` as in
-    :func:`consensus_admm`. Each step sends one neighbour exchange of x (the topology's
-    ppermutes). Converges to the minimiser of :math:`\sum_i f_i` for convex f_i.
+    :func:`consensus_admm`. Each step sends ONE neighbour exchange of x (the topology's
+    ppermutes): the dual update of :math:`x^{k+1}` needs :math:`\sum_{j\in N_i} x_j^{k+1}`,
+    which is the sum the next x-update needs too, so it is made at the start of the next
+    step (``state.dual`` holds :math:`\alpha^{k-1}` beside :math:`x^k`; the x iterates are
+    the paper's). Converges to the minimiser of :math:`\sum_i f_i` for convex f_i.
     """
-    if c <= 0:
-        raise ValueError(f"decentralized_admm: c must be > 0, got {c}")
+    checks.function("loss_fn", loss_fn)
+    checks.positive("c", c)
     solve, check = _local_solver(solver, optimizer, inner_steps, "decentralized_admm")
+    check_topology("topology", topology)
     if topology.period != 1:
-        raise ValueError("decentralized_admm needs a static topology")
+        raise checks.InvalidArgument("topology", f"must be static, got {topology!r}")
     w = topology.mixing_matrix()
     adjacency = (w > 0) & ~np.eye(topology.n, dtype=bool)  # what neighbour_sum sums over
     if not np.array_equal(adjacency, adjacency.T):
-        raise ValueError(f"decentralized_admm needs an undirected topology; {topology!r} is not")
+        raise checks.InvalidArgument("topology", f"must be undirected, got {topology!r}")
     degree = adjacency.sum(axis=1).tolist()
     if topology.n > 1 and min(degree) == 0:
-        raise ValueError(f"decentralized_admm: a worker of {topology!r} has no neighbour")
+        raise checks.InvalidArgument(
+            "topology", f"must give every worker a neighbour; a worker of {topology!r} has none"
+        )
 
     def init(params, key):
         del key
@@ -245,16 +262,22 @@ def decentralized_admm(
                                       jnp.zeros((), jnp.int32))  # fmt: skip
 
     def step(state, batch, key):
-        d = jnp.asarray(degree, jnp.float32)[jax.lax.axis_index(axis_name)]
-        others = neighbour_sum(state.x, topology, axis_name)  # Σ_{j∈N_i} x_j
+        d = jnp.asarray(degree, float)[jax.lax.axis_index(axis_name)]  # the default float
+        # 1. the step's one exchange: Σ_{j∈N_i} x_j^k
+        others = neighbour_sum(state.x, topology, axis_name)
+        # 2. the dual update x^k owes, α^k = α^{k-1} + c Σ_j (x_i^k − x_j^k) (none at k = 0,
+        #    where α^0 = 0)
+        owed = (state.step > 0).astype(d.dtype)
+        dual = jax.tree.map(
+            lambda a, xi, xs: a + owed * c * (d * xi - xs), state.dual, state.x, others
+        )
+        # 3. the x-update: argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at
+        #    m − α/ρ_i with m = (d x_i + Σ_j x_j) / (2d)
         rho_i = 2.0 * c * d
-        # argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at m − α/ρ_i,
-        # with m = (d x_i + Σ_j x_j) / (2d)
-        v = jax.tree.map(lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i,
-                         state.x, others, state.dual)  # fmt: skip
+        v = jax.tree.map(
+            lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i, state.x, others, dual
+        )
         x = solve(loss_fn, state.x, v, rho_i, batch, key)
-        new_others = neighbour_sum(x, topology, axis_name)
-        dual = jax.tree.map(lambda a, xi, xs: a + c * (d * xi - xs), state.dual, x, new_others)
         loss, metrics = loss_fn(x, batch, key)
         return DecentralizedADMMState(x, dual, state.step + 1), {"loss": loss, **metrics}
 

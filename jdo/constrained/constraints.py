@@ -5,11 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jdo import checks
+
 
 def norm_bound(radius: float):
     """``||θ||² − radius² <= 0``: a norm-bounded model (all parameters together)."""
-    if radius <= 0:
-        raise ValueError(f"norm_bound: radius must be > 0, got {radius}")
+    checks.positive("radius", radius)
 
     def fn(params, batch=None):
         del batch

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.collectives import varying
@@ -59,7 +60,9 @@ def _count(fn, params, given: int | None, name: str) -> int:
         shapes = jax.eval_shape(fn, params, None)
         return sum(int(jnp.size(jnp.zeros(x.shape))) for x in jax.tree.leaves(shapes))
     except Exception as e:
-        raise ValueError(f"{name} needs the batch to be evaluated: pass num_{name}=") from e
+        raise checks.InvalidArgument(
+            name, f"cannot be evaluated without a batch (fn(params, None) failed): pass num_{name}="
+        ) from e
 
 
 def _penalty(lam, mu, g, h, rho, kind):
@@ -77,8 +80,19 @@ def _penalty(lam, mu, g, h, rho, kind):
 
 def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growth, rho_max,
           update_every, axis_name, num_ineq=None, num_eq=None, shared=True):  # fmt: skip
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    checks.function("loss_fn", loss_fn)
+    checks.optimizer("optimizer", optimizer)
+    for name, fn in (("ineq", ineq), ("eq", eq)):
+        if fn is not None:
+            checks.function(name, fn)
+    checks.one_of("method", method, METHODS)
+    if dual_lr is not None:
+        checks.non_negative("dual_lr", dual_lr)
+    checks.non_negative("rho", rho)
+    checks.positive_int("inner_steps", update_every)
+    for name, count in (("num_ineq", num_ineq), ("num_eq", num_eq)):
+        if count is not None:
+            checks.non_negative_int(name, count)
 
     def lagrangian(params, lam, mu, rho_t, batch, key):
         loss, metrics = loss_fn(params, batch, key)
@@ -213,11 +227,14 @@ def augmented_lagrangian(
     \text{rho\_max})`. ``dual_lr`` replaces ρ as the multipliers' step if given. ``rho=0``
     (which needs ``dual_lr``) is the plain Lagrangian with periodic dual steps, computed
     without a 0/0 (a NaN there is an open Cooper bug)."""
+    checks.non_negative("rho", rho)
     if rho == 0 and not dual_lr:
-        raise ValueError("augmented_lagrangian: rho=0 leaves the multipliers still; give "
-                         "dual_lr > 0 (or use lagrangian)")  # fmt: skip
-    if rho < 0 or inner_steps < 1:
-        raise ValueError("augmented_lagrangian: need rho >= 0 and inner_steps >= 1")
+        raise checks.InvalidArgument(
+            "dual_lr",
+            "must be > 0 when rho=0 (rho=0 leaves the multipliers still; or use lagrangian)",
+        )
+    checks.number("rho_growth", rho_growth, low=1)
+    checks.non_negative("rho_max", rho_max)
     return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=dual_lr,
                  rho=rho, rho_growth=rho_growth, rho_max=rho_max, update_every=inner_steps,
                  axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
@@ -242,6 +259,8 @@ def quadratic_penalty(
 ) -> Algorithm:
     r"""Quadratic penalty: minimise :math:`f + \tfrac{ρ}{2}(\|\max(0, g)\|^2 + \|h\|^2)`,
     growing ρ by ``rho_growth`` every ``inner_steps`` steps (no multipliers)."""
+    checks.number("rho_growth", rho_growth, low=1)
+    checks.non_negative("rho_max", rho_max)
     return _make(loss_fn, optimizer, ineq, eq, kind="penalty", method="simultaneous",
                  dual_lr=0.0, rho=rho, rho_growth=rho_growth, rho_max=rho_max,
                  update_every=inner_steps, axis_name=axis_name, num_ineq=num_ineq,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jdo import checks
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -51,6 +53,8 @@ def _split(x, y, test_fraction, seed):
 
 def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), as ``[N, 8, 8, 1]``."""
+    checks.number("test_fraction", test_fraction, low=0, high=1, low_open=True, high_open=True)
+    checks.integer("seed", seed)
     from sklearn.datasets import load_digits
 
     raw = load_digits()

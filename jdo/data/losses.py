@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
+
 
 def _mean(values, weight):
     return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
@@ -25,8 +27,9 @@ def make_loss(apply: Callable, kind: str, l2: float = 0.0):
     """The loss for data ``kind``: ``"classification"`` (softmax cross-entropy; metric
     ``accuracy``), ``"binary"`` (logistic loss on one logit; ``accuracy``) or
     ``"regression"`` (half mean squared error)."""
-    if kind not in ("classification", "binary", "regression"):
-        raise ValueError(f"unknown data kind {kind!r}; allowed: classification, binary, regression")
+    checks.function("apply", apply)
+    checks.one_of("kind", kind, ("classification", "binary", "regression"))
+    checks.non_negative("l2", l2)
 
     def loss_fn(params, batch, key=None):
         del key

@@ -15,6 +15,8 @@ from jdo import checks
 def iid(num_samples: int, num_workers: int, seed: int = 0) -> list[np.ndarray]:
     """A random permutation cut into W equal parts (the remainder ``N mod W`` is dropped, so
     every worker's objective has the same weight)."""
+    checks.positive_int("num_samples", num_samples)
+    checks.positive_int("num_workers", num_workers)
     order = np.random.default_rng(seed).permutation(num_samples)
     per = num_samples // num_workers
     return [np.sort(order[i * per : (i + 1) * per]) for i in range(num_workers)]
@@ -26,8 +28,9 @@ def dirichlet(
     """Label skew (Hsu et al. 2019): for each class, its samples are split over workers in
     proportions drawn from Dirichlet(α·1). Small α → each worker sees few classes. Redraws
     (up to 100 times) until every worker has at least ``min_size`` samples."""
-    if alpha <= 0:
-        raise ValueError(f"dirichlet: alpha must be > 0, got {alpha}")
+    checks.positive_int("num_workers", num_workers)
+    checks.positive("alpha", alpha)
+    checks.non_negative_int("min_size", min_size)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     for _ in range(100):
@@ -39,9 +42,10 @@ def dirichlet(
                 parts[w].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"dirichlet: could not give every one of {num_workers} workers {min_size} samples "
-        f"with alpha={alpha}; raise alpha or lower the worker count"
+    raise checks.InvalidArgument(
+        "alpha",
+        f"too small: could not give every one of {num_workers} workers {min_size} "
+        f"samples with alpha={alpha}; raise alpha or lower the worker count",
     )
 
 
@@ -50,13 +54,19 @@ def by_shard(
 ) -> list[np.ndarray]:
     """Pathological non-iid split (McMahan et al. 2017): sort by label, cut into
     ``W·shards_per_worker`` equal shards, give each worker ``shards_per_worker`` random shards."""
+    checks.positive_int("num_workers", num_workers)
+    checks.positive_int("shards_per_worker", shards_per_worker)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
     num_shards = num_workers * shards_per_worker
     size = len(labels) // num_shards
     if size == 0:
-        raise ValueError(f"by_shard: {len(labels)} samples cannot make {num_shards} shards")
+        raise checks.InvalidArgument(
+            "shards_per_worker",
+            f"too many: {len(labels)} samples cannot make {num_workers} x "
+            f"{shards_per_worker} = {num_shards} shards",
+        )
     shards = rng.permutation(num_shards)
     return [
         np.sort(np.concatenate([order[s * size : (s + 1) * size] for s in shards[w::num_workers]]))
@@ -69,7 +79,10 @@ def natural(groups: np.ndarray, num_workers: int) -> list[np.ndarray]:
     groups = np.asarray(groups)
     ids = np.unique(groups)
     if len(ids) != num_workers:
-        raise ValueError(f"natural: the data has {len(ids)} groups but workers={num_workers}")
+        raise checks.InvalidArgument(
+            "num_workers",
+            f"must equal the data's {len(ids)} groups (one worker per group), got {num_workers}",
+        )
     return [np.flatnonzero(groups == g) for g in ids]
 
 
@@ -85,7 +98,7 @@ class WorkerData(NamedTuple):
 def stack(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray]) -> WorkerData:
     """Gathers ``parts`` (index arrays) into a padded :class:`WorkerData`."""
     if any(len(p) == 0 for p in parts):
-        raise ValueError("every worker needs at least one training sample")
+        raise checks.InvalidArgument("parts", "must give every worker at least one training sample")
     n_max = max(len(p) for p in parts)
     pad = lambda p: np.concatenate([p, np.full(n_max - len(p), p[0])])
     index = np.stack([pad(p) for p in parts])

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from jdo import checks
 from jdo.data.datasets import Dataset
+
+
+def _check_sizes(**sizes) -> None:
+    for name, value in sizes.items():
+        checks.positive_int(name, value)
 
 
 def _linear_params(theta: np.ndarray) -> dict:
@@ -60,7 +66,7 @@ def optimum_of_parts(dataset: Dataset, parts: list[np.ndarray]) -> dict:
         return _linear_params(_ridge(x, y[:, 0], dataset.l2, weights))
     if dataset.kind == "binary":
         return _linear_params(_logistic(x, y, dataset.l2, weights))
-    raise ValueError(f"no known optimum for {dataset.kind} data")
+    raise checks.InvalidArgument("dataset", f"has no known optimum ({dataset.kind} data)")
 
 
 def least_squares(
@@ -75,6 +81,10 @@ def least_squares(
 
     Objective: ``(1/2n) Σ (θᵀ[x 1] − y)² + (l2/2)||θ||²``.
     """
+    _check_sizes(num_samples=num_samples, dim=dim, num_test=num_test)
+    checks.non_negative("noise", noise)
+    checks.non_negative("l2", l2)
+    checks.integer("seed", seed)
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=dim), rng.normal()
     x = rng.normal(size=(num_samples + num_test, dim))
@@ -100,6 +110,11 @@ def heterogeneous_least_squares(
     input scale, so the workers' local optima differ (the setting where constant-step gossip
     SGD stalls and gradient tracking does not). ``groups`` holds the natural partition; the
     optimum is that of the union. Test data are fresh samples from every group."""
+    _check_sizes(num_groups=num_groups, samples_per_group=samples_per_group, dim=dim)
+    checks.non_negative("heterogeneity", heterogeneity)
+    checks.non_negative("noise", noise)
+    checks.non_negative("l2", l2)
+    checks.integer("seed", seed)
     rng = np.random.default_rng(seed)
     w = rng.normal(size=dim)
     xs, ys, groups = [], [], []
@@ -130,8 +145,9 @@ def logistic_regression(
 ) -> Dataset:
     """Binary labels from a noisy linear rule; objective mean BCE + ``(l2/2)||θ||²`` (strongly
     convex for ``l2 > 0``), minimised on the host by Newton's method to machine precision."""
-    if l2 <= 0:
-        raise ValueError(f"logistic_regression: l2 must be > 0 for a unique optimum, got {l2}")
+    _check_sizes(num_samples=num_samples, dim=dim, num_test=num_test)
+    checks.integer("seed", seed)
+    checks.number("l2", l2, low=0, low_open=True)  # > 0: a unique optimum
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=dim), 0.5 * rng.normal()
     x = rng.normal(size=(num_samples + num_test, dim))

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdo import checks
+
 
 class Linear(nnx.Module):
     """``y = x W (+ b)`` on the flattened input: linear/logistic regression."""
@@ -16,6 +18,8 @@ class Linear(nnx.Module):
     def __init__(
         self, in_shape: Sequence[int], num_outputs: int, *, use_bias: bool = True, rngs: nnx.Rngs
     ):
+        in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
+        checks.positive_int("num_outputs", num_outputs)
         self.dense = nnx.Linear(
             math.prod(in_shape), num_outputs, use_bias=use_bias,
             kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
@@ -36,6 +40,9 @@ class MLP(nnx.Module):
         hidden: Sequence[int] = (128, 128),
         rngs: nnx.Rngs,
     ):
+        in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
+        checks.positive_int("num_outputs", num_outputs)
+        hidden = checks.int_sequence("hidden", hidden)
         sizes = [math.prod(in_shape), *hidden]
         self.layers = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
@@ -60,8 +67,13 @@ class CNN(nnx.Module):
         features: Sequence[int] = (32, 64),
         rngs: nnx.Rngs,
     ):
+        in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
+        checks.positive_int("num_outputs", num_outputs)
+        features = checks.int_sequence("features", features)
         if len(in_shape) != 3:
-            raise ValueError(f"CNN needs image inputs (H, W, C), got in_shape={tuple(in_shape)}")
+            raise checks.InvalidArgument(
+                "in_shape", f"must be an image shape (H, W, C) for the CNN, got {in_shape}"
+            )
         channels = [in_shape[-1], *features]
         self.convs = nnx.List(
             [

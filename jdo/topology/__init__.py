@@ -3,6 +3,7 @@ gaps. Nothing here runs on a device."""
 
 from jdo.topology.graphs import (
     Topology,
+    check_topology,
     complete,
     erdos_renyi,
     exponential,
@@ -21,6 +22,7 @@ __all__ = [
     "Round",
     "Schedule",
     "Topology",
+    "check_topology",
     "complete",
     "erdos_renyi",
     "exponential",

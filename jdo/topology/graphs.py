@@ -22,6 +22,7 @@ from functools import cached_property
 import networkx as nx
 import numpy as np
 
+from jdo import checks
 from jdo.topology.schedule import Schedule, make_schedule
 
 STOCHASTIC = ("doubly", "row", "column")
@@ -112,33 +113,60 @@ def _contraction(w: np.ndarray, stochastic: str) -> float:
     return float(moduli[1])
 
 
-def _validate(name: str, matrices: Sequence[np.ndarray], stochastic: str) -> None:
-    if stochastic not in STOCHASTIC:
-        raise ValueError(f"{name}: stochastic must be one of {STOCHASTIC}, got {stochastic!r}")
-    if not matrices:
-        raise ValueError(f"{name}: needs at least one mixing matrix")
-    n = matrices[0].shape[0]
+def _validate(
+    name: str, matrices: Sequence[np.ndarray], stochastic: str, argument: str = "matrices"
+) -> None:
+    """Checks the matrices of topology ``name``; errors name ``argument`` (the parameter that
+    holds them)."""
+    checks.one_of("stochastic", stochastic, STOCHASTIC)
+    if not len(matrices):
+        raise checks.InvalidArgument(argument, f"({name}) needs at least one mixing matrix")
+    n = matrices[0].shape[0] if matrices[0].ndim else 0
+
+    def bad(t, what):
+        return checks.InvalidArgument(argument, f"({name}): W({t}) {what}")
+
     union = np.zeros((n, n), bool)
     for t, w in enumerate(matrices):
         if w.ndim != 2 or w.shape != (n, n):
-            raise ValueError(f"{name}: W({t}) has shape {w.shape}, expected ({n}, {n})")
+            raise bad(t, f"has shape {w.shape}, expected ({n}, {n})")
         if not np.all(np.isfinite(w)) or (w < 0).any():
-            raise ValueError(f"{name}: W({t}) must be finite and non-negative")
+            raise bad(t, "must be finite and non-negative")
         rows, cols = np.abs(w.sum(1) - 1).max(), np.abs(w.sum(0) - 1).max()
         if stochastic in ("doubly", "row") and rows > 1e-8:
-            raise ValueError(f"{name}: W({t}) is not row stochastic (a row sums to 1 ± {rows:.2g})")
+            raise bad(t, f"is not row stochastic (a row sums to 1 ± {rows:.2g})")
         if stochastic in ("doubly", "column") and cols > 1e-8:
-            raise ValueError(
-                f"{name}: W({t}) is not column stochastic (a column sums to 1 ± {cols:.2g})"
-            )
+            raise bad(t, f"is not column stochastic (a column sums to 1 ± {cols:.2g})")
         union |= w > 0
     graph = nx.from_numpy_array(union.astype(int), create_using=nx.DiGraph)
     if n > 1 and not nx.is_strongly_connected(graph):
         parts = nx.number_strongly_connected_components(graph)
-        raise ValueError(
-            f"{name}: the graph is disconnected over one period ({parts} strongly connected "
-            "parts): the workers could never agree"
+        raise checks.InvalidArgument(
+            argument,
+            f"({name}): the graph is disconnected over one period ({parts} strongly connected "
+            "parts): the workers could never agree",
         )
+
+
+def check_topology(
+    name: str, value, stochastic: Sequence[str] = STOCHASTIC, *, purpose: str = ""
+) -> Topology:
+    """``value`` as a :class:`Topology` whose mixing is one of ``stochastic`` (a factory's
+    argument check; ``purpose`` names who needs it in the message)."""
+    if not isinstance(value, Topology):
+        raise checks.WrongType(
+            name,
+            f"must be a jdo.topology.Topology (ring(n), exponential(n), ...), got "
+            f"{type(value).__name__}",
+        )
+    if value.stochastic not in stochastic:
+        who = f" for {purpose}" if purpose else ""
+        raise checks.InvalidArgument(
+            name,
+            f"must be {' or '.join(stochastic)} stochastic{who}; {value!r} is "
+            f"{value.stochastic} stochastic",
+        )
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,10 +184,13 @@ def _weighted(adj: np.ndarray, weights: str, directed: bool) -> tuple[np.ndarray
         w = a / a.sum(axis=0, keepdims=True)
         doubly = np.allclose(w.sum(axis=1), 1.0, atol=_TOL)  # e.g. a directed ring
         return w, "doubly" if doubly else "column"
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    checks.one_of("weights", weights, WEIGHTS)
     if not np.array_equal(adj, adj.T):
-        raise ValueError("an undirected topology needs a symmetric adjacency; use directed=True")
+        raise checks.InvalidArgument(
+            "directed",
+            "must be true for a non-symmetric adjacency (an undirected topology "
+            "needs a symmetric one)",
+        )
     deg = adj.sum(axis=1)
     if weights == "uniform":
         w = (adj + np.eye(n)) / (deg[:, None] + 1)
@@ -170,10 +201,8 @@ def _weighted(adj: np.ndarray, weights: str, directed: bool) -> tuple[np.ndarray
     return w, "doubly"
 
 
-def _check_n(name: str, n: int, minimum: int = 1) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
-        raise ValueError(f"{name}: n must be an integer >= {minimum}, got {n!r}")
-    return int(n)
+def _check_n(n: int, minimum: int = 1) -> int:
+    return checks.integer("n", n, minimum=minimum)
 
 
 def _circulant_adj(n: int, shifts) -> np.ndarray:
@@ -199,20 +228,36 @@ def _from_adj(name, adj, weights="metropolis", directed=False) -> Topology:
 def ring(n: int, weights: str = "metropolis", directed: bool = False) -> Topology:
     """Cycle: each worker mixes with its two neighbours (1/3 each with the default weights);
     ``directed=True``: each sends to the next only (column and row stochastic, 1/2 each)."""
-    n = _check_n("ring", n)
+    n = _check_n(n)
     adj = _circulant_adj(n, [1] if directed else [1, -1])
     return _from_adj(f"ring{'-directed' if directed else ''}", adj.T if directed else adj,
                      weights, directed)  # fmt: skip
 
 
 def torus(n: int, rows: int | None = None, weights: str = "metropolis") -> Topology:
-    """2-D torus (wrap-around grid) of ``rows × n/rows`` workers, each with 4 neighbours;
-    ``rows`` defaults to the most square factorisation of n."""
-    n = _check_n("torus", n)
+    """2-D torus (wrap-around grid) of ``rows × cols = n`` workers, each with 4 neighbours
+    (fewer when a side is 2); ``rows`` defaults to the most square factorisation of n.
+
+    Both sides must be at least 2, so n must be composite and at least 4 (4, 6, 8, 9, 10,
+    12, ...): a prime n (or ``rows`` of 1 or n) would be a ring, which ``ring(n)`` builds."""
+    n = _check_n(n)
+    shapes = [r for r in range(2, math.isqrt(n) + 1) if n % r == 0]
+    if not shapes:
+        raise checks.InvalidArgument(
+            "n",
+            f"must have a factorisation rows × cols with rows, cols >= 2 (a composite "
+            f"number >= 4: 4, 6, 8, 9, 10, 12, ...), got {n}: use ring({n}) for a cycle",
+        )
     if rows is None:
-        rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
-    if rows < 1 or n % rows:
-        raise ValueError(f"torus: rows={rows} must divide n={n}")
+        rows = shapes[-1]
+    checks.integer("rows", rows)
+    if not 2 <= rows <= n // 2 or n % rows:
+        allowed = sorted({*shapes, *(n // r for r in shapes)})
+        raise checks.InvalidArgument(
+            "rows",
+            f"must divide n={n} with rows, n/rows >= 2 (one of "
+            f"{', '.join(map(str, allowed))}) or be null, got {rows}",
+        )
     cols = n // rows
     adj = np.zeros((n, n))
     for r in range(rows):
@@ -229,7 +274,7 @@ def exponential(n: int) -> Topology:
     """Static exponential-2 graph (BlueFog's ExponentialTwoGraph; Ying et al. 2021): worker i
     receives from i + 2^k (mod n), k = 0..⌈log2 n⌉−1, uniform weights 1/(⌈log2 n⌉ + 1).
     Directed but doubly stochastic; spectral gap 2/(1 + log2 n) for n a power of two."""
-    n = _check_n("exponential", n)
+    n = _check_n(n)
     tau = max(1, math.ceil(math.log2(n))) if n > 1 else 0
     shifts = sorted({2**k % n for k in range(tau)} - {0})
     w = np.eye(n)
@@ -240,7 +285,7 @@ def exponential(n: int) -> Topology:
 
 def symmetric_exponential(n: int, weights: str = "metropolis") -> Topology:
     """Undirected exponential graph: i ↔ i ± 2^k (mod n), k = 0..⌈log2 n⌉−1."""
-    n = _check_n("symmetric_exponential", n)
+    n = _check_n(n)
     tau = max(1, math.ceil(math.log2(n))) if n > 1 else 0
     shifts = [s * 2**k for k in range(tau) for s in (1, -1)]
     return _from_adj("symmetric_exponential", _circulant_adj(n, shifts), weights)
@@ -250,7 +295,7 @@ def one_peer_exponential(n: int) -> Topology:
     """Time-varying one-peer exponential graph (Ying et al. 2021): at step t worker i averages
     with worker i + 2^(t mod τ), τ = ⌈log2 n⌉: ``W(t) = (I + S^(2^t))/2``, one ppermute per
     step. For n a power of two, τ consecutive steps give exact averaging."""
-    n = _check_n("one_peer_exponential", n)
+    n = _check_n(n)
     if n == 1:
         return Topology("one_peer_exponential", (np.eye(1),))
     tau = max(1, math.ceil(math.log2(n)))
@@ -260,13 +305,13 @@ def one_peer_exponential(n: int) -> Topology:
 
 def complete(n: int) -> Topology:
     """Every worker averages with every other: ``W = J``; mixing is one all-reduce mean."""
-    n = _check_n("complete", n)
+    n = _check_n(n)
     return Topology("complete", (np.full((n, n), 1.0 / n),), "doubly")
 
 
 def star(n: int, weights: str = "metropolis", directed: bool = False) -> Topology:
     """Worker 0 is the hub, connected to every other worker."""
-    n = _check_n("star", n)
+    n = _check_n(n)
     adj = np.zeros((n, n))
     adj[0, 1:] = adj[1:, 0] = 1.0
     return _from_adj("star", adj, weights, directed)
@@ -276,15 +321,17 @@ def erdos_renyi(
     n: int, p: float, seed: int = 0, weights: str = "metropolis", directed: bool = False
 ) -> Topology:
     """Random G(n, p) graph (networkx, fixed seed); an error if it is not connected."""
-    n = _check_n("erdos_renyi", n)
-    if not 0 < p <= 1:
-        raise ValueError(f"erdos_renyi: p must be in (0, 1], got {p}")
+    n = _check_n(n)
+    checks.probability("p", p, allow_zero=False)
+    checks.integer("seed", seed)
     graph = nx.gnp_random_graph(n, p, seed=seed, directed=directed)
     connected = nx.is_strongly_connected(graph) if directed else nx.is_connected(graph)
     if n > 1 and not connected:
-        raise ValueError(
-            f"erdos_renyi(n={n}, p={p}, seed={seed}) is not connected; raise p (connectivity "
-            f"needs p above about ln(n)/n = {math.log(n) / n:.2f}) or try another seed"
+        raise checks.InvalidArgument(
+            "p",
+            f"too small: erdos_renyi(n={n}, p={p}, seed={seed}) is not connected; raise "
+            f"p (connectivity needs p above about ln(n)/n = {math.log(n) / n:.2f}) or try "
+            "another seed",
         )
     adj = nx.to_numpy_array(graph, nodelist=range(n)).T  # adj[i, j]: edge j -> i
     return _from_adj(f"erdos_renyi(p={p})", adj, weights, directed)
@@ -305,13 +352,16 @@ def from_matrix(w, stochastic: str = "doubly", name: str = "matrix") -> Topology
     time-varying topology, validated as ``stochastic``."""
     arr = np.asarray(w, dtype=np.float64)
     mats = (arr,) if arr.ndim == 2 else tuple(np.asarray(m, np.float64) for m in arr)
+    _validate(name, mats, stochastic, argument="w")
     return Topology(name, tuple(m.copy() for m in mats), stochastic)
 
 
 def time_varying(*topologies: Topology, name: str | None = None) -> Topology:
     """Cycles through the given topologies' matrices, one per step."""
     if not topologies:
-        raise ValueError("time_varying: needs at least one topology")
+        raise checks.InvalidArgument("topologies", "must hold at least one topology")
+    for t in topologies:
+        check_topology("topologies", t)
     kinds = {t.stochastic for t in topologies}
     stochastic = kinds.pop() if len(kinds) == 1 else ("column" if "column" in kinds else "row")
     mats = tuple(m.copy() for t in topologies for m in t.matrices)

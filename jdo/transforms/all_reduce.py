@@ -7,6 +7,7 @@ from typing import Literal
 import jax
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 
 
@@ -33,8 +34,7 @@ def all_reduce(
     Returns:
       An ``optax.GradientTransformation``.
     """
-    if op not in ("mean", "sum"):
-        raise ValueError(f"all_reduce: op must be 'mean' or 'sum', got {op!r}")
+    checks.one_of("op", op, ("mean", "sum"))
     reduce = jax.lax.pmean if op == "mean" else jax.lax.psum
 
     def init_fn(params):

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.gossip import mix
-from jdo.compress import Compressor, compress_tree, decompress_tree
-from jdo.topology import Topology
+from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
+from jdo.topology import Topology, check_topology
 from jdo.transforms.compressed import worker_key
 
 
@@ -25,7 +26,7 @@ def choco(
     topology: Topology,
     compressor: Compressor,
     *,
-    gamma: float = 1.0,
+    gamma: float = 0.01,
     seed: int = 0,
     axis_name: str = WORKERS,
 ) -> optax.GradientTransformation:
@@ -43,17 +44,24 @@ def choco(
     Only the payloads :math:`q_j` travel, one per ppermute round of the topology. Each worker
     keeps :math:`s_i = \sum_j W_{ij}\hat x_j` (updated with the mixed decompressed payloads)
     instead of a copy per neighbour. With the identity compressor and ``gamma=1`` this is
-    exact gossip. The consensus step ``gamma`` must shrink as compression gets coarser.
+    exact gossip. The consensus step ``gamma`` must shrink as compression gets coarser (the
+    paper's theory: :math:`\gamma = O(\delta\rho^2)` for a δ-contractive compressor and
+    spectral gap ρ). The default 0.01 is for 1% sparsification on a ring: with Adam on
+    digits/MLP (8 workers, 1000 steps), top-1% diverges at γ = 0.5 and 0.2 (train loss 1.3e27,
+    1.7e5) and converges at 0.1 and 0.05 (0.007); random-1% diverges at 0.05 (1.7e7), stalls
+    at 0.02 (0.027) and converges at 0.01 (0.003, as top-1% does). The compressor must be
+    contractive (``top_k``, ``random_k(scale=False)``, casts).
     """
-    if topology.stochastic != "doubly":
-        raise ValueError(f"choco needs a doubly stochastic topology; {topology!r} is not")
+    check_topology("topology", topology, ("doubly",), purpose="choco")
     if topology.period != 1:
-        raise ValueError(
-            f"choco needs a static topology: {topology!r} changes every step, and the "
-            "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W"
+        raise checks.InvalidArgument(
+            "topology",
+            f"must be static for choco: {topology!r} changes every step, and the "
+            "neighbour sum s_i = Σ_j W_ij x̂_j is kept incrementally, which holds for a fixed W",
         )
-    if not 0 < gamma <= 1:
-        raise ValueError(f"choco: gamma must be in (0, 1], got {gamma}")
+    check_compressor("compressor", compressor, contractive_for="choco")
+    checks.number("gamma", gamma, low=0, high=1, low_open=True)
+    checks.integer("seed", seed)
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -61,7 +69,9 @@ def choco(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("choco needs the params: call update(updates, state, params)")
+            raise checks.InvalidArgument(
+                "params", "is required by choco: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)  # x^+ = x + u
         change = jax.tree.map(jnp.subtract, local, state.public)
         payloads = compress_tree(compressor, change, worker_key(seed, state.count, axis_name))

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import gather_mean, varying
-from jdo.compress import Compressor, compress_tree, decompress_tree
+from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
 
 ERROR_FEEDBACK = ("ef", "ef21", None)
 
@@ -52,16 +53,19 @@ def compressed_all_reduce(
     dense mean is used (the compressed state is still kept consistent).
 
     Args:
-      compressor: a :mod:`jdo.compress` compressor (top_k(0.01), qsgd(), scaled_sign(), ...).
+      compressor: a :mod:`jdo.compress` compressor (top_k(0.01), qsgd(), scaled_sign(), ...);
+        with error feedback a contractive one (``random_k(scale=False)``, not the scaled
+        unbiased random-k, whose error memory grows without bound).
       error_feedback: ``"ef"``, ``"ef21"`` or ``None``.
       warmup_steps: dense steps before compression starts.
       seed: for random compressors; each worker and step folds in its own key.
       axis_name: the workers' named axis.
     """
-    if error_feedback not in ERROR_FEEDBACK:
-        raise ValueError(f"error_feedback must be one of {ERROR_FEEDBACK}, got {error_feedback!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    checks.one_of("error_feedback", error_feedback, ERROR_FEEDBACK)
+    needs = f"error_feedback={error_feedback!r} (or use error_feedback=None)"
+    check_compressor("compressor", compressor, contractive_for=needs if error_feedback else None)
+    checks.non_negative_int("warmup_steps", warmup_steps)
+    checks.integer("seed", seed)
 
     def decode(like):  # a payload decoder for values shaped like `like`
         return lambda payloads: decompress_tree(compressor, payloads, like)

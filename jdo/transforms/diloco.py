@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import gather_mean, varying
-from jdo.compress import Compressor, compress_tree, decompress_tree
+from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
 from jdo.transforms.compressed import worker_key
 
 
@@ -56,7 +57,8 @@ def diloco(
       f at steps ``f·H/F + kH``); the new global fragment is merged τ steps after its sync
       (overlapping communication with compute) as ``x ← α x + (1 − α) θ``.
     - ``compressor``: the pseudo-gradients travel compressed (e.g. ``jdo.compress.fp8()``:
-      quantised outer communication) through an all-gather of payloads.
+      quantised outer communication) through an all-gather of payloads. The identity
+      (``jdo.compress.identity()``) is the same as ``None``: one all-reduce.
     - ``participation=p``: FedAvg-style partial participation; each round a fixed-size random
       subset (``max(1, round(p·W))`` workers, drawn from ``seed`` and the round) is averaged.
     - ``prox=μ``: FedProx (Li et al. 2020): the inner gradient gets ``μ (x − θ)``.
@@ -66,24 +68,32 @@ def diloco(
     ``outer=optax.sgd(1.0)`` this is the all-reduce of the inner updates. Works in
     ``shard_map`` (no ``optax.MultiSteps``, jax issue 23693).
     """
+    checks.optimizer("inner", inner)
+    if outer is not None:
+        checks.optimizer("outer", outer)
     outer = outer if outer is not None else optax.sgd(0.7, momentum=0.9, nesterov=True)
-    if sync_every < 1 or fragments < 1:
-        raise ValueError(f"diloco: sync_every and fragments must be >= 1, got {sync_every}, "
-                         f"{fragments}")  # fmt: skip
-    if not 0 <= delay < sync_every:
-        raise ValueError(f"diloco: delay must be in [0, sync_every), got {delay}")
-    if not 0 <= mixing < 1:
-        raise ValueError(f"diloco: mixing must be in [0, 1), got {mixing}")
-    if not 0 < participation <= 1:
-        raise ValueError(f"diloco: participation must be in (0, 1], got {participation}")
-    if prox < 0:
-        raise ValueError(f"diloco: prox must be >= 0, got {prox}")
+    checks.positive_int("sync_every", sync_every)
+    checks.positive_int("fragments", fragments)
+    checks.non_negative_int("delay", delay)
+    if delay >= sync_every:
+        raise checks.InvalidArgument(
+            "delay", f"must be in [0, sync_every) = [0, {sync_every}), got {delay}"
+        )
+    checks.number("mixing", mixing, low=0, high=1, high_open=True)
+    if compressor is not None and type(check_compressor("compressor", compressor)) is Compressor:
+        compressor = None  # the identity: the plain all-reduce, not an all-gather of payloads
+    checks.probability("participation", participation, allow_zero=False)
+    checks.non_negative("prox", prox)
+    checks.integer("seed", seed)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         groups = _fragments(len(leaves), fragments)
         if any(not g for g in groups):
-            raise ValueError(f"diloco: {fragments} fragments for {len(leaves)} parameter leaves")
+            raise checks.InvalidArgument(
+                "fragments",
+                f"must be at most the number of parameter leaves ({len(leaves)}), got {fragments}",
+            )
         outer_states = tuple(outer.init([leaves[i] for i in g]) for g in groups)
         return DiLoCoState(inner.init(params), outer_states, params, jnp.zeros((), jnp.int32))
 
@@ -111,7 +121,9 @@ def diloco(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("diloco needs the params: call update(updates, state, params)")
+            raise checks.InvalidArgument(
+                "params", "is required by diloco: call update(updates, state, params)"
+            )
         if prox:
             updates = jax.tree.map(lambda g, x, a: g + prox * (x - a), updates, params,
                                    state.anchor)  # fmt: skip

@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.gossip import mix_rounds
-from jdo.topology import Topology
+from jdo.topology import Topology, check_topology
 
 
 class GossipState(NamedTuple):
@@ -42,15 +43,14 @@ def gossip(
       rounds: gossip steps per mixing.
       axis_name: the workers' named axis.
     """
-    if topology.stochastic != "doubly":
-        raise ValueError(
-            f"gossip needs a doubly stochastic topology (mixing must keep the worker mean); "
-            f"{topology!r} is {topology.stochastic} stochastic: use push_sum for directed graphs"
-        )
-    if every < 1 or rounds < 1:
-        raise ValueError(
-            f"gossip: every and rounds must be >= 1, got every={every}, rounds={rounds}"
-        )
+    check_topology(
+        "topology",
+        topology,
+        ("doubly",),
+        purpose="gossip (mixing must keep the worker mean; push_sum takes directed graphs)",
+    )
+    checks.positive_int("every", every)
+    checks.positive_int("rounds", rounds)
 
     def init_fn(params):
         del params
@@ -58,7 +58,9 @@ def gossip(
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("gossip needs the params: call update(updates, state, params)")
+            raise checks.InvalidArgument(
+                "params", "is required by gossip: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)
         event = state.count // every  # the gossip event's index selects W(t)
         gossip_now = lambda x: mix_rounds(x, topology, event, rounds, axis_name)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import varying
 from jdo.comm.gossip import group_mean
@@ -25,7 +26,9 @@ def _averaging(every: int, group_size: int | None, group_every: int | None, star
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("local SGD needs the params: call update(updates, state, params)")
+            raise checks.InvalidArgument(
+                "params", "is required by local SGD: call update(updates, state, params)"
+            )
         local = optax.apply_updates(params, updates)
         done = state.count + 1  # local steps taken, this one included
         average = lambda x: varying(jax.lax.pmean(x, axis_name), axis_name)
@@ -55,8 +58,8 @@ def local_sgd(every: int, *, start: int = 0, axis_name: str = WORKERS):
     SGD this is all-reduce SGD. Works inside ``shard_map`` (``lax.cond`` on the step count;
     unlike ``optax.MultiSteps``, jax issue 23693).
     """
-    if every < 1 or start < 0:
-        raise ValueError(f"local_sgd: every must be >= 1 and start >= 0, got {every}, {start}")
+    checks.positive_int("every", every)
+    checks.non_negative_int("start", start)
     return _averaging(every, None, None, start, axis_name)
 
 
@@ -67,9 +70,11 @@ def hierarchical_local_sgd(
     within groups of ``group_size`` consecutive workers every ``group_every`` steps (e.g. GPUs
     of one node), and all together every ``every`` steps (``every`` a multiple of
     ``group_every``)."""
-    if group_every < 1 or every < 1 or every % group_every:
-        raise ValueError(
-            f"hierarchical_local_sgd: every ({every}) must be a multiple of group_every "
-            f"({group_every}), both >= 1"
+    checks.positive_int("group_size", group_size)
+    checks.positive_int("group_every", group_every)
+    checks.positive_int("every", every)
+    if every % group_every:
+        raise checks.InvalidArgument(
+            "every", f"must be a multiple of group_every ({group_every}), got {every}"
         )
     return _averaging(every, group_size, group_every, 0, axis_name)

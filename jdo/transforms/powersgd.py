@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.collectives import varying
 
@@ -44,8 +45,9 @@ def powersgd(
     than 2 dims, or where ``(n + m)·r`` would not be ``min_compression`` times smaller than
     ``n·m``, are all-reduced densely. With ``rank >= min(n, m)`` the result is the exact mean.
     """
-    if rank < 1:
-        raise ValueError(f"powersgd: rank must be >= 1, got {rank}")
+    checks.positive_int("rank", rank)
+    checks.positive("min_compression", min_compression)
+    checks.integer("seed", seed)
 
     def compressible(x) -> bool:
         if x.ndim < 2:

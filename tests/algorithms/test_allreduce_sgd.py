@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import jdo
+from jdo import checks
 
 W, B, STEPS = 8, 4, 50
 
@@ -114,5 +115,28 @@ def test_registry_and_bad_optimizer():
     assert jdo.algorithms.get("allreduce_sgd") is jdo.algorithms.allreduce_sgd
     with pytest.raises(KeyError, match="unknown algorithm 'nope'; known: allreduce_sgd"):
         jdo.algorithms.get("nope")
-    with pytest.raises(TypeError, match="optax.GradientTransformation"):
+    with pytest.raises(checks.WrongType, match="optax.GradientTransformation") as e:
         jdo.algorithms.allreduce_sgd(lambda p, b, k: (0.0, {}), 0.1)
+    assert e.value.argument == "optimizer"
+
+
+@pytest.mark.parametrize(
+    "name,extra",
+    [
+        ("allreduce_sgd", {}),
+        ("compressed_sgd", {"compressor": jdo.compress.identity()}),
+        ("powersgd", {}),
+        ("choco_sgd", {"topology": jdo.topology.ring(4), "compressor": jdo.compress.identity()}),
+        ("local_sgd", {}),
+        ("diloco", {}),
+        ("fedavg", {}),
+        ("dpsgd", {"topology": jdo.topology.ring(4)}),
+        ("gradient_tracking", {"topology": jdo.topology.ring(4)}),
+        ("push_sum", {"topology": jdo.topology.ring(4)}),
+    ],
+)
+def test_every_algorithm_refuses_a_non_optax_optimizer_the_same_way(name, extra):
+    # Before jdo.checks, two factories raised TypeError and three ValueError for this.
+    with pytest.raises(checks.WrongType, match="must be an optax.GradientTransformation") as e:
+        jdo.algorithms.get(name)(lambda p, b, k: (0.0, {}), "adam", **extra)
+    assert e.value.argument == "optimizer"

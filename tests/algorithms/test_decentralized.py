@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 import jdo
+from jdo import checks
 from jdo import topology as T
 
 W = 8
@@ -187,11 +188,39 @@ def test_gradient_tracking_is_exact_and_dpsgd_stalls_with_a_constant_step(topo, 
 
 def test_factories_reject_wrong_topologies():
     _, loss_fn, _, _ = _problem()
-    with pytest.raises(ValueError, match="dpsgd needs a doubly stochastic topology"):
-        jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.star(W, directed=True))
-    with pytest.raises(ValueError, match="gossip needs a doubly stochastic topology"):
-        jdo.transforms.gossip(T.star(W, weights="uniform"))
-    with pytest.raises(ValueError, match="variant must be 'atc' or 'cta'"):
-        jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.ring(W), variant="both")
-    with pytest.raises(TypeError, match="topology must be a jdo.topology.Topology"):
-        jdo.algorithms.gradient_tracking(loss_fn, optax.sgd(0.1), "ring")
+    cases = [
+        (
+            lambda: jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.star(W, directed=True)),
+            checks.InvalidArgument,
+            "topology",
+            "must be doubly stochastic for dpsgd",
+        ),
+        (
+            lambda: jdo.transforms.gossip(T.star(W, weights="uniform")),
+            checks.InvalidArgument,
+            "topology",
+            "must be doubly stochastic for gossip",
+        ),
+        (
+            lambda: jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.ring(W), variant="both"),
+            checks.InvalidArgument,
+            "variant",
+            "must be one of 'atc', 'cta'; got 'both'",
+        ),
+        (
+            lambda: jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.ring(W), gossip_every=0),
+            checks.InvalidArgument,
+            "gossip_every",
+            "must be a positive integer, got 0",
+        ),
+        (
+            lambda: jdo.algorithms.gradient_tracking(loss_fn, optax.sgd(0.1), "ring"),
+            checks.WrongType,
+            "topology",
+            "must be a jdo.topology.Topology",
+        ),
+    ]
+    for make, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            make()
+        assert e.value.argument == argument

@@ -105,6 +105,60 @@ ENTRY %main (i: s32[], x: f32[4]) -> f32[4] {
     assert counted["all-gather"] == 32
 
 
+@pytest.mark.parametrize(
+    "attrs,sent",
+    [
+        ("replica_groups={{0}}", 0),
+        ("replica_groups={{0},{1},{2}}", 0),
+        ("replica_groups=[4,1]<=[4]", 0),
+        ("replica_groups={{0,1}}", 16),
+        ("replica_groups=[2,2]<=[4]", 16),
+        ("replica_groups={}", 16),
+        ("", 16),
+    ],
+)
+def test_collectives_where_every_worker_talks_to_itself_send_nothing(attrs, sent):
+    for op, extra in (("all-reduce", ", to_apply=%add"), ("all-gather", ", dimensions={0}")):
+        text = f"""
+HloModule m
+
+ENTRY %main (x: f32[4]) -> f32[4] {{
+  %x = f32[4]{{0}} parameter(0)
+  ROOT %c = f32[4]{{0}} {op}(%x), channel_id=1{", " + attrs if attrs else ""}{extra}
+}}
+"""
+        assert hlo_collective_bytes(text)[op] == sent, (op, attrs)
+    permute = "ROOT %c = f32[4]{{0}} collective-permute(%x), source_target_pairs={{{pairs}}}"
+    for pairs, expected in (
+        ("{0,0}", 0),
+        ("{0,0},{1,1}", 0),
+        ("{0,1},{1,0}", 16),
+        ("{0,0},{1,2},{2,1}", 16),
+    ):
+        text = (
+            "ENTRY %main (x: f32[4]) -> f32[4] {\n  %x = f32[4]{0} parameter(0)\n  "
+            + permute.format(pairs=pairs).replace("{{0}}", "{0}")
+            + "\n}\n"
+        )
+        assert hlo_collective_bytes(text)["collective-permute"] == expected, pairs
+
+
+@pytest.mark.parametrize("name", ["dpsgd", "gradient_tracking", "push_sum", "allreduce_sgd"])
+def test_one_worker_sends_nothing(name):
+    # algorithm=dpsgd workers=1 used to report an all-reduce of the whole model per step
+    loss_fn = lambda p, b, k: (jnp.sum((p["w"] - b) ** 2), {})
+    params = {"w": jnp.zeros(1210)}
+    extra = {} if name == "allreduce_sgd" else {"topology": jdo.topology.ring(1)}
+    algo = jdo.algorithms.get(name)(loss_fn, optax.sgd(0.1), **extra)
+    state = algo.init(params, None)
+    count = lambda workers: jdo.comm.worker_bytes(
+        algo.step, workers, state, params["w"], jax.random.key(0), in_axes=(0, 0, None)
+    )
+    assert sum(count(1).values()) == 0
+    if name == "allreduce_sgd":  # the control: the same step on 2 workers does send
+        assert count(2)["all-reduce"] == 4840
+
+
 @pytest.mark.parametrize("workers", [2, 16])
 def test_worker_bytes_needs_no_devices(workers):
     counted = jdo.comm.worker_bytes(lambda g: jax.lax.pmean(g, jdo.WORKERS), workers, jnp.ones(10))

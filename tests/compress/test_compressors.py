@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from jdo import checks
 from jdo import compress as C
 
 X = np.random.default_rng(0).normal(size=(40, 25)).astype(np.float32)  # d = 1000
@@ -40,6 +41,19 @@ def test_random_k_is_a_scaled_subset_and_unbiased():
     assert len(nz) == 100
     np.testing.assert_allclose(out[nz], X.ravel()[nz] * 10, rtol=1e-6)
     _assert_unbiased(c, samples=4000, std=np.abs(X) * math.sqrt(X.size / 100 - 1))
+
+
+@pytest.mark.parametrize("scale,expected", [(True, 100 / 10 - 1), (False, 1 - 10 / 100)])
+def test_random_k_error_is_what_contractive_says(scale, expected):
+    # E||x̂ − x||² / ||x||² = d/k − 1 scaled (not contractive: error feedback's memory grows
+    # without bound) and 1 − k/d unscaled (contractive, as EF and CHOCO need).
+    c = C.random_k(k=10, scale=scale)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=100), jnp.float32)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    errors = jax.vmap(lambda k: jnp.sum((c(x, k) - x) ** 2))(keys) / jnp.sum(x**2)
+    assert abs(float(errors.mean()) - expected) < 0.05 * expected
+    assert c.contractive is (expected < 1)
+    assert C.top_k(0.1).contractive and C.identity().contractive
 
 
 def _assert_unbiased(c, samples, std):
@@ -86,14 +100,23 @@ def test_trees_and_bad_arguments():
     back = C.decompress_tree(C.top_k(k=3), payloads, tree)
     assert np.count_nonzero(back["a"]) == 3 and np.count_nonzero(back["b"]) == 3
     assert C.tree_wire_bytes(C.top_k(k=3), tree) == 48
-    with pytest.raises(ValueError, match="give exactly one of ratio= or k="):
-        C.top_k()
-    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
-        C.top_k(1.5)
-    with pytest.raises(ValueError, match="levels must be in 1..127"):
-        C.qsgd(300)
-    with pytest.raises(ValueError, match="qsgd needs a PRNG key"):
+    cases = [
+        (C.top_k, (), checks.InvalidArgument, "ratio", "or k must be given, not both"),
+        (C.top_k, (1.5,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 1.5"),
+        (C.random_k, (1.5,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 1.5"),
+        (C.random_k, (0.0,), checks.InvalidArgument, "ratio", r"must be in \(0, 1\], got 0.0"),
+        (C.top_k, ("0.1",), checks.WrongType, "ratio", "must be a number"),
+        (C.qsgd, (300,), checks.InvalidArgument, "levels", "must be in 1..127"),
+    ]
+    for factory, args, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            factory(*args)
+        assert e.value.argument == argument
+    with pytest.raises(checks.InvalidArgument, match="is required: qsgd rounds at random"):
         C.qsgd()(X)
+    with pytest.raises(checks.InvalidArgument, match=r"must be in \(0, 1\]") as e:
+        C.top_k(k=None, ratio=2)
+    assert str(e.value) == "ratio must be in (0, 1], got 2"
 
 
 def test_the_unbiasedness_check_can_fail():

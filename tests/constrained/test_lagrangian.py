@@ -8,6 +8,7 @@ import pytest
 from scipy.optimize import LinearConstraint, minimize
 
 import jdo
+from jdo import checks
 
 W = 4
 
@@ -125,7 +126,7 @@ def test_equality_constraint_and_quadratic_penalty(float64):
 def test_constraint_count_needs_the_batch_or_num_ineq():
     loss_fn = lambda x, b, key=None: (jnp.sum(x), {})
     rate = lambda x, b: jnp.mean(b["x"] @ x) - 1.0  # needs data
-    with pytest.raises(ValueError, match="pass num_ineq="):
+    with pytest.raises(checks.InvalidArgument, match="pass num_ineq="):
         jdo.constrained.lagrangian(loss_fn, optax.sgd(0.1), ineq=rate).init(jnp.zeros(2), None)
     algo = jdo.constrained.lagrangian(loss_fn, optax.sgd(0.1), ineq=rate, num_ineq=1)
     assert algo.init(jnp.zeros(2), None).ineq_multipliers.shape == (1,)
@@ -180,6 +181,7 @@ def test_an_active_constraint_and_its_multiplier_under_both_liftings(name, lifti
 
 
 def test_augmented_lagrangian_rho_0_needs_a_dual_step():
-    with pytest.raises(ValueError, match="rho=0 leaves the multipliers still; give dual_lr"):
+    with pytest.raises(checks.InvalidArgument, match="rho=0 leaves the multipliers still") as e:
         jdo.constrained.augmented_lagrangian(lambda x, b, k=None: (x, {}), optax.sgd(0.1),
                                              ineq=lambda x, b: x, rho=0.0)  # fmt: skip
+    assert e.value.argument == "dual_lr"

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from jdo import data
+from jdo import checks, data
 from jdo.data import partition
 
 
@@ -29,7 +29,7 @@ def test_dirichlet_skew_grows_as_alpha_shrinks():
 
     assert classes_per_worker(0.05) < classes_per_worker(100.0)
     assert classes_per_worker(100.0) == 10
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(checks.InvalidArgument, match="alpha must be positive, got 0.0"):
         partition.dirichlet(labels, 8, 0.0)
 
 
@@ -44,7 +44,7 @@ def test_natural_and_stack():
     groups = np.array([1, 0, 1, 0, 1])
     parts = partition.natural(groups, 2)
     assert [p.tolist() for p in parts] == [[1, 3], [0, 2, 4]]
-    with pytest.raises(ValueError, match="the data has 2 groups but workers=3"):
+    with pytest.raises(checks.InvalidArgument, match="must equal the data's 2 groups"):
         partition.natural(groups, 3)
     x = np.arange(5)[:, None] * np.ones((1, 3))
     stacked = partition.stack(x, np.arange(5), parts)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jdo import data, models
+from jdo import checks, data, models
 
 PROBLEMS = {
     "least_squares": lambda: data.least_squares(l2=0.0),
@@ -50,5 +50,5 @@ def test_heterogeneous_groups_have_different_local_optima():
 
 
 def test_logistic_needs_l2():
-    with pytest.raises(ValueError, match="l2 must be > 0"):
+    with pytest.raises(checks.InvalidArgument, match="l2 must be positive, got 0.0"):
         data.logistic_regression(l2=0.0)

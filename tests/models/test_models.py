@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jdo import models
+from jdo import checks, models
 
 
 @pytest.mark.parametrize(
@@ -27,5 +27,18 @@ def test_mlp_parameter_count():
 
 
 def test_cnn_needs_images():
-    with pytest.raises(ValueError, match=r"CNN needs image inputs \(H, W, C\)"):
+    with pytest.raises(checks.InvalidArgument, match=r"must be an image shape \(H, W, C\)") as e:
         models.CNN((64,), 10, rngs=nnx.Rngs(0))
+    assert e.value.argument == "in_shape"
+
+
+@pytest.mark.parametrize("factory,argument", [(models.MLP, "hidden"), (models.CNN, "features")])
+def test_layer_sizes_must_be_a_list(factory, argument):
+    # hidden=128 (an int for a list) used to fail deep in the model with
+    # "TypeError: Value after * must be an iterable"
+    with pytest.raises(checks.WrongType, match="must be a list of integers, got 128") as e:
+        factory((8, 8, 1), 10, **{argument: 128}, rngs=nnx.Rngs(0))
+    assert e.value.argument == argument
+    with pytest.raises(checks.InvalidArgument, match="integers >= 1") as e:
+        factory((8, 8, 1), 10, **{argument: [16, 0]}, rngs=nnx.Rngs(0))
+    assert e.value.argument == argument

@@ -4,6 +4,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from jdo import checks
 from jdo import topology as T
 
 FACTORIES = {
@@ -20,10 +21,11 @@ FACTORIES = {
     "star_directed": lambda n: T.star(n, directed=True),
 }
 SIZES = (2, 4, 8, 16)
+# a torus needs n = rows x cols with rows, cols >= 2
+CASES = [(name, n) for name in FACTORIES for n in SIZES if not (name == "torus" and n < 4)]
 
 
-@pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.parametrize("name,n", CASES)
 def test_matrices_are_stochastic_as_declared_and_schedules_reproduce_them(name, n):
     topo = FACTORIES[name](n)
     assert topo.n == n
@@ -109,23 +111,48 @@ def test_from_networkx_and_from_matrix():
 
 
 @pytest.mark.parametrize(
-    "make,message",
+    "make,argument,message",
     [
-        (lambda: T.from_matrix([[0.5, 0.6], [0.5, 0.4]]), "not row stochastic"),
-        (lambda: T.from_matrix([[0.5, 0.5], [0.3, 0.7]]), "not column stochastic"),
-        (lambda: T.from_matrix([[1.5, -0.5], [-0.5, 1.5]]), "finite and non-negative"),
-        (lambda: T.from_matrix(np.eye(3)), "disconnected over one period \\(3 strongly"),
-        (lambda: T.from_matrix(np.ones((2, 3)) / 3), "has shape \\(2, 3\\), expected \\(2, 2\\)"),
-        (lambda: T.from_matrix(np.eye(2), stochastic="both"), "stochastic must be one of"),
-        (lambda: T.erdos_renyi(16, 0.05, seed=0), "is not connected; raise p"),
-        (lambda: T.ring(0), "n must be an integer >= 1, got 0"),
-        (lambda: T.torus(12, rows=5), "rows=5 must divide n=12"),
-        (lambda: T.ring(4, weights="equal"), "weights must be one of"),
+        (lambda: T.from_matrix([[0.5, 0.6], [0.5, 0.4]]), "w", "not row stochastic"),
+        (lambda: T.from_matrix([[0.5, 0.5], [0.3, 0.7]]), "w", "not column stochastic"),
+        (lambda: T.from_matrix([[1.5, -0.5], [-0.5, 1.5]]), "w", "finite and non-negative"),
+        (lambda: T.from_matrix(np.eye(3)), "w", "disconnected over one period \\(3 strongly"),
+        (
+            lambda: T.from_matrix(np.ones((2, 3)) / 3),
+            "w",
+            "has shape \\(2, 3\\), expected \\(2, 2\\)",
+        ),
+        (lambda: T.from_matrix(np.eye(2), stochastic="both"), "stochastic", "must be one of"),
+        (lambda: T.erdos_renyi(16, 0.05, seed=0), "p", "is not connected; raise p"),
+        (lambda: T.erdos_renyi(16, 1.5), "p", "must be in \\(0, 1\\], got 1.5"),
+        (lambda: T.ring(0), "n", "must be a positive integer, got 0"),
+        (
+            lambda: T.torus(12, rows=5),
+            "rows",
+            "must divide n=12 with rows, n/rows >= 2 \\(one of 2, 3, 4, 6\\) or be null, got 5",
+        ),
+        (lambda: T.torus(12, rows=1), "rows", "must divide n=12"),
+        # a prime n used to give a silent 1 x 7 torus, i.e. a ring
+        (
+            lambda: T.torus(7),
+            "n",
+            "must have a factorisation rows × cols with rows, cols >= 2 "
+            "\\(a composite number >= 4: 4, 6, 8, 9, 10, 12, ...\\), got 7: use ring\\(7\\)",
+        ),
+        (lambda: T.torus(2), "n", "must have a factorisation rows × cols"),
+        (lambda: T.ring(4, weights="equal"), "weights", "must be one of"),
     ],
 )
-def test_factories_validate(make, message):
-    with pytest.raises(ValueError, match=message):
+def test_factories_validate(make, argument, message):
+    with pytest.raises(checks.InvalidArgument, match=message) as e:
         make()
+    assert e.value.argument == argument
+
+
+def test_torus_shapes():
+    assert T.torus(8).name == "torus2x4" and T.torus(9).name == "torus3x3"
+    assert T.torus(12, rows=4).name == "torus4x3"
+    assert all(len(p) == 4 for p in T.torus(16).peers())
 
 
 def test_time_varying_sequence():
