@@ -9,8 +9,8 @@ from jdo import comm
 from jdo.algorithms import Algorithm
 from jdo.train import fit
 from jdo.train.checkpoint import Checkpointer
-from jdo.train.guard import all_finite
 from jdo.train.experiment import Experiment
+from jdo.train.guard import all_finite
 from jdo.train.loop import NonFiniteError
 from jdo.train.restore import CheckpointOptions
 
