@@ -47,3 +47,19 @@ grep -q "jdo-launch" <<<"$("$WORK/venv/bin/jdo-launch" --help)"
 env -u XLA_FLAGS "$WORK/venv/bin/jdo-train" debug=smoke checkpoint=none hydra.run.dir="$WORK/run"
 test -s "$WORK/run/summary.json" && test -s "$WORK/run/metrics.jsonl"
 say "jdo-train and jdo-launch ran from outside the checkout"
+if [[ $EXTRAS != *rl* && $EXTRAS != *notebooks* && $EXTRAS != *dev* ]]; then
+    # without the rl extra, an RL task fails in one line naming it
+    status=0
+    err=$("$WORK/venv/bin/jdo-train" task=cartpole debug=smoke hydra.run.dir="$WORK/rl" 2>&1 >/dev/null) ||
+        status=$?
+    [[ $status == 2 && $err == *"pip install 'jdo[rl]'"* && $err != *Traceback* ]] ||
+        { echo "task=cartpole without jdo[rl]: status $status: $err"; exit 1; }
+fi
+if [[ $EXTRAS == *notebooks* ]]; then  # the notebooks extra runs them with jupyter
+    for nb in "$ROOT"/notebooks/*.ipynb; do
+        env -u XLA_FLAGS MPLBACKEND=Agg "$WORK/venv/bin/jupyter" nbconvert --to notebook --execute \
+            --output-dir "$WORK/nb" "$nb" 2>>"$WORK/nbconvert.log" ||
+            { cat "$WORK/nbconvert.log"; exit 1; }
+    done
+    say "jupyter nbconvert executed every notebook"
+fi
