@@ -129,3 +129,17 @@ def orbax_round_trip(state, directory):
         ckpt.save(directory, state)
     with ocp.StandardCheckpointer() as ckpt:
         return ckpt.restore(directory, jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+
+
+def lifted(algo, lifting: str = "vmap", mesh=None, *, batch_axis=0, key_axis=None):
+    """An ``Algorithm``'s ``(init, step)``, lifted over the workers and jitted, as most tests
+    write them: ``init(params, keys)`` with the params shared and one key per worker;
+    ``step(state, batch, key)`` with a per-worker batch (``batch_axis=None``: shared, e.g. RL's
+    ``None``) and one shared key (``key_axis=0``: one per worker)."""
+    import jax
+
+    from jdo import lift
+
+    init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
+    step = jax.jit(lift(algo.step, lifting, mesh=mesh, in_axes=(0, batch_axis, key_axis)))
+    return init, step
