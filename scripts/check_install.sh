@@ -2,7 +2,9 @@
 # Non-editable install check (CI runs it): builds jdo's wheel from the checkout's files, installs
 # it with its dependencies into a fresh venv, and from a directory outside the checkout runs
 # `jdo-train debug=smoke` and `jdo-launch --help`; checks the wheel holds jdo/conf/**.yaml and no
-# top-level `experiments` package. EXTRAS='[rl]' installs extras too. Prints its own timings.
+# top-level `experiments` package; without the rl extra, `task=cartpole` must fail in one line.
+# EXTRAS='[notebooks]' installs that extra and runs every notebook with `jupyter nbconvert`.
+# Prints its own timings.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3.11}
