@@ -120,6 +120,11 @@ CASES = [
         "error: optimizer.learning_rate: must be a positive number, got 0",
     ),
     Case(
+        ("optimizer.learning_rate=-0.1",),
+        2,
+        "error: optimizer.learning_rate: must be a positive number, got -0.1",
+    ),
+    Case(
         ("optimizer.learning_rate=-1",),
         2,
         "error: optimizer.learning_rate: must be a positive number, got -1",
