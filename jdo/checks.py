@@ -89,7 +89,7 @@ def _interval(low, high, low_open, high_open) -> str:
         return "a number (not NaN)"
     if high is None:
         if low == 0:
-            return "positive" if low_open else "non-negative"
+            return "a positive number" if low_open else "a non-negative number"
         return f"{'>' if low_open else '>='} {low:g}"
     if low is None:
         return f"{'<' if high_open else '<='} {high:g}"

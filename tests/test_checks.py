@@ -17,7 +17,7 @@ from jdo import checks
         ),
         (checks.positive_int, ("n", True), checks.WrongType, "must be an integer, got True"),
         (checks.non_negative_int, ("k", -1), checks.InvalidArgument, "non-negative integer"),
-        (checks.positive, ("lr", 0.0), checks.InvalidArgument, "must be positive, got 0.0"),
+        (checks.positive, ("lr", 0.0), checks.InvalidArgument, "must be a positive number, got 0.0"),
         (checks.positive, ("lr", "a"), checks.WrongType, "must be a number, got 'a'"),
         (checks.probability, ("p", 1.5), checks.InvalidArgument, "must be in [0, 1], got 1.5"),
         (

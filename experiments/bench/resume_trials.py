@@ -24,16 +24,18 @@ import numpy as np
 ROOT = Path(__file__).parent.parent.parent
 RESULTS = Path(__file__).parent / "results"
 BASE = ("model.hidden=[32]", "trainer.steps=200", "trainer.log_every=10", "trainer.eval_every=50",
-        "trainer.progress=false", "checkpoint.keep_last=10")  # fmt: skip
+        "trainer.progress=false", "checkpoint.keep_last=10", "checkpoint.every=50")
 DETERMINISTIC = ("train/", "eval/", "consensus", "bytes/")
 
 
-def _train(run_dir, *overrides) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _train(run_dir, fault: str | None = None) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JDO_TEST_FAULT")}
+    if fault:
+        env["JDO_TEST_FAULT"] = fault  # jdo.train.loop.Faults.from_env
     return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *BASE, f"hydra.run.dir={run_dir}", *overrides],
+        [sys.executable, "-m", "experiments.train", *BASE, f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    ).returncode  # fmt: skip
+    ).returncode
 
 
 def _outcome(run_dir):
@@ -65,8 +67,8 @@ def main(argv=None) -> None:
                                   p=weights / weights.sum()))  # fmt: skip
         # a kill during an asynchronous save can only happen at a checkpoint step
         in_save = [bool(k % 50 == 0 and rng.random() < 0.7) for k in kills]
-        codes = [_train(run_dir, f"fault.kill_at_step={k}", f"fault.in_save={str(s).lower()}")
-                 for k, s in zip(kills, in_save, strict=True)]  # fmt: skip
+        codes = [_train(run_dir, f"{k}:in_save" if s else f"{k}")
+                 for k, s in zip(kills, in_save, strict=True)]
         final = _train(run_dir)
         ok = final == 0 and all(c == -9 for c in codes) and _outcome(run_dir) == reference
         passed += ok

@@ -13,7 +13,7 @@
    Each call runs 4 updates in a lax.scan; interleaved rounds, min of per-round minima, an A/A
    control (plain vs a second jit of itself).
 3. Environment steps until every worker's policy averages >= 475 over 100 fresh episodes
-   (``jdo.train.rl.train_until``) for PPO (all-reduce, gossip), A2C and A3C-style staleness
+   (``jdo.train.solve.train_until``) for PPO (all-reduce, gossip), A2C and A3C-style staleness
    0 and 4, over several seeds; learning curves to rl_curves.png.
 """
 
@@ -220,7 +220,7 @@ def throughput(rounds: int, calls: int) -> tuple[list[dict], list[dict]]:
 
 def sample_efficiency(seeds: int):
     import jdo
-    from jdo.train.rl import train_until
+    from jdo.train.solve import train_until
 
     ppo_cfg = {"algorithm": "ppo", "workers": W, "num_envs": N, "learning_rate": 1e-3,
                "normalize_reward_gamma": 0.99,

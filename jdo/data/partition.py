@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jdo import checks
+
 
 def iid(num_samples: int, num_workers: int, seed: int = 0) -> list[np.ndarray]:
     """A random permutation cut into W equal parts (the remainder ``N mod W`` is dropped, so
@@ -88,3 +90,32 @@ def stack(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray]) -> WorkerData:
     pad = lambda p: np.concatenate([p, np.full(n_max - len(p), p[0])])
     index = np.stack([pad(p) for p in parts])
     return WorkerData(x[index], y[index], np.array([len(p) for p in parts], dtype=np.int32))
+
+
+# Splitters: ``split(dataset, num_workers, seed) -> parts`` with the options fixed by a config
+# (``partition: {_target_: jdo.data.partition.split_dirichlet, alpha: 0.5}``).
+
+
+def split_iid(dataset, num_workers: int, seed: int = 0) -> list[np.ndarray]:
+    """:func:`iid` over ``dataset``'s training set."""
+    return iid(len(dataset.x_train), num_workers, seed)
+
+
+def split_dirichlet(dataset, num_workers: int, seed: int = 0, *, alpha: float):
+    """:func:`dirichlet` label skew of ``dataset``'s training labels."""
+    return dirichlet(dataset.y_train, num_workers, checks.positive("alpha", alpha), seed)
+
+
+def split_shards(dataset, num_workers: int, seed: int = 0, *, shards_per_worker: int):
+    """:func:`by_shard` of ``dataset``'s training labels."""
+    shards = checks.positive_int("shards_per_worker", shards_per_worker)
+    return by_shard(dataset.y_train, num_workers, shards, seed)
+
+
+def split_natural(dataset, num_workers: int, seed: int = 0) -> list[np.ndarray]:
+    """:func:`natural`: ``dataset``'s own groups, one per worker (``seed`` is unused)."""
+    del seed
+    if dataset.groups is None:
+        raise checks.InvalidArgument("dataset", f"the {dataset.name} data has no natural "
+                                     "partition (no groups)")
+    return natural(dataset.groups, num_workers)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+import jdo.conf  # noqa: F401 - registers the ${jdo_run_id:} resolver of the run directories
 
 log = logging.getLogger("jdo")
 
@@ -94,6 +97,7 @@ def main(cfg: DictConfig) -> None:
     from jdo.train import distributed
     from jdo.train.preemption import (
         EXIT_CONFIG,
+        EXIT_INTERRUPTED,
         EXIT_NONFINITE,
         EXIT_PEER_LOST,
         EXIT_PREEMPTED,
@@ -105,21 +109,25 @@ def main(cfg: DictConfig) -> None:
     except ValueError as e:
         _fail(str(e), EXIT_CONFIG)
     from jdo.train import ConfigError, run
-    from jdo.train.runner import NonFiniteError
+    from jdo.train.loop import NonFiniteError
 
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     output_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = run(cfg, output_dir=output_dir)
+        overrides = list(HydraConfig.get().overrides.task)
+        summary = run(cfg, output_dir=output_dir, overrides=overrides)
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG)
     except NonFiniteError as e:
         _fail(str(e), EXIT_NONFINITE)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print("interrupted (no checkpoint taken)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except Preempted as e:
         log.warning("%s", e)
         print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_PREEMPTED)
     except Exception as e:
         import jax
 

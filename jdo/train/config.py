@@ -14,17 +14,22 @@ import jax
 
 from jdo.lifting import LIFTINGS
 
-PARTITIONS = ("iid", "dirichlet", "shard", "natural")
 TRAINER_KEYS = ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "progress",
-                "nonfinite")  # fmt: skip
+                "nonfinite", "divergence", "call_seconds")
 LOGGER_KEYS = ("tensorboard",)
-CHECKPOINT_KEYS = ("enabled", "every", "keep_last", "keep_every", "async", "resume", "elastic")
-FAULT_KEYS = ("kill_at_step", "in_save")
+CHECKPOINT_KEYS = ("enabled", "every", "every_s", "keep_last", "keep_every", "async", "resume",
+                   "elastic")
 DISTRIBUTED_KEYS = ("coordinator", "num_processes", "process_id", "heartbeat_timeout_s")
+# Top-level keys: the config groups and the run's own settings. Anything else (a typo such as
+# +optimiser=sgd) is refused instead of silently ignored.
+TOP_KEYS = ("model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",
+            "trainer", "logger", "checkpoint", "task", "workers", "seed", "cpu_devices",
+            "deterministic", "distributed")
 # Keys a resumed run may change: how long and where it runs, not what it computes.
 RESUME_MAY_DIFFER = ("trainer.steps", "trainer.eval_every", "trainer.eval_batch_size",
                      "trainer.progress", "trainer.nonfinite", "lifting", "cpu_devices", "logger",
-                     "checkpoint", "fault", "distributed", "deterministic")  # fmt: skip
+                     "trainer.call_seconds", "trainer.divergence", "checkpoint", "distributed",
+                     "deterministic")
 
 
 class ConfigError(ValueError):
@@ -108,30 +113,32 @@ def config_differences(
 
 def validate(cfg: Mapping) -> None:
     """Checks every value the runner reads; raises :class:`ConfigError` on the first bad one."""
+    unknown = sorted(set(cfg) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown top-level key; allowed: {', '.join(TOP_KEYS)} "
+                          "(a config group is chosen with group=option, e.g. optimizer=sgd)")
     workers = positive_int(cfg, "workers")
-    if isinstance(_get(cfg, "seed"), bool) or not isinstance(_get(cfg, "seed"), numbers.Integral):
-        raise ConfigError("seed", f"must be an integer, got {_get(cfg, 'seed')!r}")
-    lifting = one_of(cfg, "lifting.name", LIFTINGS)
-    if lifting == "vmap":
-        known_keys(cfg, "lifting", ("name", "devices"))
-        devices = positive_int(cfg, "lifting.devices")
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError("seed", f"must be a non-negative integer, got {seed!r}")
+    lifting = _lifting(cfg)
+    if lifting.name == "vmap":
+        devices = lifting.devices
         if devices > jax.device_count() or workers % devices:
             raise ConfigError(
                 "lifting.devices", f"spreads the workers over this many devices: it must "
                 f"divide workers ({workers}) and be at most {jax.device_count()} (devices "
                 f"available), got {devices}",
             )  # fmt: skip
-    else:
-        known_keys(cfg, "lifting", ("name",))
     if jax.process_count() > 1:
-        used = workers if lifting == "shard_map" else _get(cfg, "lifting.devices")
+        used = workers if lifting.name == "shard_map" else lifting.devices
         if used != jax.device_count():
             raise ConfigError(
                 "lifting", f"a run over {jax.process_count()} processes must use all "
                 f"{jax.device_count()} devices (shard_map with workers={jax.device_count()}, or "
                 f"vmap with lifting.devices={jax.device_count()}); it uses {used}",
             )  # fmt: skip
-    if lifting == "shard_map" and workers > jax.device_count():
+    if lifting.name == "shard_map" and workers > jax.device_count():
         raise ConfigError(
             "workers",
             f"the shard_map lifting puts one worker per device: workers must be 1.."
@@ -155,6 +162,9 @@ def validate(cfg: Mapping) -> None:
     positive_int(cfg, "trainer.eval_batch_size")
     boolean(cfg, "trainer.progress")
     one_of(cfg, "trainer.nonfinite", ("stop", "skip"))
+    if _get(cfg, "trainer.divergence") is not None:
+        positive_float(cfg, "trainer.divergence")
+    positive_float(cfg, "trainer.call_seconds")
     known_keys(cfg, "checkpoint", CHECKPOINT_KEYS)
     boolean(cfg, "checkpoint.enabled")
     every = positive_int(cfg, "checkpoint.every", allow_none=True)
@@ -163,6 +173,8 @@ def validate(cfg: Mapping) -> None:
             "checkpoint.every", f"must be a multiple of trainer.log_every ({log_every}) or "
             f"null, got {every}",
         )  # fmt: skip
+    if _get(cfg, "checkpoint.every_s") is not None:
+        positive_float(cfg, "checkpoint.every_s")
     positive_int(cfg, "checkpoint.keep_last")
     positive_int(cfg, "checkpoint.keep_every", allow_none=True)
     boolean(cfg, "checkpoint.async")
@@ -170,16 +182,9 @@ def validate(cfg: Mapping) -> None:
     one_of(cfg, "checkpoint.elastic", ("none", "average"))
     if "deterministic" in cfg:
         boolean(cfg, "deterministic")
-    known_keys(cfg, "fault", FAULT_KEYS)
-    positive_int(cfg, "fault.kill_at_step", allow_none=True)
-    boolean(cfg, "fault.in_save")
+    known_keys(cfg, "distributed", DISTRIBUTED_KEYS)
     known_keys(cfg, "logger", LOGGER_KEYS)
     boolean(cfg, "logger.tensorboard")
-    partition = one_of(cfg, "partition.name", PARTITIONS)
-    if partition == "dirichlet":
-        positive_float(cfg, "partition.alpha")
-    if partition == "shard":
-        positive_int(cfg, "partition.shards_per_worker")
     optimizer = _get(cfg, "optimizer")
     if "learning_rate" in optimizer:
         positive_float(cfg, "optimizer.learning_rate")
@@ -187,3 +192,23 @@ def validate(cfg: Mapping) -> None:
         if name != "_target_" and not isinstance(value, (numbers.Real, type(None))):
             raise ConfigError(f"optimizer.{name}", f"must be a number, true/false or null, "
                               f"got {value!r}")  # fmt: skip
+
+
+def _lifting(cfg: Mapping):
+    """The lifting the ``lifting`` node's ``_target_`` makes (``jdo.train.mesh.Lifting``)."""
+    from jdo.train.mesh import Lifting, lifting_of
+
+    node = _get(cfg, "lifting")
+    try:
+        lifting = lifting_of(node)
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        argument = getattr(cause, "argument", None)
+        key = f"lifting.{argument}" if argument in node else "lifting"
+        raise ConfigError(key, getattr(cause, "message", str(cause))) from None
+    if not isinstance(lifting, Lifting) or lifting.name not in LIFTINGS:
+        raise ConfigError("lifting._target_", f"must make a jdo.train.mesh.Lifting "
+                          f"({', '.join(LIFTINGS)}), got {lifting!r}")
+    return lifting

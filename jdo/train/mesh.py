@@ -1,10 +1,13 @@
-"""Device meshes for the shard_map lifting."""
+"""Device meshes and the liftings (vmap, shard_map) a config chooses by ``_target_``."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 from jax.sharding import AxisType, Mesh
 
+from jdo import checks
 from jdo._axis import WORKERS
 
 
@@ -22,3 +25,30 @@ def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
     return jax.make_mesh(
         (num_workers,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices[:num_workers]
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Lifting:
+    """How the per-worker step is lifted: ``name`` is ``"vmap"`` (the worker axis spread over
+    ``devices`` devices, ``workers / devices`` per device) or ``"shard_map"`` (one worker per
+    device)."""
+
+    name: str
+    devices: int = 1
+
+
+def vmap_lifting(devices: int = 1) -> Lifting:
+    """All workers with ``jax.vmap``, spread over ``devices`` devices (config: lifting=vmap)."""
+    return Lifting("vmap", checks.positive_int("devices", devices))
+
+
+def shard_map_lifting() -> Lifting:
+    """One worker per device with ``jax.shard_map`` (config: lifting=shard_map)."""
+    return Lifting("shard_map", 1)
+
+
+def lifting_of(node) -> Lifting:
+    """The :class:`Lifting` a ``lifting`` config node's ``_target_`` makes."""
+    import hydra.utils
+
+    return hydra.utils.instantiate(node)

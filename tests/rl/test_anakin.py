@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jdo.rl import evaluate_policy, make_train
-from jdo.train.rl import train_until
+from jdo.train.solve import train_until
 
 SMALL = {"workers": 2, "num_envs": 2, "updates": 3, "hidden": (8,),
          "algorithm_kwargs": {"num_steps": 8, "num_minibatches": 2, "epochs": 1}}  # fmt: skip

@@ -9,7 +9,7 @@ hyperparameters are the ones in experiments/bench/rl.py (which reports 3 seeds).
 import pytest
 
 import jdo
-from jdo.train.rl import train_until
+from jdo.train.solve import train_until
 
 W = 8
 PPO = {"algorithm": "ppo", "workers": W, "num_envs": 4, "learning_rate": 1e-3,

@@ -10,7 +10,9 @@ from jdo.algorithms import Algorithm
 from jdo.train import fit
 from jdo.train.checkpoint import Checkpointer
 from jdo.train.guard import all_finite
-from jdo.train.runner import CheckpointOptions, Experiment, NonFiniteError
+from jdo.train.experiment import Experiment
+from jdo.train.loop import NonFiniteError
+from jdo.train.restore import CheckpointOptions
 
 
 def _flaky(bad_from=None, p_bad=0.0):

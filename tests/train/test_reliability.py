@@ -23,7 +23,7 @@ from jdo.train.checkpoint import Checkpointer
 from jdo.train.config import ConfigError
 from jdo.train.elastic import regroup
 from jdo.train.preemption import EXIT_PEER_LOST, EXIT_PREEMPTED
-from jdo.train.runner import CheckpointOptions
+from jdo.train.restore import CheckpointOptions
 
 ROOT = Path(__file__).parent.parent.parent
 BASE = ("model.hidden=[32]", "trainer.steps=200", "trainer.log_every=10", "trainer.eval_every=50",

@@ -91,7 +91,7 @@ def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
 def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
     cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
     with pytest.raises(
-        FloatingPointError, match=r"non-finite loss or update at step 2 \(workers \[0"
+        FloatingPointError, match=r"non-finite loss at step 2 \(workers \[0"
     ):
         run(cfg, output_dir=str(tmp_path))
 
@@ -146,7 +146,7 @@ def test_fit_without_data_passes_no_batch():
 
     from jdo.algorithms import Algorithm
     from jdo.train import fit
-    from jdo.train.runner import Experiment
+    from jdo.train.experiment import Experiment
 
     def init(params, key):
         return {"params": params, "t": jnp.zeros((), jnp.int32)}

@@ -1,0 +1,167 @@
+"""Building an :class:`~jdo.train.experiment.Experiment` from a config: data, model, algorithm.
+
+Every object is made from its config node's ``_target_`` (Hydra's ``instantiate``); objects a
+config cannot hold (a loss function, an environment, the model's ``apply``) are passed as
+keyword arguments. Algorithms name the topology and compressor they use in their own YAML
+(``topology: ${topology}``), so nothing here reads factory signatures. A factory's
+:class:`~jdo.checks.ArgumentError` becomes a :class:`ConfigError` naming the config key
+(``compression.ratio``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import hydra.utils
+import jax
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from jdo.checks import ArgumentError
+from jdo.data import make_loss, partition
+from jdo.data.synthetic import optimum_of_parts
+from jdo.models import functional
+from jdo.train.config import ConfigError
+from jdo.train.experiment import Experiment
+
+RL_TASK_KEYS = ("kind", "env", "num_envs", "env_params", "normalize_obs",
+                "normalize_reward_gamma", "eval_episodes")  # fmt: skip
+RL_PACKAGE = "jdo.rl."
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:  # hydra wraps the factory's own error
+        e = e.__cause__
+    return e
+
+
+def instantiate(node, key: str, **kwargs):
+    """``node``'s ``_target_`` called with its config values and ``kwargs``; a factory's
+    error becomes a :class:`ConfigError` naming ``key`` (and the argument, when the factory
+    names one of the node's own keys)."""
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}", "is required (set it on the command line)")
+    try:
+        return hydra.utils.instantiate(node, _partial_=True)(**kwargs)
+    except Exception as e:
+        cause = _root_cause(e)
+        if isinstance(cause, ArgumentError):
+            if cause.argument in node:
+                raise ConfigError(f"{key}.{cause.argument}", cause.message) from None
+            raise ConfigError(key, str(cause)) from None
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
+
+
+def _target(node) -> str:
+    return str(node.get("_target_", "")) if isinstance(node, Mapping) else ""
+
+
+def _check_parts(cfg: Mapping, workers: int) -> None:
+    """Instantiates the topology and compressor an algorithm names on their own first, so a
+    bad value is reported under its own key (``topology.n``), not the algorithm's."""
+    algorithm = cfg["algorithm"]
+    if "topology" in algorithm and algorithm["topology"] is not None:
+        topology = instantiate(cfg["topology"], "topology")
+        if topology.n != workers:
+            raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
+    if "compressor" in algorithm and algorithm["compressor"] is not None:
+        instantiate(cfg["compression"], "compression")
+
+
+def _check_init(algorithm, params) -> None:
+    try:  # an algorithm may refuse the model at init (e.g. a Newton solve on a big model)
+        jax.eval_shape(algorithm.init, params, jax.random.key(0))
+    except ValueError as e:
+        raise ConfigError("algorithm", str(e)) from None
+
+
+def build(cfg: Mapping) -> Experiment:
+    """Data, model and algorithm from a validated config (see ``jdo/conf``)."""
+    if cfg["task"].get("kind") == "rl":  # environments instead of a dataset
+        return build_rl(cfg)
+    workers, seed = int(cfg["workers"]), int(cfg["seed"])
+    target = _target(cfg["algorithm"])
+    if target.startswith(RL_PACKAGE):
+        raise ConfigError("algorithm", f"{target.rsplit('.', 1)[-1]} is a reinforcement-"
+                          "learning algorithm: use it with an RL task (task=cartpole, acrobot, "
+                          "pendulum)")  # fmt: skip
+    dataset = instantiate(cfg["task"]["data"], "task.data")
+    split = instantiate(cfg["partition"], "partition", dataset=dataset, num_workers=workers,
+                        seed=seed)  # fmt: skip
+    try:
+        data = partition.stack(dataset.x_train, dataset.y_train, split)
+    except ValueError as e:
+        raise ConfigError("workers", f"{e} ({len(dataset.x_train)} training samples for "
+                          f"{workers} workers)") from None  # fmt: skip
+    if dataset.optimum is not None:  # the optimum of the objective the workers actually share
+        dataset = dataclasses.replace(dataset, optimum=optimum_of_parts(dataset, split))
+    model = instantiate(cfg["model"], "model", in_shape=dataset.in_shape,
+                        num_outputs=dataset.num_outputs, rngs=nnx.Rngs(seed))  # fmt: skip
+    apply, params = functional(model)
+    loss_fn = make_loss(apply, dataset.kind, dataset.l2)
+    optimizer = instantiate(cfg["optimizer"], "optimizer")
+    _check_parts(cfg, workers)
+    algorithm = instantiate(cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer)
+    _check_init(algorithm, params)
+    return Experiment(algorithm, apply, loss_fn, params, data, dataset)
+
+
+def _rl_task(cfg: Mapping) -> dict[str, Any]:
+    task = cfg["task"]
+    task = OmegaConf.to_container(task, resolve=True) if isinstance(task, DictConfig) else task
+    unknown = sorted(set(task) - set(RL_TASK_KEYS))
+    if unknown:
+        raise ConfigError(f"task.{unknown[0]}", f"unknown key; allowed keys: "
+                          f"{', '.join(sorted(RL_TASK_KEYS))}")  # fmt: skip
+    for key in ("num_envs", "eval_episodes"):
+        value = task.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"task.{key}", f"must be a positive integer, got {value!r}")
+    if not isinstance(task.get("env_params") or {}, Mapping):
+        raise ConfigError("task.env_params", f"must be a mapping, got {task['env_params']!r}")
+    if not isinstance(task.get("normalize_obs", False), bool):
+        raise ConfigError("task.normalize_obs", f"must be true or false, got "
+                          f"{task['normalize_obs']!r}")  # fmt: skip
+    return task
+
+
+def _rl_env(task: Mapping):
+    from jdo.rl import make_vec_env
+
+    try:
+        return make_vec_env(task.get("env"), task.get("num_envs", 1),
+                            normalize_obs=task.get("normalize_obs", False),
+                            normalize_reward_gamma=task.get("normalize_reward_gamma"),
+                            **(task.get("env_params") or {}))  # fmt: skip
+    except (ValueError, TypeError) as e:
+        key = "task.env_params" if "parameter" in str(e) else "task.env"
+        if "gamma" in str(e):
+            key = "task.normalize_reward_gamma"
+        raise ConfigError(key, str(e)) from None
+
+
+def build_rl(cfg: Mapping) -> Experiment:
+    """Environment (``cfg.task``), network (``cfg.model``), optimizer and RL algorithm
+    (``cfg.algorithm``, a ``jdo.rl`` factory) as an :class:`Experiment` without data: the
+    runner passes ``batch=None`` and each worker rolls out its own environments."""
+    task = _rl_task(cfg)
+    workers, seed = int(cfg["workers"]), int(cfg["seed"])
+    env = _rl_env(task)
+    target = _target(cfg["algorithm"])
+    if not target.startswith(RL_PACKAGE):
+        raise ConfigError("algorithm", f"an RL task needs an RL algorithm (a2c, a3c, ppo, "
+                          f"decentralized_ppo, ddpg), got _target_={target!r}")  # fmt: skip
+    model = instantiate(cfg["model"], "model", obs_size=env.observation_size,
+                        action_space=env.action_space, rngs=nnx.Rngs(seed))  # fmt: skip
+    apply, params = functional(model)
+    optimizer = instantiate(cfg["optimizer"], "optimizer")
+    _check_parts(cfg, workers)
+    algorithm = instantiate(cfg["algorithm"], "algorithm", env=env, apply=apply,
+                            optimizer=optimizer)  # fmt: skip
+    _check_init(algorithm, params)
+    return Experiment(algorithm, apply, None, params, None, None, counters=("env_steps",))

@@ -1,0 +1,179 @@
+"""The compiled side of a run: the per-worker step, lifted over the workers, jitted as a
+chunk of up to K steps, plus ``init`` and evaluation, and the bytes a step sends.
+
+This is the one place where per-step extensions enter the loop: :func:`worker_step` runs
+``algorithm.step`` for one worker on one step; ``fit(..., wrappers=...)`` hands in functions
+``Algorithm -> Algorithm`` (a cluster clock, fault masks, an asynchrony schedule) that wrap
+the algorithm before it is lifted, the way :func:`jdo.train.guard.guard_nonfinite` (applied
+last, outermost) checks every step. Everything here is pure and traced; the host side is in
+:mod:`jdo.train.loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jdo import comm
+from jdo._axis import WORKERS
+from jdo.algorithms import Algorithm
+from jdo.data import sample_batch
+from jdo.lifting import lift
+from jdo.train.evaluate import make_evaluate
+from jdo.train.experiment import Experiment
+from jdo.train.guard import all_finite
+from jdo.train.mesh import make_mesh
+
+
+def worker_mesh(workers: int, lifting: str, devices: int) -> Mesh:
+    """shard_map: one worker per device; vmap: the worker axis spread over ``devices``."""
+    if lifting == "shard_map":
+        return make_mesh(workers)
+    if workers % devices or devices > jax.device_count():
+        raise ValueError(
+            f"the vmap lifting spreads workers={workers} over devices={devices}: devices "
+            f"must divide workers and be <= {jax.device_count()}"
+        )
+    return make_mesh(devices)
+
+
+def place(tree, sharding):
+    """Host arrays (the same on every process) -> global arrays with ``sharding``."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+        tree,
+    )
+
+
+def worker_step(algo: Algorithm, batch_size: int | None, state, data, key, t):
+    """One step of one worker: its batch and step key come from ``fold_in(fold_in(key,
+    worker), t)``, so a resumed run draws exactly what an uninterrupted one would."""
+    k = jax.random.fold_in(jax.random.fold_in(key, comm.worker_index()), t)
+    batch_key, step_key = jax.random.split(k)
+    batch = sample_batch(*data, batch_key, batch_size) if data else None
+    return algo.step(state, batch, step_key)
+
+
+def worker_chunk(step: Callable, length: int, metric_shapes, check_state: bool,
+                 varying: bool = False):
+    """``chunk(state, data, key, step0, n) -> (state, metrics, finite)``: ``n <= length`` steps
+    from ``step0`` (``n`` is traced: one compiled chunk runs any number of steps, so the host
+    can bound a call's wall time without recompiling). ``metrics``: each ``[length]``, the
+    first ``n`` valid. ``finite``: the new state holds no NaN/inf (checked once per call, not
+    per step; True when ``check_state`` is off). ``varying``: under ``shard_map`` the metric
+    buffers differ per worker from the start (their type must match the loop's output)."""
+
+    def chunk(state, data, key, step0, n):
+        buffers = jax.tree.map(lambda s: jnp.zeros((length, *s.shape), s.dtype), metric_shapes)
+        if varying:
+            buffers = jax.lax.pcast(buffers, WORKERS, to="varying")
+
+        def body(i, carry):
+            state, buffers = carry
+            state, metrics = step(state, data, key, step0 + i)
+            buffers = jax.tree.map(lambda b, v: b.at[i].set(v), buffers, metrics)
+            return state, buffers
+
+        state, buffers = jax.lax.fori_loop(0, n, body, (state, buffers))
+        finite = all_finite(state) if check_state else jnp.asarray(True)
+        return state, buffers, finite
+
+    return chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What the loop calls: jitted and compiled functions over the stacked ``[W, ...]`` state,
+    with the mesh and shardings they use and the bytes one step sends per worker."""
+
+    mesh: Mesh
+    per_worker: NamedSharding
+    replicated: NamedSharding
+    init: Callable  # init(params, keys[W]) -> state
+    init_per_worker: Callable  # init(params[W], keys[W]) -> state (elastic regrouping)
+    params_of: Callable  # state -> params[W]
+    chunk: Callable  # see worker_chunk; compiled by compile()
+    evaluate: Callable | None = None  # evaluate(state, key) -> metrics; compiled by compile()
+    step_bytes: dict = dataclasses.field(default_factory=dict)
+    bytes_per_step: int = 0
+    quiet_bytes: int = 0
+
+
+def _one_worker(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+
+
+def make_program(exp: Experiment, algo: Algorithm, *, workers: int, lifting: str, devices: int,
+                 batch_size: int | None, length: int, check_state: bool) -> Program:
+    """Lifts and jits ``algo`` (already wrapped) for ``workers`` workers; nothing compiles
+    yet (see :func:`compile_program`)."""
+    mesh = worker_mesh(workers, lifting, devices)
+    per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
+    lift_ = functools.partial(lift, lifting=lifting,
+                              mesh=mesh if lifting == "shard_map" else None)
+    step = functools.partial(worker_step, algo, batch_size)
+    stacked_step = lift_(step, in_axes=(0, 0, None, None))
+    one_step_shapes = lambda state, data, key: jax.eval_shape(
+        stacked_step, state, data, key, jnp.int32(0))[1]
+
+    def chunk(state, data, key, step0, n):
+        shapes = _one_worker(one_step_shapes(state, data, key))
+        body = worker_chunk(step, length, shapes, check_state, lifting == "shard_map")
+        return lift_(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
+
+    return Program(
+        mesh=mesh, per_worker=per_worker, replicated=replicated,
+        init=jax.jit(lift_(algo.init, in_axes=(None, 0)), out_shardings=per_worker),
+        init_per_worker=jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker),
+        params_of=jax.jit(jax.vmap(algo.params)),
+        chunk=jax.jit(chunk, donate_argnums=0,
+                      out_shardings=(per_worker, per_worker, per_worker)),
+    )
+
+
+def compile_program(program: Program, exp: Experiment, algo: Algorithm, state, data, key, *,
+                    workers: int, batch_size: int | None, eval_batch_size: int) -> Program:
+    """Compiles the chunk and the evaluation for ``state``'s shapes and counts one step's
+    bytes per worker from the lowered HLO (``bytes/step``: a step that communicates;
+    ``quiet_bytes``: the other steps of algorithms that communicate on some steps only)."""
+    step0 = jnp.zeros((), jnp.int32)
+    chunk = program.chunk.lower(state, data, key, step0, step0).compile()
+    count = lambda conditionals: comm.worker_bytes(
+        functools.partial(worker_step, algo, batch_size), workers, _one_worker(state),
+        _one_worker(data), key, step0, in_axes=(0, 0, None, None),
+        platform=jax.default_backend(), conditionals=conditionals)
+    step_bytes = count("max")
+    evaluate = make_state_evaluate(exp, program, eval_batch_size)
+    evaluate = evaluate.lower(state, key).compile()
+    return dataclasses.replace(
+        program, chunk=chunk, evaluate=evaluate, step_bytes=step_bytes,
+        bytes_per_step=sum(step_bytes.values()), quiet_bytes=sum(count("min").values()),
+    )
+
+
+def make_state_evaluate(exp: Experiment, program: Program, eval_batch_size: int):
+    """``evaluate(state, key)``: :func:`jdo.train.evaluate.make_evaluate` on the workers'
+    params plus the experiment's own per-worker evaluation (``eval/<name>`` mean over workers
+    and ``eval/<name>_min``)."""
+    evaluate_params = make_evaluate(exp, eval_batch_size)
+    per_worker = exp.evaluate_worker
+
+    @jax.jit
+    def evaluate(state, key):
+        out = evaluate_params(program.params_of(state))
+        if per_worker is not None:
+            keys = jax.random.split(key, jax.tree.leaves(state)[0].shape[0])
+            values = jax.vmap(per_worker)(state, keys)
+            for name, v in values.items():
+                out[f"eval/{name}"] = jnp.mean(v)
+                out[f"eval/{name}_min"] = jnp.min(v)
+        return out
+
+    return evaluate
