@@ -71,3 +71,20 @@ def test_the_readme_own_training_loop_snippets_run():
     worker0 = jax.tree.map(lambda a: a[0], (ns["params"], ns["batch"]))
     assert float(ns["loss_fn"](*worker0)) < 1e-6  # all-reduce Adam reached the shared optimum
     assert float(ns["metrics"]["mse"].max()) < 1e-6  # so did gradient tracking, on every worker
+
+
+def test_jdo_train_names_are_not_shadowed_by_its_submodules():
+    """Importing ``jdo.train.x`` sets the package attribute ``x`` to the module: an exported
+    name equal to a submodule's (``build``) would turn into that module once anything imported
+    it, whatever the lazy ``__getattr__`` says."""
+    code = (
+        "import importlib, inspect, pkgutil, jdo.train as t\n"
+        "for m in pkgutil.iter_modules(t.__path__):\n"
+        "    importlib.import_module(f'jdo.train.{m.name}')\n"
+        "print(*(n for n in t.__all__ if inspect.ismodule(getattr(t, n))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []

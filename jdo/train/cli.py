@@ -85,8 +85,10 @@ def _require_rl_extra(task) -> None:
     try:
         import gymnasium  # noqa: F401
         import gymnax  # noqa: F401
-    except ImportError as e:
-        _fail(f"task: reinforcement-learning tasks need {e.name}: pip install 'jdo[rl]'", 2)
+    except ImportError:
+        _fail(
+            "task: reinforcement-learning tasks need gymnax and gymnasium: pip install 'jdo[rl]'", 2
+        )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://jdo.conf", config_name="config")
