@@ -14,8 +14,18 @@ from jdo._axis import WORKERS
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("algorithms", "comm", "compress", "constrained", "data", "models", "topology",
-                "train", "transforms")  # fmt: skip
+_SUBPACKAGES = (
+    "algorithms",
+    "comm",
+    "compress",
+    "constrained",
+    "data",
+    "models",
+    "rl",
+    "topology",
+    "train",
+    "transforms",
+)
 _FROM_LIFTING = ("LIFTINGS", "lift")
 
 __all__ = ["WORKERS", "__version__", *_FROM_LIFTING, *_SUBPACKAGES]

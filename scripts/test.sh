@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the whole test suite (8 simulated CPU devices; see tests/conftest.py).
+# Sets everything up, then runs the test suite without the slow tests (8 simulated CPU devices;
+# see tests/conftest.py). Extra args go to pytest: `-m "slow or not slow"` runs everything, as
+# CI's .ci/run does; `-m slow` only the slow ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -m "not slow" "$@"

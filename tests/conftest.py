@@ -24,12 +24,21 @@ def mesh8():
     return make_mesh(8)
 
 
+def compose_cfg(*overrides):
+    """The real config composed with ``overrides``, as the command line would compose it."""
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 @pytest.fixture
 def make_cfg():
-    """Composes the real config with overrides, as the command line would."""
+    """:func:`compose_cfg`, as a fixture."""
+    return compose_cfg
 
-    def _compose(*overrides):
-        with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
 
-    return _compose
+@pytest.fixture
+def float64():
+    """64-bit JAX inside the test (for float64 references), 32-bit again after it."""
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)

@@ -1,52 +1,227 @@
-"""Bad input, as ``python -m experiments.train`` meets it: one clear message naming the key and
-what is allowed, a non-zero exit status, no traceback, and nothing lost — every case runs in a
-directory that already holds a finished run, whose checkpoints and metrics must come out
+"""Bad input: ONE table of every bad value, file and command line the tests know. Each must fail
+with one clear message naming the key and what is allowed, the exit status the CLI documents
+(1: Hydra's own composition errors; 2: a bad config or input), no traceback, and nothing lost:
+every case runs into a copy of a finished run, whose checkpoints and metrics must come out
 byte-identical.
 
-All cases run one after the other in ONE fresh process (Hydra's entry point called in-process;
-``SystemExit`` carries the status the shell sees): fast, and isolated from what other tests did
-to this process's logging and output capture.
+Cases the runner raises (``ConfigError``, which the CLI prints as ``error: <message>`` with
+status 2) run in this process through :func:`jdo.train.run`. Cases only the command line shows
+(``cli=True``: Hydra's composition errors, what the CLI checks before JAX starts or before
+``run``, a missing extra) and a few runner cases end to end all run in ONE fresh process
+through the CLI's entry point (:func:`tests.helpers.run_cli_cases`).
 """
 
-import contextlib
 import hashlib
-import io
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
-from tests.helpers import write_idx, write_mnist_dir
+from jdo.train import ConfigError, run
+from tests.conftest import compose_cfg
+from tests.helpers import run_cli_cases, write_idx, write_mnist_dir
 
-SMOKE = ("debug=smoke", "model.hidden=[16]")
-ROOT = Path(__file__).parent.parent
+SMOKE = ("debug=smoke",)
 
 
-def _run_cases(cases_json: str, out_json: str) -> None:
-    """In a fresh process: each ``argv`` of ``cases_json`` through the CLI entry point."""
-    from experiments.train import cli
+class Case(NamedTuple):
+    overrides: tuple[str, ...]  # "{run}", "{truncated}", ...: paths made by _files()
+    status: int  # what the shell sees
+    message: str | tuple[str, ...]  # what stderr (or "error: " + the ConfigError) holds
+    cli: bool = False  # run through the command line (else through jdo.train.run)
+    without: tuple[str, ...] = ()  # modules made unimportable for this case
 
-    script = str(ROOT / "experiments" / "train.py")
-    results = []
-    for argv in json.loads(Path(cases_json).read_text()):
-        sys.argv = [script, *argv]
-        err = io.StringIO()
-        code = 0
-        with contextlib.redirect_stderr(err):
-            try:
-                cli()
-            except SystemExit as e:
-                code = 0 if e.code is None else e.code
-        results.append({"status": code, "stderr": err.getvalue()})
-    Path(out_json).write_text(json.dumps(results))
+
+CASES = [
+    # Hydra's own composition errors (status 1; Hydra lists the choices)
+    Case(
+        ("algorithm=nope",),
+        1,
+        ("Could not find 'algorithm/nope'", "Available options in 'algorithm':"),
+        cli=True,
+    ),
+    Case(("model=resnet9000",), 1, "Could not find 'model/resnet9000'", cli=True),
+    Case(("trainer.nope=1",), 1, "Key 'nope' is not in struct", cli=True),
+    # checked by the CLI before JAX starts (so first among the cli cases) or before run()
+    Case(
+        ("cpu_devices=0",),
+        2,
+        "error: cpu_devices: must be a positive integer or null, got 0",
+        cli=True,
+    ),
+    Case(
+        ("deterministic=maybe",),
+        2,
+        "error: deterministic: must be true or false, got 'maybe'",
+        cli=True,
+    ),
+    Case(
+        ("distributed.num_processes=2",),
+        2,
+        "error: distributed.coordinator: is required when distributed.num_processes is set",
+        cli=True,
+    ),
+    Case(
+        ("hydra.run.dir={blocked}",),
+        2,
+        "error: hydra.run.dir: cannot create {blocked}: {blocked_parent} is not a directory",
+        cli=True,
+    ),
+    Case(
+        ("task=cartpole",),
+        2,
+        "error: task: reinforcement-learning tasks need gymnax and gymnasium: pip install 'jdo[rl]'",
+        cli=True,
+        without=("gymnax",),
+    ),
+    # config values
+    Case(
+        ("trainer.steps=abc",),
+        2,
+        "error: trainer.steps: must be a positive integer, got 'abc'",
+        cli=True,
+    ),
+    Case(("trainer.steps=0",), 2, "error: trainer.steps: must be a positive integer, got 0"),
+    Case(("trainer.steps=-5",), 2, "error: trainer.steps: must be a positive integer, got -5"),
+    Case(
+        ("trainer.steps=1001", "trainer.log_every=50", "trainer.eval_every=50"),
+        2,
+        "error: trainer.steps: must be a multiple of trainer.log_every (50)",
+    ),
+    Case(
+        ("trainer.eval_every=75", "trainer.log_every=50", "trainer.steps=1000"),
+        2,
+        "error: trainer.eval_every: must be a multiple of trainer.log_every",
+    ),
+    Case(
+        ("trainer.batch_size=0",),
+        2,
+        "error: trainer.batch_size: must be a positive integer or null, got 0",
+    ),
+    Case(
+        ("trainer.nonfinite=maybe",),
+        2,
+        "error: trainer.nonfinite: must be one of stop, skip; got 'maybe'",
+    ),
+    Case(
+        ("+trainer.stesp=5",),
+        2,
+        "error: trainer.stesp: unknown key; allowed keys: batch_size, ",
+    ),
+    Case(("workers=0",), 2, "error: workers: must be a positive integer, got 0"),
+    Case(("workers=two",), 2, "error: workers: must be a positive integer, got 'two'"),
+    Case(("seed=1.5",), 2, "error: seed: must be a non-negative integer, got 1.5"),
+    Case(("seed=-1",), 2, "error: seed: must be a non-negative integer, got -1"),
+    Case(
+        ("optimizer.learning_rate=0",),
+        2,
+        "error: optimizer.learning_rate: must be a positive number, got 0",
+    ),
+    Case(
+        ("optimizer.learning_rate=-0.1",),
+        2,
+        "error: optimizer.learning_rate: must be a positive number, got -0.1",
+    ),
+    Case(
+        ("optimizer.learning_rate=-1",),
+        2,
+        "error: optimizer.learning_rate: must be a positive number, got -1",
+    ),
+    Case(
+        ("lifting=shard_map", "workers=16"),
+        2,
+        "error: workers: the shard_map lifting puts one worker per device: workers must be 1..8",
+    ),
+    Case(
+        ("lifting=shard_map", "workers=9"),
+        2,
+        "error: workers: the shard_map lifting puts one worker per device: workers must be 1..8",
+    ),
+    Case(
+        ("lifting.devices=3",),
+        2,
+        "error: lifting.devices: spreads the workers over this many devices: "
+        "it must divide workers (8)",
+    ),
+    Case(
+        ("algorithm=dpsgd", "topology.n=5"), 2, "error: topology.n: must equal workers (8), got 5"
+    ),
+    Case(
+        ("partition=dirichlet", "partition.alpha=0"),
+        2,
+        "error: partition.alpha: must be a positive number, got 0",
+    ),
+    Case(
+        ("partition=natural",),
+        2,
+        ("error: partition: ", "the digits data has no natural partition"),
+    ),
+    Case(
+        ("model=cnn", "task=least_squares"), 2, "error: model: ValueError: CNN needs image inputs"
+    ),
+    Case(
+        ("algorithm=consensus_admm", "algorithm.solver=newton"),
+        2,
+        "error: algorithm: consensus_admm: "
+        "the Newton x-update needs the Hessian of 26122 parameters",
+    ),
+    Case(
+        ("checkpoint.resume=sometimes",),
+        2,
+        "error: checkpoint.resume: must be one of auto, force; got 'sometimes'",
+    ),
+    Case(
+        ("trainer.log_every=3", "trainer.steps=3", "checkpoint.every=2"),
+        2,
+        "error: checkpoint.every: must be a multiple of trainer.log_every (3) or null, got 2",
+    ),
+    Case(
+        ("+optimiser=sgd",),
+        2,
+        (
+            "error: optimiser: unknown top-level key; allowed: model, algorithm, ",
+            "(a config group is chosen with group=option, e.g. optimizer=sgd)",
+        ),
+    ),
+    # data files
+    Case(("task=mnist",), 2, "error: task.data.directory: is required"),
+    Case(("task=mnist", "task.data.directory=/no/dir"), 2, "data directory not found: /no/dir"),
+    Case(("task=mnist", "task.data.directory={truncated}"), 2, "header says shape"),
+    Case(("task=mnist", "task.data.directory={not_idx}"), 2, "not an IDX file (bad magic number)"),
+    Case(
+        ("task=npz", "task.data.path=/no/file.npz"),
+        2,
+        "error: task.data: FileNotFoundError: .npz file not found: /no/file.npz",
+    ),
+    Case(("task=npz", "task.data.path={npz}"), 2, "error: task.data: ", cli=True),
+    # the finished run's checkpoint does not fit
+    Case(
+        ("optimizer.learning_rate=0.01",),
+        2,
+        "error: checkpoint.resume: {run}/checkpoints holds a checkpoint (step 3) of a different "
+        "config: optimizer.learning_rate was 0.001, is now 0.01",
+        cli=True,
+    ),
+    Case(
+        ("workers=4",),
+        2,
+        "error: checkpoint.resume: {run}/checkpoints holds a checkpoint (step 3) of a different "
+        "config: workers was 8, is now 4",
+    ),
+    Case(
+        ("trainer.steps=2", "trainer.eval_every=1"),
+        2,
+        "error: trainer.steps: the checkpoint in {run}/checkpoints is at step 3: "
+        "use trainer.steps >= 3",
+    ),
+]
 
 
 def _fingerprint(run_dir: Path) -> dict[str, str]:
-    """Every file of the finished run that must survive (Hydra's own .hydra/ aside)."""
+    """Every file of the finished run that must survive (Hydra's own .hydra/ and log aside)."""
     out = {}
     for root, _, files in os.walk(run_dir):
         for name in files:
@@ -57,20 +232,6 @@ def _fingerprint(run_dir: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished smoke run (8 workers, checkpoints) to run the bad inputs into."""
-    run_dir = tmp_path_factory.mktemp("finished")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *SMOKE, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert (run_dir / "checkpoints" / "3").is_dir()
-    return run_dir
-
-
 def _files(tmp_path: Path) -> dict[str, str]:
     """Data files for the data-file cases."""
     good = write_mnist_dir(str(tmp_path / "mnist"))
@@ -79,145 +240,88 @@ def _files(tmp_path: Path) -> dict[str, str]:
     images.write_bytes(images.read_bytes()[:-100])
     notidx = shutil.copytree(good, tmp_path / "mnist_not_idx")
     (notidx / "train-images-idx3-ubyte").write_bytes(b"PK\x03\x04 this is a zip, not IDX")
-    write_idx(str(tmp_path / "unused.idx"), __import__("numpy").zeros(3, "uint8"))
+    write_idx(str(tmp_path / "unused.idx"), np.zeros(3, "uint8"))
     (tmp_path / "broken.npz").write_bytes(b"not an npz archive")
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    return {"truncated": str(bad), "not_idx": str(notidx), "npz": str(tmp_path / "broken.npz"),
-            "blocked": str(blocker / "run")}  # fmt: skip
+    return {
+        "truncated": str(bad),
+        "not_idx": str(notidx),
+        "npz": str(tmp_path / "broken.npz"),
+        "blocked": str(blocker / "run"),
+        "blocked_parent": str(blocker),
+    }
 
 
-CASES = [  # (overrides, exit status, message)
-    (("algorithm=nope",), 1, "Could not find 'algorithm/nope'"),
-    (("model=resnet9000",), 1, "Could not find 'model/resnet9000'"),
-    (("trainer.nope=1",), 1, "Key 'nope' is not in struct"),
-    (("trainer.steps=abc",), 2, "error: trainer.steps: must be a positive integer, got 'abc'"),
-    (("trainer.steps=0",), 2, "error: trainer.steps: must be a positive integer, got 0"),
-    (("workers=0",), 2, "error: workers: must be a positive integer, got 0"),
-    (("seed=1.5",), 2, "error: seed: must be an integer, got 1.5"),
-    (("optimizer.learning_rate=-1",), 2, "error: optimizer.learning_rate: must be a positive"),
-    (
-        ("lifting=shard_map", "workers=16"),
-        2,
-        "error: workers: the shard_map lifting puts one worker per device: workers must be 1..8",
-    ),
-    (
-        ("lifting.devices=3",),
-        2,
-        "error: lifting.devices: spreads the workers over this many "
-        "devices: it must divide workers (8)",
-    ),
-    (("algorithm=dpsgd", "topology.n=5"), 2, "error: topology.n: must equal workers (8), got 5"),
-    (
-        ("partition=dirichlet", "partition.alpha=0"),
-        2,
-        "error: partition.alpha: must be a positive number, got 0",
-    ),
-    (
-        ("trainer.nonfinite=maybe",),
-        2,
-        "error: trainer.nonfinite: must be one of stop, skip; got 'maybe'",
-    ),
-    (
-        ("trainer.log_every=3", "trainer.steps=3", "checkpoint.every=2"),
-        2,
-        "error: checkpoint.every: must be a multiple of trainer.log_every (3) or null, got 2",
-    ),
-    (
-        ("checkpoint.resume=sometimes",),
-        2,
-        "error: checkpoint.resume: must be one of auto, force; got 'sometimes'",
-    ),
-    (
-        ("fault.kill_at_step=-3",),
-        2,
-        "error: fault.kill_at_step: must be a positive integer or null, got -3",
-    ),
-    (
-        ("distributed.num_processes=2",),
-        2,
-        "error: distributed.coordinator: is required when distributed.num_processes is set",
-    ),
-    (("task=mnist",), 2, "error: task.data.directory: is required"),
-    (("task=mnist", "task.data.directory=/no/dir"), 2, "data directory not found: /no/dir"),
-    (("task=mnist", "task.data.directory={truncated}"), 2, "header says shape"),
-    (("task=mnist", "task.data.directory={not_idx}"), 2, "not an IDX file (bad magic number)"),
-    (("task=npz", "task.data.path={npz}"), 2, "error: task.data: "),
-    (
-        ("optimizer.learning_rate=0.01",),
-        2,
-        "error: checkpoint.resume: {run}/checkpoints holds a checkpoint (step 3) of a different "
-        "config: optimizer.learning_rate was 0.001, is now 0.01",
-    ),
-    (
-        ("workers=4",),
-        2,
-        "error: checkpoint.resume: {run}/checkpoints holds a checkpoint (step 3)"
-        " of a different config: workers was 8, is now 4",
-    ),
-    (
-        ("trainer.steps=2", "trainer.eval_every=1"),
-        2,
-        "error: trainer.steps: the checkpoint in {run}/checkpoints is at step 3: use "
-        "trainer.steps >= 3",
-    ),
-]
+class Prepared(NamedTuple):
+    overrides: list[str]  # with paths filled in
+    message: tuple[str, ...]
+    run_dir: Path
+    before: dict[str, str]  # the finished run's fingerprint
 
 
 @pytest.fixture(scope="module")
-def outcomes(finished_run, tmp_path_factory):
-    """Every case (and the unwritable run directory) run in one fresh process, each into its
-    own copy of the finished run; ``{case id: (status, stderr, files, before, run_dir)}``."""
+def prepared(tmp_path_factory):
+    """Each case's overrides and expected messages with paths filled in, and its own copy of a
+    finished smoke run (8 workers, checkpoints at step 3)."""
+    finished = tmp_path_factory.mktemp("finished")
+    run(compose_cfg(*SMOKE), output_dir=str(finished))
+    assert (finished / "checkpoints" / "3").is_dir()
     work = tmp_path_factory.mktemp("bad_input")
     files = _files(work)
-    cases, prepared = [], {}
-    for i, (overrides, _, _) in enumerate(CASES):
+    out = []
+    for i, case in enumerate(CASES):
         run_dir = work / f"run{i}"
-        shutil.copytree(finished_run, run_dir)
+        shutil.copytree(finished, run_dir)
         names = {**files, "run": str(run_dir)}
-        prepared[i] = (names, _fingerprint(run_dir), run_dir)
-        cases.append([*SMOKE, *(o.format(**names) for o in overrides), f"hydra.run.dir={run_dir}"])
-    cases.append([*SMOKE, f"hydra.run.dir={files['blocked']}"])
-    (work / "cases.json").write_text(json.dumps(cases))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    code = f"import tests.test_bad_input as t; t._run_cases({str(work / 'cases.json')!r}, " \
-           f"{str(work / 'out.json')!r})"  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((work / "out.json").read_text())
-    return results, prepared, files
+        messages = (case.message,) if isinstance(case.message, str) else case.message
+        overrides = [o.format(**names) for o in case.overrides]
+        if not any(o.startswith("hydra.run.dir=") for o in overrides):
+            overrides.append(f"hydra.run.dir={run_dir}")
+        out.append(
+            Prepared(
+                overrides,
+                tuple(m.format(**names) for m in messages),
+                run_dir,
+                _fingerprint(run_dir),
+            )
+        )
+    return out
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(c[0]) for c in CASES])
-def test_bad_input_one_message_non_zero_exit_nothing_lost(index, outcomes):
-    results, prepared, _ = outcomes
-    _, code, message = CASES[index]
-    names, before, run_dir = prepared[index]
-    status, stderr = results[index]["status"], results[index]["stderr"]
-    assert status == code, stderr
-    assert message.format(**names) in stderr
-    assert "Traceback" not in stderr
-    assert _fingerprint(run_dir) == before
+@pytest.fixture(scope="module")
+def cli_results(prepared, tmp_path_factory):
+    """The ``cli=True`` cases, in table order, in one fresh process: ``{index: result}``."""
+    indices = [i for i, case in enumerate(CASES) if case.cli]
+    cases = [
+        {"argv": [*SMOKE, *prepared[i].overrides], "without": list(CASES[i].without)}
+        for i in indices
+    ]
+    return dict(zip(indices, run_cli_cases(cases, tmp_path_factory.mktemp("cli")), strict=True))
 
 
-def test_unwritable_output_directory(outcomes, tmp_path):
-    from hydra import compose, initialize_config_dir
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(c.overrides) for c in CASES])
+def test_bad_input_one_message_non_zero_exit_nothing_lost(index, prepared, request):
+    case, p = CASES[index], prepared[index]
+    if case.cli:
+        result = request.getfixturevalue("cli_results")[index]
+        status, stderr = result["status"], result["stderr"]
+        assert "Traceback" not in stderr
+    else:
+        overrides = [o for o in p.overrides if not o.startswith("hydra.run.dir=")]
+        with pytest.raises(ConfigError) as err:
+            run(compose_cfg(*SMOKE, *overrides), output_dir=str(p.run_dir))
+        status, stderr = 2, f"error: {err.value}"
+    assert status == case.status, stderr
+    for message in p.message:
+        assert message in stderr
+    assert _fingerprint(p.run_dir) == p.before
 
-    from jdo.train import ConfigError, run
-    from tests.conftest import CONF
 
+def test_run_refuses_an_output_directory_it_cannot_write(tmp_path):
+    """What ``jdo.train.run`` says itself (the CLI checks ``hydra.run.dir`` before Hydra
+    makes it: the hydra.run.dir case above)."""
     blocked = _files(tmp_path)["blocked"]
-    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(SMOKE))
     expected = f"output_dir: cannot write to {blocked}: Not a directory"
     with pytest.raises(ConfigError, match=expected):
-        run(cfg, output_dir=blocked)
-    # and from the command line, where Hydra itself would make the run directory
-    results, _, files = outcomes
-    status, stderr = results[-1]["status"], results[-1]["stderr"]
-    blocked = files["blocked"]
-    assert status == 2
-    parent = os.path.dirname(blocked)
-    assert f"error: hydra.run.dir: cannot create {blocked}: {parent} is not a directory" in stderr
-    assert "Traceback" not in stderr
+        run(compose_cfg(*SMOKE), output_dir=blocked)

@@ -1,26 +1,16 @@
-"""``python -m experiments.train`` as a user runs it: files written, sweeps, bad input."""
+"""``python -m experiments.train`` (``jdo-train``) as a user runs it: files written, sweeps,
+``--help``. Bad command lines are in tests/test_bad_input.py."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).parent.parent
-
-
-def _train(*overrides, cwd=ROOT):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+from tests.conftest import CONF
+from tests.helpers import run_cli
 
 
 def test_run_writes_config_metrics_summary_and_prints_a_table(tmp_path):
-    out = _train("debug=smoke", "lifting=shard_map", f"hydra.run.dir={tmp_path}")
+    out = run_cli("debug=smoke", "lifting=shard_map", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert {"config.yaml", "metrics.jsonl", "summary.json"} <= set(os.listdir(tmp_path))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
@@ -31,7 +21,7 @@ def test_run_writes_config_metrics_summary_and_prints_a_table(tmp_path):
 
 
 def test_multirun_sweep(tmp_path):
-    out = _train("--multirun", "debug=smoke", "workers=1,4", f"hydra.sweep.dir={tmp_path}")
+    out = run_cli("--multirun", "debug=smoke", "workers=1,4", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     workers = sorted(
         json.loads((p / "summary.json").read_text())["workers"]
@@ -41,24 +31,18 @@ def test_multirun_sweep(tmp_path):
     assert workers == [1, 4]
 
 
-@pytest.mark.parametrize(
-    "overrides,code,message",
-    [
-        (("algorithm=nope",), 1, "Available options in 'algorithm':"),
-        (("model=resnet9000",), 1, "Could not find 'model/resnet9000'"),
-        (("trainer.steps=abc",), 2, "error: trainer.steps: must be a positive integer, got 'abc'"),
-        (("trainer.steps=0",), 2, "error: trainer.steps: must be a positive integer, got 0"),
-        (("optimizer.learning_rate=-1",), 2, "error: optimizer.learning_rate: must be a positive"),
-        (("lifting=shard_map", "workers=16"), 2, "error: workers: the shard_map lifting puts one"),
-        (("task=mnist",), 2, "error: task.data.directory: is required"),
-        (("task=mnist", "task.data.directory=/no/dir"), 2, "data directory not found: /no/dir"),
-        (("trainer.nope=1",), 1, "Key 'nope' is not in struct"),
-        (("cpu_devices=0",), 2, "error: cpu_devices: must be a positive integer or null, got 0"),
-    ],
-)
-def test_bad_input_exits_non_zero_with_one_clear_message(overrides, code, message, tmp_path):
-    out = _train(*overrides, f"hydra.run.dir={tmp_path}")
-    assert out.returncode == code, out.stderr
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_help_is_jdos_own_short_usage():
+    """Every config group with its options (read from jdo/conf by Hydra), examples, where the
+    README is, and how to get Hydra's own help; nothing runs, JAX never starts."""
+    out = run_cli("--help", timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("jdo-train: ")
+    groups = sorted(p.name for p in Path(CONF).iterdir() if p.is_dir() and p.name != "hydra")
+    section = text.split("Config groups")[1].split("Examples:")[0].splitlines()[1:]
+    assert sorted(line.split(": ")[0] for line in section if line) == groups
+    assert "algorithm: " in text and "dpsgd" in text.split("algorithm: ")[1].splitlines()[0]
+    assert text.count("  jdo-train ") == 3  # three example commands
+    assert "README.md" in text and "--hydra-help" in text
+    assert "== Config ==" not in text  # not Hydra's default page with the whole config
+    assert run_cli("--hydra-help", timeout=120).stdout.startswith("Hydra (")

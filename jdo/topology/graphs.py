@@ -18,12 +18,15 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from jdo import checks
 from jdo.topology.schedule import Schedule, make_schedule
+
+if TYPE_CHECKING:
+    import networkx as nx  # imported where a graph is built: `import jdo.transforms` stays light
 
 STOCHASTIC = ("doubly", "row", "column")
 WEIGHTS = ("metropolis", "uniform")
@@ -138,6 +141,8 @@ def _validate(
         if stochastic in ("doubly", "column") and cols > 1e-8:
             raise bad(t, f"is not column stochastic (a column sums to 1 ± {cols:.2g})")
         union |= w > 0
+    import networkx as nx
+
     graph = nx.from_numpy_array(union.astype(int), create_using=nx.DiGraph)
     if n > 1 and not nx.is_strongly_connected(graph):
         parts = nx.number_strongly_connected_components(graph)
@@ -321,6 +326,8 @@ def erdos_renyi(
     n: int, p: float, seed: int = 0, weights: str = "metropolis", directed: bool = False
 ) -> Topology:
     """Random G(n, p) graph (networkx, fixed seed); an error if it is not connected."""
+    import networkx as nx
+
     n = _check_n(n)
     checks.probability("p", p, allow_zero=False)
     checks.integer("seed", seed)
@@ -342,6 +349,8 @@ def from_networkx(
 ) -> Topology:
     """Topology of a networkx graph (nodes relabelled 0..n−1 in sorted order); a ``DiGraph``
     gives a column-stochastic (push-sum) topology."""
+    import networkx as nx
+
     nodes = sorted(graph.nodes)
     adj = nx.to_numpy_array(graph, nodelist=nodes).T
     return _from_adj(name or "networkx", adj, weights, directed=graph.is_directed())

@@ -78,10 +78,24 @@ def _deterministic_gpu(enabled) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
 
 
+def _require_rl_extra(task) -> None:
+    """RL tasks need the ``rl`` extra (gymnax, gymnasium): say so in one line."""
+    if task.get("kind") != "rl":
+        return
+    try:
+        import gymnasium  # noqa: F401
+        import gymnax  # noqa: F401
+    except ImportError:
+        _fail(
+            "task: reinforcement-learning tasks need gymnax and gymnasium: pip install 'jdo[rl]'", 2
+        )
+
+
 @hydra.main(version_base="1.3", config_path="pkg://jdo.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     _simulate_cpu_devices(cfg.get("cpu_devices"))
     _deterministic_gpu(cfg.get("deterministic", True))
+    _require_rl_extra(cfg.task)
     from jdo.train import distributed
     from jdo.train.preemption import (
         EXIT_CONFIG,

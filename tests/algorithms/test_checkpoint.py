@@ -9,7 +9,7 @@ import pytest
 
 import jdo
 from jdo.train import build
-from tests.helpers import orbax_round_trip
+from tests.helpers import lifted, orbax_round_trip
 
 EXTRA = {
     "compressed_sgd": ["compression=top_k", "algorithm.error_feedback=ef21"],
@@ -38,8 +38,7 @@ def test_state_round_trips_through_orbax_and_continues_identically(name, make_cf
     workers = np.arange(W)[None, :, None]  # each worker draws from its own part
     batches = {"x": exp.data.x[workers, idx], "y": exp.data.y[workers, idx],
                "weight": np.ones((8, W, 4), np.float32)}  # fmt: skip
-    init = jax.jit(jax.vmap(algo.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
-    step = jax.jit(jax.vmap(algo.step, in_axes=(0, 0, None), axis_name=jdo.WORKERS))
+    init, step = lifted(algo)
     state = _run(step, init(exp.params, jnp.zeros((W, 2), jnp.uint32)), batches, 0, 4)
     restored = orbax_round_trip(state, tmp_path / "ckpt")
     assert jax.tree.structure(restored) == jax.tree.structure(state)

@@ -168,13 +168,6 @@ def _distance_to_optimum(name, topology, steps=4000, lr=0.05):
     return float(np.linalg.norm(mean - _theta(ds.optimum)))
 
 
-@pytest.fixture
-def float64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 @pytest.mark.parametrize("topo", ["ring", "one_peer"])
 def test_gradient_tracking_is_exact_and_dpsgd_stalls_with_a_constant_step(topo, float64):
     """Heterogeneous least squares, full-batch gradients, constant step 0.05. In float64:

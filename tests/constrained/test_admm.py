@@ -16,13 +16,6 @@ from jdo.constrained import prox
 W, N, D = 4, 200, 10
 
 
-@pytest.fixture
-def float64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def _problem(kind="regression", seed=0):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(N, D))

@@ -13,13 +13,6 @@ from jdo import checks
 W = 4
 
 
-@pytest.fixture
-def float64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def _run(algo, params, batch, steps):
     init = jax.vmap(algo.init, in_axes=(None, 0), axis_name=jdo.WORKERS)
     step = jax.vmap(algo.step, in_axes=(0, 0, None), axis_name=jdo.WORKERS)

@@ -1,10 +1,10 @@
-"""Every Hydra group option composes and smoke-runs; bad values fail before compiling."""
+"""Every Hydra group option composes and smoke-runs (bad values: tests/test_bad_input.py)."""
 
 import os
 
 import pytest
 
-from jdo.train import ConfigError, run, validate
+from jdo.train import run
 from tests.conftest import CONF
 from tests.helpers import write_mnist_dir, write_npz
 
@@ -84,51 +84,4 @@ def test_default_config_smoke_run(make_cfg, tmp_path):
     assert 0 < summary["train/loss"] < 3
 
 
-BAD = [
-    (("workers=0",), "workers: must be a positive integer, got 0"),
-    (("workers=two",), "workers: must be a positive integer, got 'two'"),
-    (("trainer.steps=-5",), "trainer.steps: must be a positive integer, got -5"),
-    (("trainer.steps=abc",), "trainer.steps: must be a positive integer, got 'abc'"),
-    (("trainer.steps=1001",), "trainer.steps: must be a multiple of trainer.log_every (50)"),
-    (("trainer.eval_every=75",), "trainer.eval_every: must be a multiple of trainer.log_every"),
-    (("trainer.batch_size=0",), "trainer.batch_size: must be a positive integer or null, got 0"),
-    (("optimizer.learning_rate=0",), "optimizer.learning_rate: must be a positive number, got 0"),
-    (("optimizer.learning_rate=-0.1",), "optimizer.learning_rate: must be a positive number"),
-    (("lifting=shard_map", "workers=9"), "workers: the shard_map lifting puts one worker per"),
-    (("partition=dirichlet", "partition.alpha=0"), "partition.alpha: must be a positive number"),
-    (
-        ("+trainer.stesp=5",),
-        "trainer.stesp: unknown key; allowed keys: batch_size, eval_batch_size",
-    ),
-    (("seed=1.5",), "seed: must be an integer, got 1.5"),
-]
-
-
-@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_values_name_the_key(overrides, message, make_cfg):
-    with pytest.raises(ConfigError) as err:
-        validate(__import__("omegaconf").OmegaConf.to_container(make_cfg(*overrides), resolve=True))
-    assert message in str(err.value)
-
-
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (("task=mnist",), "task.data.directory: is required"),
-        (
-            ("task=mnist", "task.data.directory=/no/such/dir"),
-            "data directory not found: /no/such/dir",
-        ),
-        (("task=npz", "task.data.path=/no/file.npz"), ".npz file not found: /no/file.npz"),
-        (("partition=natural",), "partition: the digits data has no natural partition"),
-        (("model=cnn", "task=least_squares"), "model: ValueError: CNN needs image inputs"),
-        (
-            ("algorithm=consensus_admm", "algorithm.solver=newton"),
-            "algorithm: consensus_admm: the Newton x-update needs the Hessian of 26122 parameters",
-        ),
-    ],
-)
-def test_bad_inputs_fail_before_compiling(overrides, message, make_cfg, tmp_path):
-    with pytest.raises(ConfigError, match=message):
-        run(make_cfg(*overrides, *SMOKE), output_dir=str(tmp_path))
-    assert not (tmp_path / "metrics.jsonl").exists()
+# Bad values and inputs: the one table in tests/test_bad_input.py.
