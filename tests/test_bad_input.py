@@ -116,6 +116,19 @@ CASES = [
     Case(("seed=1.5",), 2, "error: seed: must be a non-negative integer, got 1.5"),
     Case(("seed=-1",), 2, "error: seed: must be a non-negative integer, got -1"),
     Case(
+        ("algorithm=ppo",),
+        2,
+        "error: algorithm: ppo is a reinforcement-learning algorithm: use it with an RL task",
+    ),
+    Case(("model.hidden=128",), 2, "error: model.hidden: must be a list of integers, got 128"),
+    Case(
+        ("algorithm=compressed_sgd", "compression=top_k", "compression.ratio=1.5"),
+        2,
+        "error: compression.ratio: must be in (0, 1], got 1.5",
+    ),
+    Case(("algorithm=dpsgd", "topology=torus", "workers=7"), 2, "error: topology.n: "),
+    Case(("lifting.devices=3",), 2, "error: lifting.devices: spreads the workers over"),
+    Case(
         ("optimizer.learning_rate=0",),
         2,
         "error: optimizer.learning_rate: must be a positive number, got 0",
@@ -157,15 +170,17 @@ CASES = [
     Case(
         ("partition=natural",),
         2,
-        ("error: partition: ", "the digits data has no natural partition"),
+        ("error: partition: dataset has no natural partition (the digits data has no groups)",),
     ),
     Case(
-        ("model=cnn", "task=least_squares"), 2, "error: model: ValueError: CNN needs image inputs"
+        ("model=cnn", "task=least_squares"),
+        2,
+        "error: model: in_shape must be an image shape (H, W, C) for the CNN",
     ),
     Case(
         ("algorithm=consensus_admm", "algorithm.solver=newton"),
         2,
-        "error: algorithm: consensus_admm: "
+        "error: algorithm.solver: cannot be newton here: "
         "the Newton x-update needs the Hessian of 26122 parameters",
     ),
     Case(

@@ -129,6 +129,7 @@ def split_natural(dataset, num_workers: int, seed: int = 0) -> list[np.ndarray]:
     """:func:`natural`: ``dataset``'s own groups, one per worker (``seed`` is unused)."""
     del seed
     if dataset.groups is None:
-        raise checks.InvalidArgument("dataset", f"the {dataset.name} data has no natural "
-                                     "partition (no groups)")
+        raise checks.InvalidArgument(
+            "dataset", f"has no natural partition (the {dataset.name} data has no groups); use "
+            "partition=iid, dirichlet or shard")
     return natural(dataset.groups, num_workers)

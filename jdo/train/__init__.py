@@ -14,7 +14,7 @@ _EXPORTS = {
     "validate": "jdo.train.config",
     "make_mesh": "jdo.train.mesh",
     "Experiment": "jdo.train.experiment",
-    "build": "jdo.train.build",
+    "build": "jdo.train.builder",
     "consensus_distance": "jdo.train.evaluate",
     "fit": "jdo.train.loop",
     "FitOptions": "jdo.train.loop",

@@ -2,7 +2,7 @@
 checkpoint policy (where, how often, whether a checkpoint belongs to this run) and trains it
 with :func:`jdo.train.loop.fit`. ``python -m experiments.train`` (``jdo-train``) calls it.
 
-The pieces: :mod:`jdo.train.build` (config -> :class:`~jdo.train.experiment.Experiment`),
+The pieces: :mod:`jdo.train.builder` (config -> :class:`~jdo.train.experiment.Experiment`),
 :mod:`jdo.train.program` (the lifted, jitted step), :mod:`jdo.train.restore`,
 :mod:`jdo.train.loop` (the host loop), :mod:`jdo.train.evaluate`, :mod:`jdo.train.records`.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from jdo.train.build import build
+from jdo.train.builder import build
 from jdo.train.checkpoint import Checkpointer
 from jdo.train.config import RESUME_MAY_DIFFER, ConfigError, config_differences, validate
 from jdo.train.loop import Faults, fit

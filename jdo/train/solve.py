@@ -1,7 +1,7 @@
 """Steps to solve: ``train_until(config, target)`` trains a :func:`jdo.rl.make_train` config
 in jitted chunks and evaluates every worker's policy on fresh episodes after each, until a
 target return is reached (updates, env steps and seconds to solve). The runner's RL runs are
-built by :func:`jdo.train.build.build_rl`.
+built by :func:`jdo.train.builder.build_rl`.
 """
 
 from __future__ import annotations

@@ -42,19 +42,26 @@ def instantiate(node, key: str, **kwargs):
     error becomes a :class:`ConfigError` naming ``key`` (and the argument, when the factory
     names one of the node's own keys)."""
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
-    if missing:
-        raise ConfigError(f"{key}.{missing[0]}", "is required (set it on the command line)")
+    if missing:  # paths from the config's root, or from the node for a detached one
+        path = missing[0] if missing[0].startswith(f"{key}.") else f"{key}.{missing[0]}"
+        raise ConfigError(path, "is required (set it on the command line)")
     try:
         return hydra.utils.instantiate(node, _partial_=True)(**kwargs)
     except Exception as e:
-        cause = _root_cause(e)
-        if isinstance(cause, ArgumentError):
-            if cause.argument in node:
-                raise ConfigError(f"{key}.{cause.argument}", cause.message) from None
-            raise ConfigError(key, str(cause)) from None
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError(key, f"{type(cause).__name__}: {cause}") from None
+        raise _config_error(e, node, key) from None
+
+
+def _config_error(e: Exception, node, key: str) -> ConfigError:
+    """A factory's error as a :class:`ConfigError` naming ``key``, or ``key.argument`` when the
+    factory names one of the node's own keys."""
+    cause = _root_cause(e)
+    if isinstance(cause, ConfigError):
+        return cause
+    if isinstance(cause, ArgumentError):
+        if cause.argument in node:
+            return ConfigError(f"{key}.{cause.argument}", cause.message)
+        return ConfigError(key, str(cause))
+    return ConfigError(key, f"{type(cause).__name__}: {cause}")
 
 
 def _target(node) -> str:
@@ -73,11 +80,11 @@ def _check_parts(cfg: Mapping, workers: int) -> None:
         instantiate(cfg["compression"], "compression")
 
 
-def _check_init(algorithm, params) -> None:
+def _check_init(algorithm, params, node) -> None:
     try:  # an algorithm may refuse the model at init (e.g. a Newton solve on a big model)
         jax.eval_shape(algorithm.init, params, jax.random.key(0))
     except ValueError as e:
-        raise ConfigError("algorithm", str(e)) from None
+        raise _config_error(e, node, "algorithm") from None
 
 
 def build(cfg: Mapping) -> Experiment:
@@ -107,7 +114,7 @@ def build(cfg: Mapping) -> Experiment:
     optimizer = instantiate(cfg["optimizer"], "optimizer")
     _check_parts(cfg, workers)
     algorithm = instantiate(cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer)
-    _check_init(algorithm, params)
+    _check_init(algorithm, params, cfg["algorithm"])
     return Experiment(algorithm, apply, loss_fn, params, data, dataset)
 
 
@@ -163,5 +170,5 @@ def build_rl(cfg: Mapping) -> Experiment:
     _check_parts(cfg, workers)
     algorithm = instantiate(cfg["algorithm"], "algorithm", env=env, apply=apply,
                             optimizer=optimizer)  # fmt: skip
-    _check_init(algorithm, params)
+    _check_init(algorithm, params, cfg["algorithm"])
     return Experiment(algorithm, apply, None, params, None, None, counters=("env_steps",))
