@@ -73,7 +73,8 @@ CASES = [
     Case(
         ("task=cartpole",),
         2,
-        "error: task: reinforcement-learning tasks need gymnax and gymnasium: pip install 'jdo[rl]'",
+        "error: task: reinforcement-learning tasks need gymnax and gymnasium: "
+        "pip install 'jdo[rl]'",
         cli=True,
         without=("gymnax",),
     ),
