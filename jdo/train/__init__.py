@@ -20,6 +20,7 @@ _EXPORTS = {
     "FitOptions": "jdo.train.loop",
     "NonFiniteError": "jdo.train.loop",
     "CheckpointOptions": "jdo.train.restore",
+    "read_state": "jdo.train.checkpoint",
     "make_evaluate": "jdo.train.evaluate",
     "run": "jdo.train.runner",
 }
