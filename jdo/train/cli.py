@@ -1,10 +1,11 @@
 """Hydra entry point: ``jdo-train [overrides]`` (or ``python -m jdo.train.cli``, or
 ``python -m experiments.train`` in a checkout); see ``jdo/conf/config.yaml``.
 
-A thin wrapper around :func:`jdo.train.run`. Exit statuses: 0 done; 2 a bad config or input
-(one line naming the key; nothing written over); 3 a non-finite loss or update
-(``trainer.nonfinite=stop``; the last good checkpoint is kept); 75 stopped by SIGTERM/SIGUSR2
-after a checkpoint (run the same command to resume). The run directory gets config.yaml,
+A thin wrapper around :func:`jdo.train.run`. Exit statuses: 0 done; 1 a Hydra composition
+error; 2 a bad config or input (one line naming the key; nothing written over); 3 a non-finite
+or diverging loss (the last good checkpoint is kept); 4 a peer process was lost (multi-process);
+75 stopped by SIGTERM/SIGUSR2 after a checkpoint, 130 by Ctrl-C (run the same command to
+resume). The run directory gets config.yaml,
 metrics.jsonl, summary.json and checkpoints/.
 """
 
