@@ -4,7 +4,7 @@ gymnasium environments with Sebulba actor threads (``jdo.rl.host``) and threaded
 A3C (``jdo.rl.async_a3c``)."""
 
 from jdo.rl.a2c import A3CState, ActorCriticState, a2c, a3c, actor_critic_loss
-from jdo.rl.anakin import ALGORITHMS, evaluate_policy, make_network, make_train
+from jdo.rl.anakin import ALGORITHMS, make_network, make_train
 from jdo.rl.async_a3c import async_a3c
 from jdo.rl.ddpg import DDPGNetworks, DDPGState, ReplayBuffer, ddpg, make_ddpg_networks
 from jdo.rl.envs import (
@@ -21,7 +21,8 @@ from jdo.rl.envs import (
     normalize_reward,
     vectorize,
 )
-from jdo.rl.networks import ActorCritic, Policy, make_policy
+from jdo.rl.evaluate import evaluate_policy, make_evaluate_worker
+from jdo.rl.networks import ActorCritic, Policy, deterministic_policy, make_policy
 from jdo.rl.ppo import PPOState, make_ppo_update, minibatch_indices, ppo, ppo_loss
 from jdo.rl.rollout import (
     EPISODE_WINDOW,
@@ -64,6 +65,8 @@ __all__ = [
     "episode_stats_metrics",
     "episode_stats_update",
     "evaluate_policy",
+    "make_evaluate_worker",
+    "deterministic_policy",
     "gae",
     "make_env",
     "make_network",

@@ -24,7 +24,7 @@ from jdo._axis import WORKERS
 from jdo.models import functional
 from jdo.rl.a2c import a2c, a3c
 from jdo.rl.envs import Env, make_vec_env
-from jdo.rl.networks import ActorCritic, Policy, make_policy
+from jdo.rl.networks import ActorCritic
 from jdo.rl.ppo import ppo
 from jdo.topology import Topology
 
@@ -118,44 +118,3 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
     train.env, train.apply, train.params, train.algorithm = env, apply, params, algo
     train.config = cfg  # the full config, defaults filled in
     return train
-
-
-def evaluate_policy(
-    env_name: str,
-    apply: Callable,
-    params: Any,
-    key: jax.Array,
-    *,
-    num_episodes: int = 100,
-    greedy: bool = False,
-    env_params: Mapping[str, Any] | None = None,
-    obs_transform: Callable[[jax.Array], jax.Array] | None = None,
-) -> jax.Array:
-    """Returns ``f32[num_episodes]``: the undiscounted return of ``num_episodes`` fresh
-    episodes of ``params``' policy (sampled actions, or the mode with ``greedy``), one per env
-    copy, each run to its end (termination or the time limit). Pure: wrap it in ``jax.jit``.
-
-    ``obs_transform`` maps raw observations to what the policy saw in training (for example a
-    frozen observation normaliser); default: the identity.
-    """
-    env = make_vec_env(env_name, num_episodes, **dict(env_params or {}))
-    policy: Policy = make_policy(env.action_space)
-    horizon = env.max_episode_steps
-    transform = obs_transform or (lambda o: o)
-    reset_key, run_key = jax.random.split(key)
-    obs, state = env.reset(reset_key)
-
-    def body(carry, key):
-        state, obs, returns, finished = carry
-        act_key, env_key = jax.random.split(key)
-        out, _ = apply(params, transform(obs))
-        action = policy.mode(out) if greedy else policy.sample(act_key, out)
-        obs, state, _, _, _, info = env.step(env_key, state, policy.to_env(action))
-        first = info["done"] & ~finished
-        returns = jnp.where(first, info["episode_return"], returns)
-        return (state, obs, returns, finished | info["done"]), None
-
-    zeros = jnp.zeros((num_episodes,), jnp.float32)
-    carry = (state, obs, zeros, jnp.zeros((num_episodes,), bool))
-    (_, _, returns, _), _ = jax.lax.scan(body, carry, jax.random.split(run_key, horizon))
-    return returns

@@ -12,7 +12,8 @@ observation of the next episode, while ``info["final_observation"]`` is the true
 observation of the finished one. The transition ``(obs_t, a_t, r_t, final_observation)`` is real;
 there is no extra "reset transition" (unlike gymnasium's NEXT_STEP auto-reset), so a learner only
 has to (1) cut returns/advantages at ``terminated | truncated`` and (2) bootstrap from
-``V(final_observation)`` on truncation, never on termination.
+``V(final_observation)`` unless ``terminated``. As gymnasium's ``TimeLimit``, ``truncated`` is
+True at the time limit even where the MDP terminates on that very step (both are then True).
 
 ``info`` always holds ``final_observation``, ``done`` (= terminated | truncated),
 ``episode_return`` and ``episode_length`` (of the episode that ends at this step, in raw,
@@ -72,6 +73,9 @@ class Env:
       num_envs: ``None`` for a single environment; ``n`` for ``vectorize(env, n)`` (every
         output then has a leading ``[n]`` axis, ``key`` stays one key).
       max_episode_steps: the time limit (an episode is truncated after this many steps).
+      observe: ``observe(state, raw_obs) -> obs``: what the policy sees for a raw observation
+        given the env's state, with any normaliser's statistics frozen (evaluation on fresh
+        episodes); the identity unless wrapped by :func:`normalize_observation`.
     """
 
     name: str
@@ -81,6 +85,7 @@ class Env:
     action_space: ActionSpace
     num_envs: int | None = None
     max_episode_steps: int | None = None
+    observe: Callable[[Any, jax.Array], jax.Array] = lambda state, obs: obs
 
     @property
     def observation_size(self) -> int:
@@ -153,7 +158,9 @@ def make_env(name: str, **params) -> Env:
         )
         reward = jnp.asarray(reward, jnp.float32).reshape(())
         terminated = jnp.asarray(terminated, bool).reshape(())
-        truncated = jnp.logical_and(jnp.asarray(truncated, bool).reshape(()), ~terminated)
+        # gymnasium's TimeLimit: truncated at the limit whether or not the MDP also terminated
+        # there (a pole falling at step 500 is both); a learner bootstraps only if not terminated.
+        truncated = jnp.asarray(truncated, bool).reshape(())
         done = terminated | truncated
         ep_return = state.episode_return + reward
         ep_length = state.episode_length + 1
@@ -269,7 +276,10 @@ def normalize_observation(env: Env, *, clip: float = 10.0, epsilon: float = 1e-8
             info,
         )
 
-    return dataclasses.replace(env, reset=reset, step=step)
+    def observe(state, obs):  # frozen statistics: the env's state is not advanced
+        return norm(env.observe(state.inner, obs), state.moments)
+
+    return dataclasses.replace(env, reset=reset, step=step, observe=observe)
 
 
 class NormalizeRewardState(NamedTuple):
@@ -309,7 +319,8 @@ def normalize_reward(
         ret = jnp.where(info["done"], 0.0, ret)
         return obs, NormalizeRewardState(inner, ret, m), scaled, terminated, truncated, info
 
-    return dataclasses.replace(env, reset=reset, step=step)
+    observe = lambda state, obs: env.observe(state.inner, obs)
+    return dataclasses.replace(env, reset=reset, step=step, observe=observe)
 
 
 def make_vec_env(

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jdo.checks import InvalidArgument
 from jdo.rl.envs import ActionSpace
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -140,3 +141,24 @@ def make_policy(action_space: ActionSpace) -> Policy:
         return split(out)[0]
 
     return Policy(sample, log_prob, entropy, mode, lambda a: jnp.clip(a, low, high))
+
+
+def deterministic_policy(action_space: ActionSpace) -> Policy:
+    """A deterministic policy whose output IS the action (DDPG's actor without its
+    exploration noise): ``sample`` and ``mode`` return it, ``to_env`` clips it to the bounds.
+    It has no density: ``log_prob`` and ``entropy`` raise ``TypeError``."""
+    if action_space.discrete:
+        raise InvalidArgument("action_space", "must be continuous for a deterministic policy")
+    low = jnp.asarray(action_space.low, jnp.float32)
+    high = jnp.asarray(action_space.high, jnp.float32)
+
+    def no_density(*args):
+        raise TypeError("a deterministic policy has no log-probability or entropy")
+
+    return Policy(
+        lambda key, out: out,
+        no_density,
+        no_density,
+        lambda out: out,
+        lambda a: jnp.clip(a, low, high),
+    )

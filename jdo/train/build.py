@@ -164,4 +164,26 @@ def build_rl(cfg: Mapping) -> Experiment:
     algorithm = instantiate(cfg["algorithm"], "algorithm", env=env, apply=apply,
                             optimizer=optimizer)  # fmt: skip
     _check_init(algorithm, params)
-    return Experiment(algorithm, apply, None, params, None, None, counters=("env_steps",))
+    evaluate_worker = _rl_evaluate_worker(task, env, apply, deterministic=target == "jdo.rl.ddpg")
+    return Experiment(
+        algorithm, apply, None, params, None, None, counters=("env_steps",),
+        evaluate_worker=evaluate_worker,
+    )  # fmt: skip
+
+
+def _rl_evaluate_worker(task: Mapping, env, apply, *, deterministic: bool):
+    """``task.eval_episodes`` fresh episodes of the task's raw env per worker, observed through
+    the worker's frozen normaliser: ``return`` (sampled actions) and ``return_greedy``; DDPG's
+    deterministic actor (no exploration noise) gives ``return`` only."""
+    from jdo.rl import deterministic_policy, make_env, make_evaluate_worker
+
+    raw = make_env(task["env"], **(task.get("env_params") or {}))
+    policy = deterministic_policy(raw.action_space) if deterministic else None
+    return make_evaluate_worker(
+        raw,
+        env,
+        apply,
+        num_episodes=task.get("eval_episodes", 32),
+        policy=policy,
+        deterministic=deterministic,
+    )

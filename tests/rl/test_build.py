@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -120,3 +121,81 @@ def test_every_rl_task_and_algorithm_builds(task, algorithm, make_cfg):
     obs_size = {"cartpole": 4, "acrobot": 6}[task]
     assert state.obs.shape == (4, obs_size)  # task.num_envs copies
     assert exp.data is None and exp.dataset is None
+
+
+def test_evaluate_worker_under_vmap_equals_each_worker_evaluated_alone(make_cfg):
+    """build_rl's evaluate_worker, vmapped over 2 workers whose observation normalisers have
+    seen different data: each worker's returns are evaluate_policy's with that worker's params
+    and its moments frozen (checked against a numpy normaliser)."""
+    cfg = make_cfg(
+        "task=cartpole",
+        "algorithm=ppo",
+        "workers=2",
+        "model.hidden=[16]",
+        "algorithm.num_steps=8",
+        "algorithm.num_minibatches=2",
+        "task.normalize_obs=true",
+        "task.eval_episodes=6",
+    )
+    exp = build(cfg)
+    init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
+    step = jax.jit(jax.vmap(exp.algorithm.step, in_axes=(0, None, 0), axis_name=jdo.WORKERS))
+    state = init(exp.params, jax.random.split(jax.random.key(0), 2))
+    for t in range(2):
+        state, _ = step(state, None, jax.random.split(jax.random.key(t + 1), 2))
+    moments = state.env_state.moments
+    assert not np.allclose(moments.mean[0], moments.mean[1])  # the workers' normalisers differ
+    keys = jax.random.split(jax.random.key(7), 2)
+    out = jax.jit(jax.vmap(exp.evaluate_worker))(state, keys)
+    assert set(out) == {"return", "return_greedy"} and out["return"].shape == (2,)
+    for w in range(2):
+        mean, var = np.asarray(moments.mean[w]), np.asarray(moments.var[w])
+        norm = lambda o, m=mean, v=var: jnp.clip((o - m) / jnp.sqrt(v + 1e-8), -10, 10)
+        params = jax.tree.map(lambda x, w=w: x[w], state.params)
+        sample_key, greedy_key = jax.random.split(keys[w])
+        for name, key, greedy in (
+            ("return", sample_key, False),
+            ("return_greedy", greedy_key, True),
+        ):
+            returns = jdo.rl.evaluate_policy(
+                "CartPole-v1",
+                exp.apply,
+                params,
+                key,
+                num_episodes=6,
+                greedy=greedy,
+                obs_transform=norm,
+            )
+            assert np.all((returns >= 1) & (returns <= 500))
+            np.testing.assert_allclose(out[name][w], np.mean(returns), rtol=1e-6)
+
+
+def test_ddpg_evaluate_worker_reports_the_deterministic_return(make_cfg):
+    cfg = make_cfg(
+        "task=pendulum",
+        "algorithm=ddpg",
+        "workers=2",
+        "model.hidden=[8]",
+        "task.eval_episodes=3",
+        "+task.env_params.max_steps_in_episode=20",
+    )
+    exp = build(cfg)
+    init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
+    state = init(exp.params, jax.random.split(jax.random.key(0), 2))
+    out = jax.jit(jax.vmap(exp.evaluate_worker))(state, jax.random.split(jax.random.key(1), 2))
+    assert set(out) == {"return"}
+    assert np.all(np.asarray(out["return"]) < 0)  # Pendulum's rewards are <= 0
+    env = jdo.rl.make_env("Pendulum-v1", max_steps_in_episode=20)
+    for w in range(2):  # the actor's action, no noise: what evaluate_policy's greedy mode gives
+        params = jax.tree.map(lambda x, w=w: x[w], state.params)
+        key = jax.random.split(jax.random.split(jax.random.key(1), 2)[w])[0]
+        returns = jdo.rl.evaluate_policy(
+            env,
+            exp.apply,
+            params,
+            key,
+            num_episodes=3,
+            greedy=True,
+            policy=jdo.rl.deterministic_policy(env.action_space),
+        )
+        np.testing.assert_allclose(out["return"][w], np.mean(returns), rtol=1e-6)
