@@ -138,11 +138,15 @@ def _rl_env(task: Mapping):
                             normalize_obs=task.get("normalize_obs", False),
                             normalize_reward_gamma=task.get("normalize_reward_gamma"),
                             **(task.get("env_params") or {}))  # fmt: skip
-    except (ValueError, TypeError) as e:
-        key = "task.env_params" if "parameter" in str(e) else "task.env"
-        if "gamma" in str(e):
-            key = "task.normalize_reward_gamma"
-        raise ConfigError(key, str(e)) from None
+    except ArgumentError as e:
+        keys = {
+            "name": "task.env",
+            "num_envs": "task.num_envs",
+            "gamma": "task.normalize_reward_gamma",
+        }
+        raise ConfigError(
+            keys.get(e.argument, f"task.env_params.{e.argument}"), e.message
+        ) from None
 
 
 def build_rl(cfg: Mapping) -> Experiment:
@@ -166,9 +170,15 @@ def build_rl(cfg: Mapping) -> Experiment:
     _check_init(algorithm, params)
     evaluate_worker = _rl_evaluate_worker(task, env, apply, deterministic=target == "jdo.rl.ddpg")
     return Experiment(
-        algorithm, apply, None, params, None, None, counters=("env_steps",),
+        algorithm,
+        apply,
+        None,
+        params,
+        None,
+        None,
+        counters=("env_steps",),
         evaluate_worker=evaluate_worker,
-    )  # fmt: skip
+    )
 
 
 def _rl_evaluate_worker(task: Mapping, env, apply, *, deterministic: bool):
