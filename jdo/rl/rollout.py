@@ -68,8 +68,10 @@ def episode_stats_merge(stats: EpisodeStats, new: EpisodeStats) -> EpisodeStats:
     held = jnp.minimum(new.count, EPISODE_WINDOW)
     order = (new.count - held + jnp.arange(EPISODE_WINDOW)) % EPISODE_WINDOW  # oldest first
     valid = jnp.arange(EPISODE_WINDOW) < held
-    merged = episode_stats_update(stats, valid, new.returns[order], new.lengths[order])
-    return merged._replace(count=stats.count + new.count)  # episodes it no longer held too
+    # Count the episodes `new` no longer holds as if written first: the ring stays consistent
+    # (its newest entry at slot count - 1), and the count includes them.
+    skipped = stats._replace(count=stats.count + new.count - held)
+    return episode_stats_update(skipped, valid, new.returns[order], new.lengths[order])
 
 
 def episode_stats_metrics(stats: EpisodeStats) -> dict[str, jax.Array]:
