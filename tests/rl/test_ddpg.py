@@ -223,7 +223,7 @@ def test_bad_arguments():
         ({"gamma": 1.5}, "gamma"),
         ({"batch_size": 0}, "batch_size"),
         ({"learning_starts": 10**9}, "learning_starts"),
-        ({"buffer_size": 3}, "buffer_size"),
+        ({"buffer_size": 3, "learning_starts": 0}, "buffer_size"),
         ({"exploration_noise": -0.1}, "exploration_noise"),
         ({"num_steps": 0}, "num_steps"),
         ({"updates_per_step": 0}, "updates_per_step"),

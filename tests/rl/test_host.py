@@ -222,6 +222,7 @@ def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
         )
 
 
+@pytest.mark.slow  # ~30 s of gymnasium stepping on 2 busy cores
 def test_sebulba_learns_cartpole():
     # jdo's actor-critic sized by gymnax CartPole, whose spaces are gymnasium's
     apply, params = make_network(make_vec_env("CartPole-v1", 1), (64, 64), seed=0)
