@@ -128,6 +128,51 @@ class DDPGState(NamedTuple):
     step: jax.Array  # int32: algorithm steps so far
 
 
+def _check(
+    env,
+    optimizer,
+    actor_optimizer,
+    buffer_size,
+    batch_size,
+    num_steps,
+    updates_per_step,
+    learning_starts,
+    gamma,
+    tau,
+    exploration_noise,
+) -> None:
+    """:func:`ddpg`'s argument checks (each names its parameter)."""
+    check_vector_env(env)
+    if env.action_space.discrete:
+        raise checks.InvalidArgument(
+            "env", f"must have continuous actions; {env.name} has discrete ones"
+        )
+    checks.optimizer("optimizer", optimizer)
+    checks.optimizer("actor_optimizer", actor_optimizer)
+    for name, value in (
+        ("buffer_size", buffer_size),
+        ("batch_size", batch_size),
+        ("num_steps", num_steps),
+        ("updates_per_step", updates_per_step),
+    ):
+        checks.positive_int(name, value)
+    checks.non_negative_int("learning_starts", learning_starts)
+    if learning_starts > buffer_size:
+        raise checks.InvalidArgument(
+            "learning_starts", f"must be <= buffer_size ({buffer_size}), got {learning_starts}"
+        )
+    if num_steps * env.num_envs > buffer_size:
+        raise checks.InvalidArgument(
+            "buffer_size",
+            f"must hold one step's num_steps · num_envs "
+            f"= {num_steps * env.num_envs} transitions, got "
+            f"{buffer_size}",
+        )
+    checks.probability("gamma", gamma)
+    checks.number("tau", tau, low=0, high=1, low_open=True)
+    checks.non_negative("exploration_noise", exploration_noise)
+
+
 def ddpg(
     env: Env,
     apply: Callable,
@@ -190,36 +235,20 @@ def ddpg(
       ``params = {"actor", "critic"}``); metrics ``loss`` (critic), ``actor_loss``, ``q_mean``,
       ``episode_return``, ``episode_length``, ``episodes``, ``env_steps`` (all workers).
     """
-    check_vector_env(env)
-    if env.action_space.discrete:
-        raise checks.InvalidArgument(
-            "env", f"must have continuous actions; {env.name} has discrete ones"
-        )
     actor_optimizer = optimizer if actor_optimizer is None else actor_optimizer
-    checks.optimizer("optimizer", optimizer)
-    checks.optimizer("actor_optimizer", actor_optimizer)
-    for name, value in (
-        ("buffer_size", buffer_size),
-        ("batch_size", batch_size),
-        ("num_steps", num_steps),
-        ("updates_per_step", updates_per_step),
-    ):
-        checks.positive_int(name, value)
-    checks.non_negative_int("learning_starts", learning_starts)
-    if learning_starts > buffer_size:
-        raise checks.InvalidArgument(
-            "learning_starts", f"must be <= buffer_size ({buffer_size}), got {learning_starts}"
-        )
-    if num_steps * env.num_envs > buffer_size:
-        raise checks.InvalidArgument(
-            "buffer_size",
-            f"must hold one step's num_steps · num_envs "
-            f"= {num_steps * env.num_envs} transitions, got "
-            f"{buffer_size}",
-        )
-    checks.probability("gamma", gamma)
-    checks.number("tau", tau, low=0, high=1, low_open=True)
-    checks.non_negative("exploration_noise", exploration_noise)
+    _check(
+        env,
+        optimizer,
+        actor_optimizer,
+        buffer_size,
+        batch_size,
+        num_steps,
+        updates_per_step,
+        learning_starts,
+        gamma,
+        tau,
+        exploration_noise,
+    )
 
     space = env.action_space
     low = jnp.asarray(space.low, jnp.float32)

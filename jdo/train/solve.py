@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.lifting import lift
 from jdo.rl import evaluate_policy, make_env, make_train
@@ -41,9 +42,11 @@ def train_until(
     ``env_steps``, worst and mean evaluation return, the training ``episode_return``), and the
     final stacked ``state``.
     """
-    if eval_every < 1 or max_updates < eval_every:
-        raise ValueError(f"train_until: need 1 <= eval_every <= max_updates, got "
-                         f"eval_every={eval_every}, max_updates={max_updates}")  # fmt: skip
+    checks.positive_int("eval_every", eval_every)
+    if checks.positive_int("max_updates", max_updates) < eval_every:
+        raise checks.InvalidArgument(
+            "max_updates", f"must be >= eval_every ({eval_every}), got {max_updates}"
+        )
     train = make_train({**config, "updates": max_updates})
     algo, workers = train.algorithm, int(train.config["workers"])
     raw_env = make_env(train.env.name, **train.config["env_params"])

@@ -55,7 +55,7 @@ def test_bad_configs_name_what_is_allowed():
         make_train({"algorithm": "dqn"})
     with pytest.raises(InvalidArgument, match="workers must be a positive integer"):
         make_train({"workers": 0})
-    with pytest.raises(ValueError, match="eval_every <= max_updates"):
+    with pytest.raises(InvalidArgument, match=r"max_updates must be >= eval_every \(5\), got 2"):
         train_until(SMALL, target=1.0, eval_every=5, max_updates=2)
 
 
