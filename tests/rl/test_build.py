@@ -1,6 +1,7 @@
 """RL through the Hydra runner: configs compose and run, bad values name their key, the whole
 RL state (envs, normalisers, episode statistics, param history) checkpoints and resumes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -129,9 +130,9 @@ def test_every_rl_task_and_algorithm_builds(task, algorithm, make_cfg):
 
 
 def test_evaluate_worker_under_vmap_equals_each_worker_evaluated_alone(make_cfg):
-    """build_rl's evaluate_worker, vmapped over 2 workers whose observation normalisers have
-    seen different data: each worker's returns are evaluate_policy's with that worker's params
-    and its moments frozen (checked against a numpy normaliser)."""
+    """build_rl's evaluate_worker, vmapped over 2 workers with their own params and their own
+    observation normalisers (moments of their own reset observations): each worker's returns
+    are evaluate_policy's with its params and its moments frozen (a normaliser written here)."""
     cfg = make_cfg(
         "task=cartpole",
         "algorithm=ppo",
@@ -144,33 +145,29 @@ def test_evaluate_worker_under_vmap_equals_each_worker_evaluated_alone(make_cfg)
     )
     exp = build(cfg)
     init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
-    step = jax.jit(jax.vmap(exp.algorithm.step, in_axes=(0, None, 0), axis_name=jdo.WORKERS))
     state = init(exp.params, jax.random.split(jax.random.key(0), 2))
-    for t in range(2):
-        state, _ = step(state, None, jax.random.split(jax.random.key(t + 1), 2))
+    state = state._replace(params=jax.tree.map(lambda x: x.at[1].multiply(3.0), state.params))
     moments = state.env_state.moments
     assert not np.allclose(moments.mean[0], moments.mean[1])  # the workers' normalisers differ
     keys = jax.random.split(jax.random.key(7), 2)
     out = jax.jit(jax.vmap(exp.evaluate_worker))(state, keys)
     assert set(out) == {"return", "return_greedy"} and out["return"].shape == (2,)
+
+    @functools.partial(jax.jit, static_argnames="greedy")
+    def alone(params, key, mean, var, greedy):
+        norm = lambda o: jnp.clip((o - mean) / jnp.sqrt(var + 1e-8), -10, 10)
+        return jdo.rl.evaluate_policy(
+            "CartPole-v1", exp.apply, params, key, num_episodes=6, greedy=greedy, obs_transform=norm
+        )
+
     for w in range(2):
-        mean, var = np.asarray(moments.mean[w]), np.asarray(moments.var[w])
-        norm = lambda o, m=mean, v=var: jnp.clip((o - m) / jnp.sqrt(v + 1e-8), -10, 10)
         params = jax.tree.map(lambda x, w=w: x[w], state.params)
         sample_key, greedy_key = jax.random.split(keys[w])
         for name, key, greedy in (
             ("return", sample_key, False),
             ("return_greedy", greedy_key, True),
         ):
-            returns = jdo.rl.evaluate_policy(
-                "CartPole-v1",
-                exp.apply,
-                params,
-                key,
-                num_episodes=6,
-                greedy=greedy,
-                obs_transform=norm,
-            )
+            returns = alone(params, key, moments.mean[w], moments.var[w], greedy)
             assert np.all((returns >= 1) & (returns <= 500))
             np.testing.assert_allclose(out[name][w], np.mean(returns), rtol=1e-6)
 
