@@ -1,12 +1,12 @@
-"""Reinforcement learning: JAX-native environments, actor-critic networks, rollouts, and
-per-worker RL algorithms (A2C, PPO, bounded-staleness A3C, DDPG) over the worker axis; host
-gymnasium environments with Sebulba actor threads (``jdo.rl.host``) and threaded asynchronous
-A3C (``jdo.rl.async_a3c``)."""
+"""Reinforcement learning: JAX-native environments, actor-critic and DDPG networks, rollouts,
+evaluation on fresh episodes, and per-worker RL algorithms (A2C, PPO, bounded-staleness A3C,
+DDPG) over the worker axis; host gymnasium environments with Sebulba actor threads
+(``jdo.rl.host``) and threaded asynchronous A3C (``jdo.rl.async_a3c``) on the same plumbing."""
 
 from jdo.rl.a2c import A3CState, ActorCriticState, a2c, a3c, actor_critic_loss
-from jdo.rl.anakin import ALGORITHMS, evaluate_policy, make_network, make_train
+from jdo.rl.anakin import ALGORITHMS, make_train
 from jdo.rl.async_a3c import async_a3c
-from jdo.rl.ddpg import DDPGNetworks, DDPGState, ReplayBuffer, ddpg, make_ddpg_networks
+from jdo.rl.ddpg import DDPGState, ReplayBuffer, ddpg
 from jdo.rl.envs import (
     ENVS,
     ActionSpace,
@@ -21,7 +21,16 @@ from jdo.rl.envs import (
     normalize_reward,
     vectorize,
 )
-from jdo.rl.networks import ActorCritic, Policy, make_policy
+from jdo.rl.evaluate import evaluate_policy, make_evaluate_worker
+from jdo.rl.networks import (
+    ActorCritic,
+    DDPGNetworks,
+    Policy,
+    deterministic_policy,
+    make_ddpg_networks,
+    make_network,
+    make_policy,
+)
 from jdo.rl.ppo import PPOState, make_ppo_update, minibatch_indices, ppo, ppo_loss
 from jdo.rl.rollout import (
     EPISODE_WINDOW,
@@ -29,6 +38,7 @@ from jdo.rl.rollout import (
     Transition,
     advantages_of,
     episode_stats_init,
+    episode_stats_merge,
     episode_stats_metrics,
     episode_stats_update,
     gae,
@@ -61,9 +71,12 @@ __all__ = [
     "actor_critic_loss",
     "advantages_of",
     "episode_stats_init",
+    "episode_stats_merge",
     "episode_stats_metrics",
     "episode_stats_update",
     "evaluate_policy",
+    "make_evaluate_worker",
+    "deterministic_policy",
     "gae",
     "make_env",
     "make_network",

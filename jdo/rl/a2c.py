@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdo import comm
+from jdo import checks, comm
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
-from jdo.rl.envs import Env
+from jdo.rl.envs import Env, check_vector_env
 from jdo.rl.networks import Policy, make_policy
 from jdo.rl.rollout import (
     EpisodeStats,
@@ -72,24 +72,30 @@ def actor_critic_loss(
     *,
     value_coef: float = 0.5,
     entropy_coef: float = 0.01,
+    normalizer: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     r"""The advantage actor-critic loss of Mnih et al. 2016 ("Asynchronous Methods for Deep
-    Reinforcement Learning"), a mean over the batch:
+    Reinforcement Learning"), a (masked) mean over the batch:
 
-    .. math:: L(\theta) = -\frac1B\sum_b \log\pi_\theta(a_b|s_b)\,\hat A_b
-              + c_v \frac1{2B}\sum_b (V_\theta(s_b) - \hat R_b)^2
-              - c_e \frac1B\sum_b \mathcal H[\pi_\theta(\cdot|s_b)],
+    .. math:: L(\theta) = \frac1{\sum_b m_b}\sum_b m_b\Big[-\log\pi_\theta(a_b|s_b)\,\hat A_b
+              + \tfrac{c_v}{2} (V_\theta(s_b) - \hat R_b)^2
+              - c_e\,\mathcal H[\pi_\theta(\cdot|s_b)]\Big],
 
-    with the advantages :math:`\hat A` and returns :math:`\hat R` treated as constants.
+    with the advantages :math:`\hat A` and returns :math:`\hat R` treated as constants and
+    :math:`m_b = 1` unless the batch holds a ``mask``.
 
     Args:
       apply: ``apply(params, obs) -> (policy_out, value)`` (``jdo.models.functional`` of an
         :class:`~jdo.rl.networks.ActorCritic`).
       policy: :func:`~jdo.rl.networks.make_policy` of the action space.
       params: the network's params.
-      batch: ``obs [B, ...]``, ``action [B, ...]``, ``advantage [B]``, ``return [B]``.
+      batch: ``obs [B, ...]``, ``action [B, ...]``, ``advantage [B]``, ``return [B]``, and
+        optionally ``mask [B]``: 0 for samples that must carry no weight (gymnasium's
+        NEXT_STEP reset transitions, :class:`jdo.rl.host.Rollout`).
       value_coef: :math:`c_v`.
       entropy_coef: :math:`c_e`.
+      normalizer: what to divide the masked sums by instead of :math:`\sum_b m_b` (the mask's
+        sum over ALL learner workers, so that their summed gradients are the whole batch's).
 
     Returns:
       ``(loss, metrics)`` with ``policy_loss``, ``value_loss`` and ``entropy``.
@@ -97,9 +103,15 @@ def actor_critic_loss(
     out, value = apply(params, batch["obs"])
     adv = jax.lax.stop_gradient(batch["advantage"])
     target = jax.lax.stop_gradient(batch["return"])
-    policy_loss = -jnp.mean(policy.log_prob(out, batch["action"]) * adv)
-    value_loss = 0.5 * jnp.mean(jnp.square(value - target))
-    entropy = jnp.mean(policy.entropy(out))
+    if "mask" in batch or normalizer is not None:
+        mask = batch["mask"].astype(value.dtype) if "mask" in batch else jnp.ones_like(value)
+        denom = jnp.maximum(jnp.sum(mask) if normalizer is None else normalizer, 1.0)
+        mean = lambda x: jnp.sum(mask * x) / denom
+    else:
+        mean = jnp.mean
+    policy_loss = -mean(policy.log_prob(out, batch["action"]) * adv)
+    value_loss = 0.5 * mean(jnp.square(value - target))
+    entropy = mean(policy.entropy(out))
     loss = policy_loss + value_coef * value_loss - entropy_coef * entropy
     return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy}
 
@@ -109,37 +121,36 @@ def actor_critic_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def check_common(name, env, optimizer, communication, topology, gamma, lam, num_steps,
-                 max_grad_norm):  # fmt: skip
-    if not isinstance(env, Env) or env.num_envs is None:
-        raise TypeError(f"{name}: env must be a vector jdo.rl.Env (jdo.rl.make_vec_env), "
-                        f"got {env!r}")  # fmt: skip
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"{name}: optimizer must be an optax.GradientTransformation, "
-                        f"got {optimizer!r}")  # fmt: skip
-    if communication not in COMMUNICATIONS:
-        raise ValueError(f"{name}: communication must be one of {', '.join(COMMUNICATIONS)}, "
-                         f"got {communication!r}")  # fmt: skip
+def check_common(env, optimizer, communication, topology, gamma, lam, num_steps, max_grad_norm):
+    """The argument checks of the on-policy factories (each names its parameter)."""
+    check_vector_env(env)
+    checks.optimizer("optimizer", optimizer)
+    checks.one_of("communication", communication, COMMUNICATIONS)
     if communication == "gossip" and not isinstance(topology, Topology):
-        raise ValueError(f"{name}: communication='gossip' needs a jdo.topology.Topology, "
-                         f"got topology={topology!r}")  # fmt: skip
-    if not 0.0 <= gamma <= 1.0 or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"{name}: gamma and gae_lambda must be in [0, 1], "
-                         f"got gamma={gamma}, gae_lambda={lam}")  # fmt: skip
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"{name}: num_steps must be a positive integer, got {num_steps!r}")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"{name}: max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
+        raise checks.WrongType(
+            "topology",
+            f"must be a jdo.topology.Topology with communication='gossip', got {topology!r}",
+        )
+    checks.probability("gamma", gamma)
+    checks.probability("gae_lambda", lam)
+    checks.positive_int("num_steps", num_steps)
+    if max_grad_norm is not None:
+        checks.positive("max_grad_norm", max_grad_norm)
+
+
+def clipped(optimizer, max_grad_norm):
+    """Global-norm clipping (None: none) then ``optimizer``: the single learner's chain."""
+    clip = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+    return optax.chain(*clip, optimizer)
 
 
 def make_tx(optimizer, communication, topology, max_grad_norm, axis_name):
     """All-reduce: mean the gradients, clip, then the optimizer (every worker takes the same
     step). Gossip: clip, the optimizer, then mix the updated params with the neighbours
     (D-PSGD in adapt-then-combine form, Lian et al. 2017)."""
-    clip = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
     if communication == "all_reduce":
-        return optax.chain(all_reduce(axis_name), *clip, optimizer)
-    return optax.chain(*clip, optimizer, gossip(topology, axis_name=axis_name))
+        return optax.chain(all_reduce(axis_name), clipped(optimizer, max_grad_norm))
+    return optax.chain(clipped(optimizer, max_grad_norm), gossip(topology, axis_name=axis_name))
 
 
 def flatten_batch(traj, advantages, returns) -> dict[str, jax.Array]:
@@ -173,9 +184,9 @@ def a2c(
     *,
     communication: str = "all_reduce",
     topology: Topology | None = None,
-    num_steps: int = 8,
+    num_steps: int = 16,
     gamma: float = 0.99,
-    gae_lambda: float = 1.0,
+    gae_lambda: float = 0.95,
     value_coef: float = 0.5,
     entropy_coef: float = 0.01,
     max_grad_norm: float | None = 0.5,
@@ -202,7 +213,7 @@ def a2c(
       communication: ``"all_reduce"`` or ``"gossip"``.
       topology: the gossip graph (``communication="gossip"``).
       num_steps: rollout length T per update.
-      gamma, gae_lambda: discount and GAE λ.
+      gamma, gae_lambda: discount and GAE λ (1: the paper's n-step returns).
       value_coef, entropy_coef: loss weights.
       max_grad_norm: global-norm gradient clipping (after the all-reduce); None: off.
       axis_name: the workers' named axis.
@@ -212,7 +223,7 @@ def a2c(
       None, key)`` reports ``loss``, ``episode_return`` (mean of this worker's last 100 finished
       episodes), ``env_steps`` (all workers, after this step), and the loss terms.
     """
-    check_common("a2c", env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
+    check_common(env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
                  max_grad_norm)  # fmt: skip
     return _actor_critic(env, apply, optimizer, communication, topology, num_steps, gamma,
                          gae_lambda, value_coef, entropy_coef, max_grad_norm, axis_name,
@@ -226,9 +237,9 @@ def a3c(
     *,
     staleness: int = 4,
     schedule: str = "cyclic",
-    num_steps: int = 8,
+    num_steps: int = 16,
     gamma: float = 0.99,
-    gae_lambda: float = 1.0,
+    gae_lambda: float = 0.95,
     value_coef: float = 0.5,
     entropy_coef: float = 0.01,
     max_grad_norm: float | None = 0.5,
@@ -261,12 +272,10 @@ def a3c(
     Returns:
       An :class:`~jdo.algorithms.Algorithm` with :class:`A3CState`.
     """
-    check_common("a3c", env, optimizer, "all_reduce", None, gamma, gae_lambda, num_steps,
+    check_common(env, optimizer, "all_reduce", None, gamma, gae_lambda, num_steps,
                  max_grad_norm)  # fmt: skip
-    if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0:
-        raise ValueError(f"a3c: staleness must be an integer >= 0, got {staleness!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"a3c: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    checks.non_negative_int("staleness", staleness)
+    checks.one_of("schedule", schedule, SCHEDULES)
     return _actor_critic(env, apply, optimizer, "all_reduce", None, num_steps, gamma,
                          gae_lambda, value_coef, entropy_coef, max_grad_norm, axis_name,
                          staleness=staleness, schedule=schedule)  # fmt: skip

@@ -18,55 +18,56 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
+from jdo import checks
 from jdo._axis import WORKERS
-from jdo.models import functional
 from jdo.rl.a2c import a2c, a3c
-from jdo.rl.envs import Env, make_vec_env
-from jdo.rl.networks import ActorCritic, Policy, make_policy
+from jdo.rl.envs import make_vec_env
+from jdo.rl.networks import ActorCritic, make_network
 from jdo.rl.ppo import ppo
 from jdo.topology import Topology
 
 ALGORITHMS = {"a2c": a2c, "ppo": ppo, "a3c": a3c}
 
+
+def _default(factory, name):
+    function = factory.__init__ if isinstance(factory, type) else factory
+    return inspect.signature(function).parameters[name].default
+
+
+# The run's own settings. Algorithm hyperparameters are NOT here: ``algorithm_kwargs`` overrides
+# the factory's signature defaults, the one source of them (jdo/conf/algorithm/*.yaml repeats
+# them for the command line, and tests/rl/test_anakin.py checks that they agree, as it checks
+# these values against jdo/conf's task=cartpole, model=actor_critic, optimizer=adam, workers).
 DEFAULTS: dict[str, Any] = {
     "env": "CartPole-v1",
     "env_params": {},  # gymnax EnvParams overrides, e.g. {"max_steps_in_episode": 200}
     "num_envs": 4,  # per worker
     "normalize_obs": False,
-    "normalize_reward_gamma": None,
+    "normalize_reward_gamma": 0.99,  # None: raw rewards
     "workers": 8,
     "algorithm": "ppo",
     "algorithm_kwargs": {},  # e.g. {"num_steps": 128, "communication": "gossip"}
     "topology": None,  # a jdo.topology.Topology for communication="gossip"
     "learning_rate": 1e-3,
     "anneal_lr": False,  # decay the learning rate linearly to 0 over the run's optimizer steps
-    "hidden": (64, 64),
+    "hidden": _default(ActorCritic, "hidden"),
     "updates": 100,
     "seed_params": 0,  # network init seed (the key passed to train drives everything else)
 }
-
-
-def make_network(env: Env, hidden=(64, 64), seed: int = 0) -> tuple[Callable, Any]:
-    """``(apply, params)`` of an :class:`~jdo.rl.networks.ActorCritic` sized for ``env``."""
-    model = ActorCritic(env.observation_size, env.action_space, hidden=hidden,
-                        rngs=nnx.Rngs(seed))  # fmt: skip
-    return functional(model)
 
 
 def _optimizer_steps_per_update(factory, kwargs) -> int:
     """Optimizer steps in one algorithm step: PPO's epochs x minibatches, else 1."""
     if factory is not ppo:
         return 1
-    defaults = {k: p.default for k, p in inspect.signature(ppo).parameters.items()}
-    get = lambda k: int(kwargs.get(k, defaults[k]))
+    get = lambda k: int(kwargs.get(k, _default(ppo, k)))
     return get("epochs") * get("num_minibatches")
 
 
 def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array], dict]:
     """A pure ``train(key) -> {"state": ..., "metrics": ...}`` from ``config`` (keys and
-    defaults in :data:`DEFAULTS`).
+    defaults in :data:`DEFAULTS`; the algorithm's hyperparameters default to its factory's).
 
     ``train`` builds ``workers`` workers (``jax.vmap`` with ``axis_name="workers"``, so every
     collective of the algorithm is real), runs ``updates`` algorithm steps in a ``lax.scan``
@@ -74,18 +75,15 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
     (``[updates, workers]``). Worker ``w``'s step-``t`` key is ``fold_in(fold_in(key, w), t)``,
     as in :func:`jdo.train.fit`.
     """
-    cfg = dict(DEFAULTS)
-    unknown = sorted(set(config or {}) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"make_train: unknown key {unknown[0]!r}; allowed: "
-                         f"{', '.join(sorted(DEFAULTS))}")  # fmt: skip
-    cfg.update(config or {})
-    if cfg["algorithm"] not in ALGORITHMS:
-        raise ValueError(f"make_train: algorithm must be one of {', '.join(ALGORITHMS)}, "
-                         f"got {cfg['algorithm']!r}")  # fmt: skip
-    workers, updates = int(cfg["workers"]), int(cfg["updates"])
-    if workers < 1 or updates < 1:
-        raise ValueError(f"make_train: workers and updates must be >= 1, got {workers}, {updates}")
+    for key in sorted(config or {}):
+        if key not in DEFAULTS:
+            raise checks.InvalidArgument(
+                key, f"is not a make_train key; allowed: {', '.join(sorted(DEFAULTS))}"
+            )
+    cfg = {**DEFAULTS, **(config or {})}
+    checks.one_of("algorithm", cfg["algorithm"], ALGORITHMS)
+    workers = checks.positive_int("workers", cfg["workers"])
+    updates = checks.positive_int("updates", cfg["updates"])
     env = make_vec_env(
         cfg["env"], cfg["num_envs"], normalize_obs=cfg["normalize_obs"],
         normalize_reward_gamma=cfg["normalize_reward_gamma"], **cfg["env_params"],
@@ -118,44 +116,3 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
     train.env, train.apply, train.params, train.algorithm = env, apply, params, algo
     train.config = cfg  # the full config, defaults filled in
     return train
-
-
-def evaluate_policy(
-    env_name: str,
-    apply: Callable,
-    params: Any,
-    key: jax.Array,
-    *,
-    num_episodes: int = 100,
-    greedy: bool = False,
-    env_params: Mapping[str, Any] | None = None,
-    obs_transform: Callable[[jax.Array], jax.Array] | None = None,
-) -> jax.Array:
-    """Returns ``f32[num_episodes]``: the undiscounted return of ``num_episodes`` fresh
-    episodes of ``params``' policy (sampled actions, or the mode with ``greedy``), one per env
-    copy, each run to its end (termination or the time limit). Pure: wrap it in ``jax.jit``.
-
-    ``obs_transform`` maps raw observations to what the policy saw in training (for example a
-    frozen observation normaliser); default: the identity.
-    """
-    env = make_vec_env(env_name, num_episodes, **dict(env_params or {}))
-    policy: Policy = make_policy(env.action_space)
-    horizon = env.max_episode_steps
-    transform = obs_transform or (lambda o: o)
-    reset_key, run_key = jax.random.split(key)
-    obs, state = env.reset(reset_key)
-
-    def body(carry, key):
-        state, obs, returns, finished = carry
-        act_key, env_key = jax.random.split(key)
-        out, _ = apply(params, transform(obs))
-        action = policy.mode(out) if greedy else policy.sample(act_key, out)
-        obs, state, _, _, _, info = env.step(env_key, state, policy.to_env(action))
-        first = info["done"] & ~finished
-        returns = jnp.where(first, info["episode_return"], returns)
-        return (state, obs, returns, finished | info["done"]), None
-
-    zeros = jnp.zeros((num_episodes,), jnp.float32)
-    carry = (state, obs, zeros, jnp.zeros((num_episodes,), bool))
-    (_, _, returns, _), _ = jax.lax.scan(body, carry, jax.random.split(run_key, horizon))
-    return returns

@@ -16,14 +16,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import nnx
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
-from jdo.models import functional
-from jdo.rl.envs import ActionSpace, Env
+from jdo.rl.envs import Env, check_vector_env
 from jdo.rl.rollout import (
     EpisodeStats,
     episode_stats_init,
@@ -50,9 +48,7 @@ class ReplayBuffer(NamedTuple):
 
 def replay_init(capacity: int, obs_shape: Sequence[int], action_size: int) -> ReplayBuffer:
     """An empty buffer of ``capacity`` transitions."""
-    if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
-        raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
-    c, obs_shape = int(capacity), tuple(obs_shape)
+    c, obs_shape = checks.positive_int("capacity", capacity), tuple(obs_shape)
     zeros = lambda *s: jnp.zeros(s, jnp.float32)
     return ReplayBuffer(
         zeros(c, *obs_shape), zeros(c, action_size), zeros(c), zeros(c, *obs_shape),
@@ -65,7 +61,10 @@ def replay_add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated) -> 
     ``insert, insert + 1, ...`` modulo the capacity, overwriting the oldest when full."""
     capacity, b = buf.reward.shape[0], reward.shape[0]
     if b > capacity:  # shapes are static: this is a trace-time check
-        raise ValueError(f"replay_add: a batch of {b} transitions exceeds capacity {capacity}")
+        raise checks.InvalidArgument(
+            "reward",
+            f"holds a batch of {b} transitions, more than the buffer's capacity {capacity}",
+        )
     idx = (buf.insert + jnp.arange(b)) % capacity
     return ReplayBuffer(
         buf.obs.at[idx].set(obs.astype(jnp.float32)),
@@ -89,89 +88,6 @@ def replay_sample(buf: ReplayBuffer, key: jax.Array, batch_size: int) -> dict[st
         "next_obs": buf.next_obs[idx],
         "terminated": buf.terminated[idx],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------------------------
-
-
-class DeterministicActor(nnx.Module):
-    r""":math:`\mu(s) = \ell + (\tanh(f(s)) + 1)(h - \ell)/2`: an MLP squashed into the action
-    bounds :math:`[\ell, h]`."""
-
-    def __init__(self, obs_size, low, high, *, hidden=(256, 256), rngs: nnx.Rngs):
-        sizes = [obs_size, *hidden]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-        )
-        self.head = nnx.Linear(sizes[-1], len(low), rngs=rngs)
-        # Static Python floats: neither params nor state, so never trained or checkpointed.
-        self.low, self.high = tuple(map(float, low)), tuple(map(float, high))
-
-    def __call__(self, obs):  # obs: f32[B, obs]
-        x = obs.reshape(obs.shape[0], -1)
-        for layer in self.layers:
-            x = jax.nn.relu(layer(x))
-        low, high = jnp.asarray(self.low), jnp.asarray(self.high)
-        return low + (jnp.tanh(self.head(x)) + 1.0) * (high - low) / 2
-
-
-class QCritic(nnx.Module):
-    """:math:`Q(s, a)`: an MLP on the concatenated observation and action."""
-
-    def __init__(self, obs_size, action_size, *, hidden=(256, 256), rngs: nnx.Rngs):
-        sizes = [obs_size + action_size, *hidden]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
-        )
-        self.head = nnx.Linear(sizes[-1], 1, rngs=rngs)
-
-    def __call__(self, obs_action):  # f32[B, obs + action]
-        x = obs_action
-        for layer in self.layers:
-            x = jax.nn.relu(layer(x))
-        return self.head(x)[:, 0]
-
-
-class DDPGNetworks(nnx.Module):
-    r"""DDPG's deterministic actor and Q critic in one module, sized for an environment (the
-    ``model`` group's signature, as :class:`~jdo.rl.networks.ActorCritic`).
-
-    ``model(obs) -> (action, q)`` with :math:`a = \mu(s)` and :math:`q = Q(s, \mu(s))` (the
-    policy output and its value, like an actor-critic); ``model((obs, action)) -> q`` evaluates
-    the critic at given actions. Through ``jdo.models.functional`` the params are
-    ``{"actor": ..., "critic": ...}``.
-    """
-
-    def __init__(self, obs_size: int, action_space: ActionSpace, *, hidden=(256, 256),
-                 rngs: nnx.Rngs):  # fmt: skip
-        if action_space.discrete:
-            raise ValueError("DDPGNetworks: DDPG needs continuous actions, got a discrete space")
-        if not hidden or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"DDPGNetworks: hidden must be positive sizes, got {list(hidden)}")
-        hidden = tuple(int(h) for h in hidden)
-        self.actor = DeterministicActor(
-            obs_size, action_space.low, action_space.high, hidden=hidden, rngs=rngs
-        )
-        self.critic = QCritic(obs_size, action_space.size, hidden=hidden, rngs=rngs)
-
-    def __call__(self, x):
-        if isinstance(x, tuple):  # (obs, action) -> Q(obs, action)
-            obs, action = x
-            return self.critic(jnp.concatenate([obs.reshape(obs.shape[0], -1), action], -1))
-        action = self.actor(x)
-        return action, self.critic(jnp.concatenate([x.reshape(x.shape[0], -1), action], -1))
-
-
-def make_ddpg_networks(env: Env, hidden: Sequence[int] = (256, 256), seed: int = 0):
-    """``(apply, params)`` of :class:`DDPGNetworks` for ``env`` (continuous actions):
-    ``apply(params, obs) -> (action, q)``, ``apply(params, (obs, action)) -> q``."""
-    if env.action_space.discrete:
-        raise ValueError(f"DDPG needs continuous actions; {env.name} has discrete ones")
-    return functional(
-        DDPGNetworks(env.observation_size, env.action_space, hidden=hidden, rngs=nnx.Rngs(seed))
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,9 +128,49 @@ class DDPGState(NamedTuple):
     step: jax.Array  # int32: algorithm steps so far
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"ddpg: {name} must be a positive integer, got {value!r}")
+def _check(
+    env,
+    optimizer,
+    actor_optimizer,
+    buffer_size,
+    batch_size,
+    num_steps,
+    updates_per_step,
+    learning_starts,
+    gamma,
+    tau,
+    exploration_noise,
+) -> None:
+    """:func:`ddpg`'s argument checks (each names its parameter)."""
+    check_vector_env(env)
+    if env.action_space.discrete:
+        raise checks.InvalidArgument(
+            "env", f"must have continuous actions; {env.name} has discrete ones"
+        )
+    checks.optimizer("optimizer", optimizer)
+    checks.optimizer("actor_optimizer", actor_optimizer)
+    for name, value in (
+        ("buffer_size", buffer_size),
+        ("batch_size", batch_size),
+        ("num_steps", num_steps),
+        ("updates_per_step", updates_per_step),
+    ):
+        checks.positive_int(name, value)
+    checks.non_negative_int("learning_starts", learning_starts)
+    if learning_starts > buffer_size:
+        raise checks.InvalidArgument(
+            "learning_starts", f"must be <= buffer_size ({buffer_size}), got {learning_starts}"
+        )
+    if num_steps * env.num_envs > buffer_size:
+        raise checks.InvalidArgument(
+            "buffer_size",
+            f"must hold one step's num_steps · num_envs "
+            f"= {num_steps * env.num_envs} transitions, got "
+            f"{buffer_size}",
+        )
+    checks.probability("gamma", gamma)
+    checks.number("tau", tau, low=0, high=1, low_open=True)
+    checks.non_negative("exploration_noise", exploration_noise)
 
 
 def ddpg(
@@ -223,11 +179,11 @@ def ddpg(
     optimizer: optax.GradientTransformation,
     *,
     actor_optimizer: optax.GradientTransformation | None = None,
-    buffer_size: int = 100_000,
+    buffer_size: int = 50_000,
     batch_size: int = 64,
     num_steps: int = 1,
     updates_per_step: int = 1,
-    learning_starts: int = 1_000,
+    learning_starts: int = 256,
     gamma: float = 0.99,
     tau: float = 0.005,
     exploration_noise: float = 0.1,
@@ -279,37 +235,20 @@ def ddpg(
       ``params = {"actor", "critic"}``); metrics ``loss`` (critic), ``actor_loss``, ``q_mean``,
       ``episode_return``, ``episode_length``, ``episodes``, ``env_steps`` (all workers).
     """
-    if not isinstance(env, Env) or env.num_envs is None:
-        raise ValueError(f"ddpg: env must be a vector jdo.rl.Env (jdo.rl.make_vec_env), "
-                         f"got {env!r}")  # fmt: skip
-    if env.action_space.discrete:
-        raise ValueError(f"ddpg: env must have continuous actions; {env.name} is discrete")
     actor_optimizer = optimizer if actor_optimizer is None else actor_optimizer
-    for name, opt in (("optimizer", optimizer), ("actor_optimizer", actor_optimizer)):
-        if not isinstance(opt, optax.GradientTransformation):
-            raise ValueError(f"ddpg: {name} must be an optax.GradientTransformation, got {opt!r}")
-    for name, value in (
-        ("buffer_size", buffer_size),
-        ("batch_size", batch_size),
-        ("num_steps", num_steps),
-        ("updates_per_step", updates_per_step),
-    ):
-        _positive_int(name, value)
-    if isinstance(learning_starts, bool) or not isinstance(learning_starts, int | np.integer):
-        raise ValueError(f"ddpg: learning_starts must be an integer, got {learning_starts!r}")
-    if not 0 <= learning_starts <= buffer_size:
-        raise ValueError(f"ddpg: learning_starts must be in [0, buffer_size={buffer_size}], "
-                         f"got {learning_starts}")  # fmt: skip
-    if num_steps * env.num_envs > buffer_size:
-        per_step = num_steps * env.num_envs
-        raise ValueError(f"ddpg: buffer_size ({buffer_size}) must hold one step's "
-                         f"num_steps · num_envs = {per_step} transitions")  # fmt: skip
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"ddpg: gamma must be in [0, 1], got {gamma!r}")
-    if not 0.0 < tau <= 1.0:
-        raise ValueError(f"ddpg: tau must be in (0, 1], got {tau!r}")
-    if not exploration_noise >= 0.0:
-        raise ValueError(f"ddpg: exploration_noise must be >= 0, got {exploration_noise!r}")
+    _check(
+        env,
+        optimizer,
+        actor_optimizer,
+        buffer_size,
+        batch_size,
+        num_steps,
+        updates_per_step,
+        learning_starts,
+        gamma,
+        tau,
+        exploration_noise,
+    )
 
     space = env.action_space
     low = jnp.asarray(space.low, jnp.float32)

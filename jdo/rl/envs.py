@@ -12,7 +12,8 @@ observation of the next episode, while ``info["final_observation"]`` is the true
 observation of the finished one. The transition ``(obs_t, a_t, r_t, final_observation)`` is real;
 there is no extra "reset transition" (unlike gymnasium's NEXT_STEP auto-reset), so a learner only
 has to (1) cut returns/advantages at ``terminated | truncated`` and (2) bootstrap from
-``V(final_observation)`` on truncation, never on termination.
+``V(final_observation)`` unless ``terminated``. As gymnasium's ``TimeLimit``, ``truncated`` is
+True at the time limit even where the MDP terminates on that very step (both are then True).
 
 ``info`` always holds ``final_observation``, ``done`` (= terminated | truncated),
 ``episode_return`` and ``episode_length`` (of the episode that ends at this step, in raw,
@@ -28,11 +29,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import gymnasium
 import gymnax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnax.environments import spaces
+
+from jdo import checks
 
 ENVS = ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "MountainCar-v0")
 
@@ -72,6 +76,9 @@ class Env:
       num_envs: ``None`` for a single environment; ``n`` for ``vectorize(env, n)`` (every
         output then has a leading ``[n]`` axis, ``key`` stays one key).
       max_episode_steps: the time limit (an episode is truncated after this many steps).
+      observe: ``observe(state, raw_obs) -> obs``: what the policy sees for a raw observation
+        given the env's state, with any normaliser's statistics frozen (evaluation on fresh
+        episodes); the identity unless wrapped by :func:`normalize_observation`.
     """
 
     name: str
@@ -81,6 +88,7 @@ class Env:
     action_space: ActionSpace
     num_envs: int | None = None
     max_episode_steps: int | None = None
+    observe: Callable[[Any, jax.Array], jax.Array] = lambda state, obs: obs
 
     @property
     def observation_size(self) -> int:
@@ -101,14 +109,28 @@ def _strong(tree):
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), tree)
 
 
-def _action_space(space) -> ActionSpace:
-    if isinstance(space, spaces.Discrete):
+def as_action_space(space) -> ActionSpace:
+    """The :class:`ActionSpace` of a gymnax or gymnasium ``Discrete`` or ``Box`` space."""
+    if isinstance(space, spaces.Discrete | gymnasium.spaces.Discrete):
         return ActionSpace("discrete", n=int(space.n))
-    if isinstance(space, spaces.Box):
+    if isinstance(space, spaces.Box | gymnasium.spaces.Box):
         shape = tuple(int(s) for s in space.shape)
         bound = lambda b: tuple(float(v) for v in np.broadcast_to(np.asarray(b), shape).ravel())
         return ActionSpace("continuous", shape=shape, low=bound(space.low), high=bound(space.high))
-    raise ValueError(f"unsupported action space {space!r}")
+    raise checks.InvalidArgument("space", f"must be a Discrete or Box space, got {space!r}")
+
+
+def check_vector_env(env: Any, name: str = "env") -> Env:
+    """``env`` if it is a vector :class:`Env` (:func:`make_vec_env`); else the argument error."""
+    if not isinstance(env, Env):
+        raise checks.WrongType(
+            name, f"must be a vector jdo.rl.Env (jdo.rl.make_vec_env), got {env!r}"
+        )
+    if env.num_envs is None:
+        raise checks.InvalidArgument(
+            name, f"must be a vector env (jdo.rl.make_vec_env), got the single env {env.name}"
+        )
+    return env
 
 
 def make_env(name: str, **params) -> Env:
@@ -123,20 +145,17 @@ def make_env(name: str, **params) -> Env:
     Returns:
       An :class:`Env` (``num_envs=None``); ``vectorize`` it for a batch of copies.
     """
-    if name not in ENVS:
-        raise ValueError(f"unknown environment {name!r}; allowed: {', '.join(ENVS)}")
+    checks.one_of("name", name, ENVS)
     gym_env, env_params = gymnax.make(name)
     fields = {f.name for f in dataclasses.fields(env_params)}
-    unknown = sorted(set(params) - fields)
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown parameter {unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
-        )
+    for key in sorted(params):
+        if key not in fields:
+            raise checks.InvalidArgument(
+                key, f"is not a parameter of {name}; allowed: {', '.join(sorted(fields))}"
+            )
+    checks.positive_int("max_steps_in_episode", params.get("max_steps_in_episode", 1))
     env_params = env_params.replace(**params)
-    if env_params.max_steps_in_episode < 1:
-        raise ValueError(f"{name}: max_steps_in_episode must be >= 1, "
-                         f"got {env_params.max_steps_in_episode}")  # fmt: skip
-    space = _action_space(gym_env.action_space(env_params))
+    space = as_action_space(gym_env.action_space(env_params))
 
     def reset(key):
         obs, inner = gym_env.reset(key, env_params)
@@ -153,7 +172,9 @@ def make_env(name: str, **params) -> Env:
         )
         reward = jnp.asarray(reward, jnp.float32).reshape(())
         terminated = jnp.asarray(terminated, bool).reshape(())
-        truncated = jnp.logical_and(jnp.asarray(truncated, bool).reshape(()), ~terminated)
+        # gymnasium's TimeLimit: truncated at the limit whether or not the MDP also terminated
+        # there (a pole falling at step 500 is both); a learner bootstraps only if not terminated.
+        truncated = jnp.asarray(truncated, bool).reshape(())
         done = terminated | truncated
         ep_return = state.episode_return + reward
         ep_length = state.episode_length + 1
@@ -178,10 +199,8 @@ def vectorize(env: Env, num_envs: int) -> Env:
     """``num_envs`` independent copies of ``env`` stepped with ``vmap``: ``reset(key)`` and
     ``step(key, state, actions)`` take ONE key (split per copy) and give ``[num_envs, ...]``."""
     if env.num_envs is not None:
-        raise ValueError(f"{env.name} is already vectorized ({env.num_envs} envs)")
-    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-    n = int(num_envs)
+        raise checks.InvalidArgument("env", f"is already vectorized ({env.num_envs} envs)")
+    n = checks.positive_int("num_envs", num_envs)
 
     def reset(key):
         return jax.vmap(env.reset)(jax.random.split(key, n))
@@ -242,11 +261,9 @@ def normalize_observation(env: Env, *, clip: float = 10.0, epsilon: float = 1e-8
     normalised (as gymnasium's ``NormalizeObservation``). ``info["final_observation"]`` is
     normalised with the same statistics, so bootstrapping sees what the policy sees.
     """
-    if env.num_envs is None:
-        raise ValueError("normalize_observation needs a vector env: wrap vectorize(env, n)")
-    if clip <= 0 or epsilon <= 0:
-        raise ValueError(f"normalize_observation: clip and epsilon must be > 0, got "
-                         f"clip={clip}, epsilon={epsilon}")  # fmt: skip
+    check_vector_env(env)
+    checks.positive("clip", clip)
+    checks.positive("epsilon", epsilon)
 
     def norm(obs, m):
         return jnp.clip((obs - m.mean) / jnp.sqrt(m.var + epsilon), -clip, clip)
@@ -269,7 +286,10 @@ def normalize_observation(env: Env, *, clip: float = 10.0, epsilon: float = 1e-8
             info,
         )
 
-    return dataclasses.replace(env, reset=reset, step=step)
+    def observe(state, obs):  # frozen statistics: the env's state is not advanced
+        return norm(env.observe(state.inner, obs), state.moments)
+
+    return dataclasses.replace(env, reset=reset, step=step, observe=observe)
 
 
 class NormalizeRewardState(NamedTuple):
@@ -290,11 +310,10 @@ def normalize_reward(
 
     Only the learner's reward changes; ``info["episode_return"]`` stays in raw rewards.
     """
-    if env.num_envs is None:
-        raise ValueError("normalize_reward needs a vector env: wrap vectorize(env, n)")
-    if not 0.0 <= gamma <= 1.0 or clip <= 0 or epsilon <= 0:
-        raise ValueError(f"normalize_reward: need 0 <= gamma <= 1, clip > 0, epsilon > 0; got "
-                         f"gamma={gamma}, clip={clip}, epsilon={epsilon}")  # fmt: skip
+    check_vector_env(env)
+    checks.probability("gamma", gamma)
+    checks.positive("clip", clip)
+    checks.positive("epsilon", epsilon)
 
     def reset(key):
         obs, inner = env.reset(key)
@@ -309,7 +328,8 @@ def normalize_reward(
         ret = jnp.where(info["done"], 0.0, ret)
         return obs, NormalizeRewardState(inner, ret, m), scaled, terminated, truncated, info
 
-    return dataclasses.replace(env, reset=reset, step=step)
+    observe = lambda state, obs: env.observe(state.inner, obs)
+    return dataclasses.replace(env, reset=reset, step=step, observe=observe)
 
 
 def make_vec_env(

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
 from jdo.rl.a2c import (
@@ -130,7 +131,7 @@ def ppo(
     topology: Topology | None = None,
     num_steps: int = 128,
     epochs: int = 4,
-    num_minibatches: int = 4,
+    num_minibatches: int = 8,
     gamma: float = 0.99,
     gae_lambda: float = 0.95,
     clip_eps: float = 0.2,
@@ -175,19 +176,19 @@ def ppo(
       An :class:`~jdo.algorithms.Algorithm` with :class:`ActorCriticState`; metrics as
       :func:`~jdo.rl.a2c.a2c` plus ``approx_kl`` and ``clip_fraction``.
     """
-    check_common("ppo", env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
+    check_common(env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
                  max_grad_norm)  # fmt: skip
-    for name, value in (("epochs", epochs), ("num_minibatches", num_minibatches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"ppo: {name} must be a positive integer, got {value!r}")
+    checks.positive_int("epochs", epochs)
+    checks.positive_int("num_minibatches", num_minibatches)
     batch_size = num_steps * env.num_envs
     if batch_size % num_minibatches:
-        raise ValueError(
-            f"ppo: num_minibatches ({num_minibatches}) must divide num_steps · num_envs "
-            f"({num_steps} · {env.num_envs} = {batch_size})"
+        raise checks.InvalidArgument(
+            "num_minibatches",
+            f"must divide num_steps · num_envs "
+            f"({num_steps} · {env.num_envs} = {batch_size}), got "
+            f"{num_minibatches}",
         )
-    if not clip_eps > 0:
-        raise ValueError(f"ppo: clip_eps must be > 0, got {clip_eps!r}")
+    checks.positive("clip_eps", clip_eps)
     policy = make_policy(env.action_space)
     tx = make_tx(optimizer, communication, topology, max_grad_norm, axis_name)
     update = make_ppo_update(

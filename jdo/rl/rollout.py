@@ -61,6 +61,19 @@ def episode_stats_update(stats: EpisodeStats, done, returns, lengths) -> Episode
     )
 
 
+def episode_stats_merge(stats: EpisodeStats, new: EpisodeStats) -> EpisodeStats:
+    """Appends the episodes of ``new`` (those it still holds, oldest first) to ``stats``: an
+    actor's statistics of one rollout merged into the learner's (``jdo.rl.async_a3c``,
+    ``jdo.rl.host.sebulba``)."""
+    held = jnp.minimum(new.count, EPISODE_WINDOW)
+    order = (new.count - held + jnp.arange(EPISODE_WINDOW)) % EPISODE_WINDOW  # oldest first
+    valid = jnp.arange(EPISODE_WINDOW) < held
+    # Count the episodes `new` no longer holds as if written first: the ring stays consistent
+    # (its newest entry at slot count - 1), and the count includes them.
+    skipped = stats._replace(count=stats.count + new.count - held)
+    return episode_stats_update(skipped, valid, new.returns[order], new.lengths[order])
+
+
 def episode_stats_metrics(stats: EpisodeStats) -> dict[str, jax.Array]:
     """``episode_return``/``episode_length``: means over the last (up to) 100 finished
     episodes (0 before the first one ends); ``episodes``: how many have finished."""

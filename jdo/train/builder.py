@@ -145,11 +145,15 @@ def _rl_env(task: Mapping):
                             normalize_obs=task.get("normalize_obs", False),
                             normalize_reward_gamma=task.get("normalize_reward_gamma"),
                             **(task.get("env_params") or {}))  # fmt: skip
-    except (ValueError, TypeError) as e:
-        key = "task.env_params" if "parameter" in str(e) else "task.env"
-        if "gamma" in str(e):
-            key = "task.normalize_reward_gamma"
-        raise ConfigError(key, str(e)) from None
+    except ArgumentError as e:
+        keys = {
+            "name": "task.env",
+            "num_envs": "task.num_envs",
+            "gamma": "task.normalize_reward_gamma",
+        }
+        raise ConfigError(
+            keys.get(e.argument, f"task.env_params.{e.argument}"), e.message
+        ) from None
 
 
 def build_rl(cfg: Mapping) -> Experiment:
@@ -171,4 +175,32 @@ def build_rl(cfg: Mapping) -> Experiment:
     algorithm = instantiate(cfg["algorithm"], "algorithm", env=env, apply=apply,
                             optimizer=optimizer)  # fmt: skip
     _check_init(algorithm, params, cfg["algorithm"])
-    return Experiment(algorithm, apply, None, params, None, None, counters=("env_steps",))
+    evaluate_worker = _rl_evaluate_worker(task, env, apply, deterministic=target == "jdo.rl.ddpg")
+    return Experiment(
+        algorithm,
+        apply,
+        None,
+        params,
+        None,
+        None,
+        counters=("env_steps",),
+        evaluate_worker=evaluate_worker,
+    )
+
+
+def _rl_evaluate_worker(task: Mapping, env, apply, *, deterministic: bool):
+    """``task.eval_episodes`` fresh episodes of the task's raw env per worker, observed through
+    the worker's frozen normaliser: ``return`` (sampled actions) and ``return_greedy``; DDPG's
+    deterministic actor (no exploration noise) gives ``return`` only."""
+    from jdo.rl import deterministic_policy, make_env, make_evaluate_worker
+
+    raw = make_env(task["env"], **(task.get("env_params") or {}))
+    policy = deterministic_policy(raw.action_space) if deterministic else None
+    return make_evaluate_worker(
+        raw,
+        env,
+        apply,
+        num_episodes=task.get("eval_episodes", 32),
+        policy=policy,
+        deterministic=deterministic,
+    )

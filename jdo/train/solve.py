@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo.lifting import lift
-from jdo.rl import evaluate_policy, make_train
+from jdo.rl import evaluate_policy, make_env, make_train
 
 
 def train_until(
@@ -32,7 +33,8 @@ def train_until(
 ) -> dict[str, Any]:
     """Trains the :func:`jdo.rl.make_train` ``config`` in jitted chunks of ``eval_every``
     updates; after each chunk, evaluates EVERY worker's policy on ``eval_episodes`` fresh
-    episodes (sampled actions) and stops once the worst worker's mean return is ``>= target``.
+    episodes (sampled actions; observations through the worker's own frozen normaliser when
+    ``normalize_obs``) and stops once the worst worker's mean return is ``>= target``.
 
     Returns a dict: ``solved``, ``updates``, ``env_steps`` (all workers), ``train_s`` (device
     time of the training chunks, compile and evaluation excluded), ``compile_s``,
@@ -40,15 +42,14 @@ def train_until(
     ``env_steps``, worst and mean evaluation return, the training ``episode_return``), and the
     final stacked ``state``.
     """
-    if eval_every < 1 or max_updates < eval_every:
-        raise ValueError(f"train_until: need 1 <= eval_every <= max_updates, got "
-                         f"eval_every={eval_every}, max_updates={max_updates}")  # fmt: skip
-    if config.get("normalize_obs"):
-        raise ValueError("train_until evaluates raw observations: normalize_obs is not supported")
+    checks.positive_int("eval_every", eval_every)
+    if checks.positive_int("max_updates", max_updates) < eval_every:
+        raise checks.InvalidArgument(
+            "max_updates", f"must be >= eval_every ({eval_every}), got {max_updates}"
+        )
     train = make_train({**config, "updates": max_updates})
     algo, workers = train.algorithm, int(train.config["workers"])
-    env_name = train.env.name
-    env_params = dict(train.config["env_params"])
+    raw_env = make_env(train.env.name, **train.config["env_params"])
 
     def worker_chunk(state, key, t0):
         def body(s, t):
@@ -60,8 +61,10 @@ def train_until(
     chunk = jax.jit(lift(worker_chunk, lifting, mesh=mesh, in_axes=(0, None, None)))
     init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
     evaluate = jax.jit(jax.vmap(
-        lambda p, k: evaluate_policy(env_name, train.apply, p, k, num_episodes=eval_episodes,
-                                     env_params=env_params),
+        lambda state, k: evaluate_policy(
+            raw_env, train.apply, state.params, k, num_episodes=eval_episodes,
+            obs_transform=lambda obs: train.env.observe(state.env_state, obs),
+        ),
         in_axes=(0, None),
     ))  # fmt: skip
     key = jax.random.key(seed)
@@ -77,7 +80,7 @@ def train_until(
         jax.block_until_ready(state)
         train_s += time.perf_counter() - t0
         updates += eval_every
-        returns = np.asarray(evaluate(state.params, jax.random.fold_in(eval_key, updates)))
+        returns = np.asarray(evaluate(state, jax.random.fold_in(eval_key, updates)))
         means = returns.mean(axis=1)
         env_steps = float(np.asarray(metrics["env_steps"])[0, -1])
         train_return = float(np.asarray(metrics["episode_return"])[:, -1].mean())

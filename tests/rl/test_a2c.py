@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import jdo
+from jdo.checks import InvalidArgument, WrongType
 from jdo.rl import (
     a2c,
     a3c,
@@ -130,13 +131,38 @@ def _grad(env, policy, apply, loss, params, env_state, obs, key, T):
 def test_bad_arguments_name_what_is_allowed():
     env = make_vec_env("CartPole-v1", 2)
     apply, _ = make_network(env, (8,))
-    with pytest.raises(ValueError, match="staleness must be an integer >= 0"):
-        a3c(env, apply, optax.adam(1e-3), staleness=-1)
-    with pytest.raises(ValueError, match="schedule must be one of cyclic, random"):
-        a3c(env, apply, optax.adam(1e-3), schedule="lifo")
-    with pytest.raises(ValueError, match="gamma and gae_lambda must be in"):
-        a2c(env, apply, optax.adam(1e-3), gamma=1.5)
-    with pytest.raises(TypeError, match="optax.GradientTransformation"):
-        a2c(env, apply, 0.1)
-    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
-        a2c(env, apply, optax.adam(1e-3), max_grad_norm=0.0)
+    adam = optax.adam(1e-3)
+    cases = [
+        (
+            lambda: a3c(env, apply, adam, staleness=-1),
+            InvalidArgument,
+            "staleness",
+            "must be a non-negative integer",
+        ),
+        (
+            lambda: a3c(env, apply, adam, schedule="lifo"),
+            InvalidArgument,
+            "schedule",
+            "must be one of 'cyclic', 'random'",
+        ),
+        (lambda: a2c(env, apply, adam, gamma=1.5), InvalidArgument, "gamma", r"in \[0, 1\]"),
+        (lambda: a2c(env, apply, adam, gae_lambda=-0.1), InvalidArgument, "gae_lambda", "in"),
+        (lambda: a2c(env, apply, 0.1), WrongType, "optimizer", "optax.GradientTransformation"),
+        (
+            lambda: a2c(env, apply, adam, max_grad_norm=0.0),
+            InvalidArgument,
+            "max_grad_norm",
+            "must be a positive number",
+        ),
+        (
+            lambda: a2c(jdo.rl.make_env("CartPole-v1"), apply, adam),
+            InvalidArgument,
+            "env",
+            "must be a vector env",
+        ),
+        (lambda: a2c("CartPole-v1", apply, adam), WrongType, "env", "must be a vector jdo.rl.Env"),
+    ]
+    for make, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            make()
+        assert e.value.argument == argument

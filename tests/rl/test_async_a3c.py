@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jdo.checks import InvalidArgument, WrongType
 from jdo.rl import host, make_env, make_network, make_vec_env
 from jdo.rl.async_a3c import async_a3c
 
@@ -81,15 +82,19 @@ def test_bad_arguments():
         ({"max_staleness": -1}, "max_staleness"),
         ({"on_stale": "block"}, "on_stale"),
         ({"gamma": 2.0}, "gamma"),
+        ({"gae_lambda": -1.0}, "gae_lambda"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
     ]
-    for kwargs, word in cases:
-        with pytest.raises(ValueError, match=word):
+    for kwargs, argument in cases:
+        with pytest.raises(InvalidArgument, match=argument) as e:
             async_a3c(env, apply, params, opt, **kwargs)
-    with pytest.raises(ValueError, match="optimizer"):
+        assert e.value.argument == argument
+    with pytest.raises(WrongType, match="optimizer must be an optax"):
         async_a3c(env, apply, params, "adam")
-    with pytest.raises(ValueError, match="vector"):
+    with pytest.raises(InvalidArgument, match="env must be a vector env"):
         async_a3c(make_env("CartPole-v1"), apply, params, opt)  # not vectorized
+    with pytest.raises(WrongType, match="env must be a vector jdo.rl.Env"):
+        async_a3c("CartPole-v1", apply, params, opt)
 
 
 @pytest.mark.parametrize("tau,on_stale", [(None, "drop"), (1, "wait")])
@@ -109,16 +114,24 @@ def _host_envs(actor):
 
 def test_host_gymnasium_actors():
     env, apply, params, opt = _setup()  # the same network: gymnax CartPole = gymnasium's
-    out = async_a3c(_host_envs, apply, params, opt, num_actors=2, num_steps=16,
-                    max_updates=40, max_staleness=1, on_stale="wait")  # fmt: skip
+    out = async_a3c(
+        _host_envs,
+        apply,
+        params,
+        opt,
+        num_actors=2,
+        num_steps=16,
+        gae_lambda=0.95,
+        max_updates=40,
+        max_staleness=1,
+        on_stale="wait",
+    )
     staleness = _check_histogram(out)
     assert out["updates"] == 40 and out["dropped"] == 0 and staleness.max() <= 1
     # env steps are the valid transitions: 16 steps x 4 envs per gradient, minus the masked
     # NEXT_STEP reset transitions (one per finished episode; CartPole episodes last > 2 steps)
     assert 40 <= out["gradients"] <= 41
     assert out["gradients"] * 64 / 2 < out["env_steps"] < out["gradients"] * 64
-    with pytest.raises(ValueError, match="gae_lambda"):
-        async_a3c(_host_envs, apply, params, opt, gae_lambda=0.95)
 
 
 @pytest.mark.slow  # ~30 s of gymnasium stepping on 2 cores

@@ -1,6 +1,7 @@
 """RL through the Hydra runner: configs compose and run, bad values name their key, the whole
 RL state (envs, normalisers, episode statistics, param history) checkpoints and resumes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -62,19 +64,24 @@ def test_cli_runs_ppo_on_cartpole_over_a_ring(tmp_path):
 @pytest.mark.parametrize(
     "overrides,key,message",
     [
-        (("algorithm=ppo", "task.env=Pong"), "task.env", "unknown environment 'Pong'"),
+        (("algorithm=ppo", "task.env=Pong"), "task.env", "must be one of 'CartPole-v1'"),
         (("algorithm=ppo", "task.num_envs=0"), "task.num_envs", "must be a positive integer"),
-        (("algorithm=ppo", "+task.env_params.gx=1"), "task.env_params", "unknown parameter 'gx'"),
+        (("algorithm=ppo", "+task.env_params.gx=1"), "task.env_params.gx",
+         "is not a parameter of CartPole-v1"),
         (("algorithm=ppo", "task.normalize_obs=maybe"), "task.normalize_obs", "true or false"),
         (("algorithm=ppo", "+task.typo=1"), "task.typo", "unknown key"),
         (("algorithm=allreduce_sgd",), "algorithm", "an RL task needs an RL algorithm"),
-        (("algorithm=ppo", "algorithm.num_minibatches=7"), "algorithm", "must divide"),
-        (("algorithm=ppo", "algorithm.communication=ring"), "algorithm",
-         "communication must be one of all_reduce, gossip"),
+        (("algorithm=ppo", "algorithm.num_minibatches=7"), "algorithm.num_minibatches",
+         "must divide"),
+        (("algorithm=ppo", "algorithm.communication=ring"), "algorithm.communication",
+         "must be one of 'all_reduce', 'gossip'"),
         (("algorithm=decentralized_ppo", "topology.n=4"), "topology.n", "must equal workers"),
-        (("algorithm=a3c", "algorithm.staleness=-1"), "algorithm", "staleness must be"),
-        (("algorithm=a3c", "algorithm.schedule=lifo"), "algorithm", "schedule must be one of"),
-        (("algorithm=a2c", "model.activation=gelu"), "model", "activation must be one of"),
+        (("algorithm=a3c", "algorithm.staleness=-1"), "algorithm.staleness",
+         "must be a non-negative integer"),
+        (("algorithm=a3c", "algorithm.schedule=lifo"), "algorithm.schedule", "must be one of"),
+        (("algorithm=a2c", "model.activation=gelu"), "model.activation", "must be one of"),
+        (("algorithm=a2c", "model.hidden=[0]"), "model.hidden", "integers >= 1"),
+        (("algorithm=a2c", "algorithm.gamma=2"), "algorithm.gamma", r"in \[0, 1\]"),
     ],
 )  # fmt: skip
 def test_bad_rl_configs_name_the_key(overrides, key, message, make_cfg):
@@ -120,3 +127,77 @@ def test_every_rl_task_and_algorithm_builds(task, algorithm, make_cfg):
     obs_size = {"cartpole": 4, "acrobot": 6}[task]
     assert state.obs.shape == (4, obs_size)  # task.num_envs copies
     assert exp.data is None and exp.dataset is None
+
+
+def test_evaluate_worker_under_vmap_equals_each_worker_evaluated_alone(make_cfg):
+    """build_rl's evaluate_worker, vmapped over 2 workers with their own params and their own
+    observation normalisers (moments of their own reset observations): each worker's returns
+    are evaluate_policy's with its params and its moments frozen (a normaliser written here)."""
+    cfg = make_cfg(
+        "task=cartpole",
+        "algorithm=ppo",
+        "workers=2",
+        "model.hidden=[16]",
+        "algorithm.num_steps=8",
+        "algorithm.num_minibatches=2",
+        "task.normalize_obs=true",
+        "task.eval_episodes=6",
+    )
+    exp = build(cfg)
+    init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
+    state = init(exp.params, jax.random.split(jax.random.key(0), 2))
+    state = state._replace(params=jax.tree.map(lambda x: x.at[1].multiply(3.0), state.params))
+    moments = state.env_state.moments
+    assert not np.allclose(moments.mean[0], moments.mean[1])  # the workers' normalisers differ
+    keys = jax.random.split(jax.random.key(7), 2)
+    out = jax.jit(jax.vmap(exp.evaluate_worker))(state, keys)
+    assert set(out) == {"return", "return_greedy"} and out["return"].shape == (2,)
+
+    @functools.partial(jax.jit, static_argnames="greedy")
+    def alone(params, key, mean, var, greedy):
+        norm = lambda o: jnp.clip((o - mean) / jnp.sqrt(var + 1e-8), -10, 10)
+        return jdo.rl.evaluate_policy(
+            "CartPole-v1", exp.apply, params, key, num_episodes=6, greedy=greedy, obs_transform=norm
+        )
+
+    for w in range(2):
+        params = jax.tree.map(lambda x, w=w: x[w], state.params)
+        sample_key, greedy_key = jax.random.split(keys[w])
+        for name, key, greedy in (
+            ("return", sample_key, False),
+            ("return_greedy", greedy_key, True),
+        ):
+            returns = alone(params, key, moments.mean[w], moments.var[w], greedy)
+            assert np.all((returns >= 1) & (returns <= 500))
+            np.testing.assert_allclose(out[name][w], np.mean(returns), rtol=1e-6)
+
+
+def test_ddpg_evaluate_worker_reports_the_deterministic_return(make_cfg):
+    cfg = make_cfg(
+        "task=pendulum",
+        "algorithm=ddpg",
+        "workers=2",
+        "model.hidden=[8]",
+        "task.eval_episodes=3",
+        "+task.env_params.max_steps_in_episode=20",
+    )
+    exp = build(cfg)
+    init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
+    state = init(exp.params, jax.random.split(jax.random.key(0), 2))
+    out = jax.jit(jax.vmap(exp.evaluate_worker))(state, jax.random.split(jax.random.key(1), 2))
+    assert set(out) == {"return"}
+    assert np.all(np.asarray(out["return"]) < 0)  # Pendulum's rewards are <= 0
+    env = jdo.rl.make_env("Pendulum-v1", max_steps_in_episode=20)
+    for w in range(2):  # the actor's action, no noise: what evaluate_policy's greedy mode gives
+        params = jax.tree.map(lambda x, w=w: x[w], state.params)
+        key = jax.random.split(jax.random.split(jax.random.key(1), 2)[w])[0]
+        returns = jdo.rl.evaluate_policy(
+            env,
+            exp.apply,
+            params,
+            key,
+            num_episodes=3,
+            greedy=True,
+            policy=jdo.rl.deterministic_policy(env.action_space),
+        )
+        np.testing.assert_allclose(out["return"][w], np.mean(returns), rtol=1e-6)

@@ -42,6 +42,7 @@ def _solve(name, cfg, eval_every, max_updates):
     return out
 
 
+@pytest.mark.slow  # tens of seconds each (compile + training + evaluations) on 2 cores
 @pytest.mark.parametrize(
     "name,cfg,eval_every,max_updates",
     [

@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
+from jdo.checks import InvalidArgument, WrongType
 from jdo.lifting import lift
-from jdo.rl import evaluate_policy, make_vec_env
+from jdo.rl import evaluate_policy, make_ddpg_networks, make_vec_env
 from jdo.rl.ddpg import (
     critic_target,
     ddpg,
-    make_ddpg_networks,
     polyak,
     replay_add,
     replay_init,
@@ -69,9 +69,9 @@ def test_replay_add_wraps_around_like_a_ring():
         for k, v in ref.cols.items():
             np.testing.assert_array_equal(np.asarray(getattr(buf, k)), v, err_msg=k)
         assert int(buf.size) == ref.size and int(buf.insert) == ref.insert
-    with pytest.raises(ValueError, match="exceeds capacity"):
+    with pytest.raises(InvalidArgument, match="more than the buffer's capacity 7"):
         replay_add(buf, **{k: jnp.asarray(v) for k, v in _batch(rng, 8).items()})
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(InvalidArgument, match="capacity must be a positive integer"):
         replay_init(0, (3,), 2)
 
 
@@ -223,18 +223,22 @@ def test_bad_arguments():
         ({"gamma": 1.5}, "gamma"),
         ({"batch_size": 0}, "batch_size"),
         ({"learning_starts": 10**9}, "learning_starts"),
-        ({"buffer_size": 3}, "buffer_size"),
+        ({"buffer_size": 3, "learning_starts": 0}, "buffer_size"),
         ({"exploration_noise": -0.1}, "exploration_noise"),
-        ({"actor_optimizer": "adam"}, "actor_optimizer"),
+        ({"num_steps": 0}, "num_steps"),
+        ({"updates_per_step": 0}, "updates_per_step"),
     ]
-    for kwargs, word in cases:
-        with pytest.raises(ValueError, match=word):
+    for kwargs, argument in cases:
+        with pytest.raises(InvalidArgument, match=argument) as e:
             ddpg(env, apply, opt, **kwargs)
-    with pytest.raises(ValueError, match="continuous"):
+        assert e.value.argument == argument
+    with pytest.raises(WrongType, match="actor_optimizer must be an optax"):
+        ddpg(env, apply, opt, actor_optimizer="adam")
+    with pytest.raises(InvalidArgument, match="env must have continuous actions"):
         ddpg(make_vec_env("CartPole-v1", 2), apply, opt)
-    with pytest.raises(ValueError, match="continuous"):
+    with pytest.raises(InvalidArgument, match="env must have continuous actions"):
         make_ddpg_networks(make_vec_env("CartPole-v1", 2))
-    with pytest.raises(ValueError, match="vector"):
+    with pytest.raises(WrongType, match="env must be a vector jdo.rl.Env"):
         ddpg(object(), apply, opt)
 
 

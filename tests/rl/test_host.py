@@ -10,7 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jdo.rl import host, make_network, make_vec_env
+from jdo.checks import InvalidArgument, WrongType
+from jdo.rl import ActionSpace, host, make_network, make_policy, make_vec_env
+
+POLICY = make_policy(ActionSpace("discrete", n=2))
 
 
 class Countdown(gym.Env):
@@ -61,9 +64,13 @@ def test_next_step_reset_transitions_are_masked():
     np.testing.assert_array_equal(r.next_obs[~v][:, 0], 0.0)  # the reset observation
     np.testing.assert_array_equal(r.terminated, v & (r.next_obs[..., 0] == lengths))
     # Every finished episode counted with its full return 1 + ... + length, nothing else.
-    returns = sorted(actor.episodes.pop_new())
+    stats = actor.episodes
+    count = int(stats.count)
     expected = sorted(n * (n + 1) / 2 for n in lengths for _ in range(13 // (n + 1)))
-    assert returns == expected
+    assert sorted(np.asarray(stats.returns[:count]).tolist()) == expected
+    assert sorted(np.asarray(stats.lengths[:count]).tolist()) == sorted(
+        n for n in lengths for _ in range(13 // (n + 1))
+    )
     assert actor.env_steps == v.sum()
 
 
@@ -98,18 +105,25 @@ def _returns_reference(rewards, next_values, terminated, truncated, gamma):
     return g
 
 
-def test_masked_returns_match_numpy():
-    rng = np.random.default_rng(0)
-    shape = (11, 5)
-    rewards = rng.normal(size=shape).astype(np.float32)
-    next_values = rng.normal(size=shape).astype(np.float32)
-    terminated = rng.random(shape) < 0.2
-    truncated = (rng.random(shape) < 0.2) & ~terminated
-    got = host.masked_returns(
-        jnp.asarray(rewards), jnp.asarray(next_values), terminated, truncated, 0.9
+@pytest.mark.parametrize("autoreset", ["next_step", "same_step"])
+def test_rollout_returns_match_numpy_n_step_returns(autoreset):
+    """The learner's targets on a real rollout (GAE with λ=1, jdo.rl.gae) equal n-step returns
+    that never look across an episode end, bootstrapped from V(next_obs) at an episode's end
+    unless terminated, and at the rollout's end (numpy, on every valid transition)."""
+    actor = _actor(autoreset, num_envs=4, env=functools.partial(Countdown, (2, 3, 5, 7)))
+    actor.rollout(None, jax.random.key(0), 3)  # start mid-episode
+    r = host.as_arrays(actor.rollout(None, jax.random.key(1), 11))
+    r = r._replace(truncated=r.valid & (r.obs[..., 0] == 3) & ~r.terminated)  # cut some
+    apply, params = _linear_actor_critic()
+    batch = host.rollout_batch(apply, params, r, gamma=0.9)
+    next_values = np.asarray(apply(params, r.next_obs.reshape(-1, 1))[1]).reshape(11, 4)
+    want = _returns_reference(r.rewards, next_values, r.terminated, r.truncated, 0.9)
+    valid = r.valid.reshape(-1)
+    assert r.truncated.any() and r.terminated.any() and (autoreset == "same_step") == valid.all()
+    np.testing.assert_allclose(
+        batch["return"][valid], want.reshape(-1)[valid], rtol=1e-5, atol=1e-5
     )
-    want = _returns_reference(rewards, next_values, terminated, truncated, 0.9)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(batch["mask"], valid)
 
 
 def _linear_actor_critic():
@@ -125,7 +139,7 @@ def test_reset_transitions_are_never_learned_from():
     r = _actor("next_step").rollout(None, jax.random.key(0), 13)
     apply, params = _linear_actor_critic()
     r = r._replace(actions=(np.arange(r.rewards.size).reshape(r.rewards.shape) % 2))
-    loss = lambda p, ro: host.masked_actor_critic_loss(apply, p, ro, gamma=0.9)[0]
+    loss = lambda p, ro: host.rollout_loss(apply, POLICY, p, ro, gamma=0.9)[0]
     base, grad = jax.value_and_grad(loss)(params, r)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grad))
     # Change everything about the invalid (reset) transitions: loss and gradient are unchanged.
@@ -145,27 +159,30 @@ def test_reset_transitions_are_never_learned_from():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="autoreset"):
+    with pytest.raises(InvalidArgument, match="autoreset must be one of"):
         host.make_vector_env("CartPole-v1", 2, autoreset="disabled")
-    with pytest.raises(ValueError, match="context"):
+    with pytest.raises(InvalidArgument, match="context must be one of 'spawn', 'forkserver'"):
         host.make_vector_env("CartPole-v1", 2, vectorization="async", context="fork")
-    with pytest.raises(ValueError, match="num_envs"):
+    with pytest.raises(InvalidArgument, match="num_envs must be a positive integer"):
         host.make_vector_env("CartPole-v1", 0)
-    with pytest.raises(ValueError, match="not a registered"):
+    with pytest.raises(InvalidArgument, match="not a registered"):
         host.make_vector_env("NoSuchEnv-v9", 2)
     disabled = gym.vector.SyncVectorEnv(
         [Countdown], autoreset_mode=gym.vector.AutoresetMode.DISABLED
     )
-    with pytest.raises(ValueError, match="autoreset_mode"):
+    with pytest.raises(InvalidArgument, match="autoreset_mode"):
         host.HostActor(disabled, _constant_policy)
     apply, params = _linear_actor_critic()
     envs = [host.make_vector_env(Countdown, 3)]
-    with pytest.raises(ValueError, match="learner_workers"):
-        host.sebulba(envs, apply, params, optax.sgd(0.1), num_updates=1, learner_workers=2)
-    with pytest.raises(ValueError, match="envs"):
-        host.sebulba(envs[0], apply, params, optax.sgd(0.1), num_updates=1)
-    with pytest.raises(ValueError, match="queue_size"):
-        host.sebulba(envs, apply, params, optax.sgd(0.1), num_updates=1, queue_size=0)
+    sgd = optax.sgd(0.1)
+    with pytest.raises(InvalidArgument, match="learner_workers must divide the total env count"):
+        host.sebulba(envs, apply, params, sgd, num_updates=1, learner_workers=2)
+    with pytest.raises(WrongType, match="envs must be a sequence of vector envs"):
+        host.sebulba(envs[0], apply, params, sgd, num_updates=1)
+    with pytest.raises(InvalidArgument, match="queue_size must be a positive integer"):
+        host.sebulba(envs, apply, params, sgd, num_updates=1, queue_size=0)
+    with pytest.raises(InvalidArgument, match="gae_lambda"):
+        host.sebulba(envs, apply, params, sgd, num_updates=1, gae_lambda=2.0)
 
 
 def test_async_vector_env_with_spawn():
@@ -185,13 +202,13 @@ def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
     r = r._replace(actions=(np.arange(r.rewards.size).reshape(r.rewards.shape) * 7 % 3 % 2))
     apply, params = _linear_actor_critic()
     opt = optax.adam(0.1)
-    one = host.make_learner_update(apply, opt, gamma=0.9)
+    one = host.make_learner_update(apply, POLICY, opt, gamma=0.9, gae_lambda=0.8)
     many = host.make_learner_update(
-        apply, opt, gamma=0.9, learner_workers=workers, lifting=lifting,
+        apply, POLICY, opt, gamma=0.9, gae_lambda=0.8, learner_workers=workers, lifting=lifting,
         mesh=mesh8 if lifting == "shard_map" else None,
     )  # fmt: skip
     # The loss of one learner against a direct evaluation on the whole rollout.
-    direct, _ = host.masked_actor_critic_loss(apply, params, r, gamma=0.9)
+    direct, _ = host.rollout_loss(apply, POLICY, params, host.as_arrays(r), gamma=0.9, lam=0.8)
     p1, s1, m1 = one(params, opt.init(params), r)
     pw, sw, mw = many(params, opt.init(params), r)
     np.testing.assert_allclose(m1["loss"], direct, rtol=1e-6)
@@ -199,12 +216,13 @@ def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
     for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((pw, sw)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(p1["w"], params["w"])  # the update moved the params
-    with pytest.raises(ValueError, match="must divide"):
-        host.make_learner_update(apply, opt, gamma=0.9, learner_workers=3)(
+    with pytest.raises(InvalidArgument, match="must divide"):
+        host.make_learner_update(apply, POLICY, opt, gamma=0.9, learner_workers=3)(
             params, opt.init(params), r
         )
 
 
+@pytest.mark.slow  # ~30 s of gymnasium stepping on 2 busy cores
 def test_sebulba_learns_cartpole():
     # jdo's actor-critic sized by gymnax CartPole, whose spaces are gymnasium's
     apply, params = make_network(make_vec_env("CartPole-v1", 1), (64, 64), seed=0)
@@ -243,5 +261,5 @@ def test_sebulba_actors_and_learner_on_separate_devices(mesh8):
     assert len(out["history"]) == 5 and all(np.isfinite(m["loss"]) for m in out["history"])
     default = host.sebulba(envs, apply, params, optax.sgd(0.01), num_updates=1, num_steps=4)
     assert default["actor_devices"] == {jax.devices()[0]}
-    with pytest.raises(ValueError, match="actor_device"):
+    with pytest.raises(WrongType, match="actor_device"):
         host.sebulba(envs, apply, params, optax.sgd(0.01), num_updates=1, actor_device=7)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import jdo
+from jdo.checks import InvalidArgument, WrongType
 from jdo.lifting import lift
 from jdo.rl import (
     advantages_of,
@@ -140,13 +141,26 @@ def test_bad_arguments_name_what_is_allowed():
     env = make_vec_env("CartPole-v1", 3)
     apply, _ = make_network(env, (8,))
     adam = optax.adam(1e-3)
-    with pytest.raises(ValueError, match=r"num_minibatches \(5\) must divide"):
-        ppo(env, apply, adam, num_steps=8, num_minibatches=5)
-    with pytest.raises(ValueError, match="communication must be one of all_reduce, gossip"):
-        ppo(env, apply, adam, communication="ring")
-    with pytest.raises(ValueError, match="needs a jdo.topology.Topology"):
-        ppo(env, apply, adam, communication="gossip")
-    with pytest.raises(ValueError, match="epochs must be a positive integer"):
-        ppo(env, apply, adam, epochs=0)
-    with pytest.raises(TypeError, match="vector jdo.rl.Env"):
+    cases = [
+        (
+            dict(num_steps=8, num_minibatches=5),
+            InvalidArgument,
+            "num_minibatches",
+            r"must divide num_steps · num_envs \(8 · 3 = 24\), got 5",
+        ),
+        (
+            dict(communication="ring"),
+            InvalidArgument,
+            "communication",
+            "must be one of 'all_reduce', 'gossip'",
+        ),
+        (dict(communication="gossip"), WrongType, "topology", "must be a jdo.topology.Topology"),
+        (dict(epochs=0), InvalidArgument, "epochs", "must be a positive integer"),
+        (dict(clip_eps=0.0), InvalidArgument, "clip_eps", "must be a positive number"),
+    ]
+    for kwargs, kind, argument, message in cases:
+        with pytest.raises(kind, match=message) as e:
+            ppo(env, apply, adam, **kwargs)
+        assert e.value.argument == argument
+    with pytest.raises(InvalidArgument, match="env must be a vector env"):
         ppo(jdo.rl.make_env("CartPole-v1"), apply, adam)

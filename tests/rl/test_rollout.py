@@ -10,6 +10,7 @@ from jdo.rl import (
     EPISODE_WINDOW,
     advantages_of,
     episode_stats_init,
+    episode_stats_merge,
     episode_stats_metrics,
     episode_stats_update,
     gae,
@@ -135,3 +136,28 @@ def test_episode_statistics_keep_the_last_100_in_order():
 def test_episode_statistics_before_any_episode_ends_are_zero():
     m = episode_stats_metrics(episode_stats_init())
     assert float(m["episode_return"]) == 0.0 and float(m["episodes"]) == 0.0
+
+
+def test_merging_statistics_appends_the_episodes_in_order():
+    """An actor's per-rollout statistics merged into the learner's equal one tracker that saw
+    every episode in that order (numpy), even when a rollout finished more than 100."""
+    rng = np.random.default_rng(1)
+    learner, finished = episode_stats_init(), []
+    update, merge = jax.jit(episode_stats_update), jax.jit(episode_stats_merge)
+    for size in (5, 150, 30, 0, 99):
+        returns = rng.normal(size=size).astype(np.float32)
+        lengths = rng.integers(1, 500, size=size).astype(np.int32)
+        done = np.ones(size, bool)
+        rollout_stats = update(episode_stats_init(), done, returns, lengths)
+        learner = merge(learner, rollout_stats)
+        finished += list(zip(returns, lengths, strict=True))
+        last = finished[-EPISODE_WINDOW:]
+        m = episode_stats_metrics(learner)
+        if last:
+            np.testing.assert_allclose(
+                m["episode_return"], np.mean([r for r, _ in last]), rtol=1e-5
+            )
+            np.testing.assert_allclose(
+                m["episode_length"], np.mean([n for _, n in last]), rtol=1e-5
+            )
+        assert int(m["episodes"]) == len(finished)
