@@ -25,12 +25,34 @@ import jdo.conf  # noqa: F401 - registers the ${jdo_run_id:} resolver of the run
 log = logging.getLogger("jdo")
 
 SUMMARY_KEYS = (
-    "steps", "workers", "lifting", "train/loss", "eval/avg_model/loss",
-    "eval/avg_model/accuracy", "eval/workers/accuracy_mean", "eval/workers/accuracy_min",
-    "train/episode_return", "train/env_steps", "consensus", "dist_to_opt", "bytes/step",
-    "bytes/step_quiet", "bytes/total", "steps_per_s", "samples_per_s", "env_steps_per_s",
-    "skipped_steps", "compile_s", "wall_s",
-)  # fmt: skip
+    "steps",
+    "workers",
+    "lifting",
+    "train/loss",
+    "eval/avg_model/loss",
+    "eval/avg_model/accuracy",
+    "eval/workers/accuracy_mean",
+    "eval/workers/accuracy_min",
+    "train/episode_return",
+    "eval/return",
+    "eval/return_min",
+    "eval/return_greedy",
+    "train/env_steps",
+    "consensus",
+    "dist_to_opt",
+    "bytes/step",
+    "bytes/step_quiet",
+    "bytes/total",
+    "steps_per_s",
+    "samples_per_s",
+    "env_steps_per_s",
+    "skipped_steps",
+    "compile_s",
+    "train_s",
+    "eval_s",
+    "checkpoint_s",
+    "wall_s",
+)
 
 
 def summary_table(summary: dict) -> str:
