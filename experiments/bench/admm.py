@@ -34,8 +34,11 @@ def _problem(n, seed=0):
     model = jdo.models.Linear((DIM,), 1, use_bias=False, rngs=nnx.Rngs(0))
     apply, params = jdo.models.functional(model)
     loss_fn = jdo.data.make_loss(apply, "regression")
-    batch = {"x": jnp.asarray(a.reshape(n, ROWS, DIM)), "y": jnp.asarray(b.reshape(n, ROWS, 1)),
-             "weight": jnp.ones((n, ROWS))}  # fmt: skip
+    batch = {
+        "x": jnp.asarray(a.reshape(n, ROWS, DIM)),
+        "y": jnp.asarray(b.reshape(n, ROWS, 1)),
+        "weight": jnp.ones((n, ROWS)),
+    }
     return a, b, loss_fn, jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params), batch
 
 
@@ -54,8 +57,9 @@ def _iterations(algo, params, batch, objective, f_star, n):
     _, errors = jax.jit(lambda s: jax.lax.scan(body, s, None, length=MAX_ITERS))(state)
     hits = np.flatnonzero(np.asarray(errors) <= TARGET)
     one = jax.tree.map(lambda v: v[0], (state, batch))
-    per_iter = sum(jdo.comm.worker_bytes(algo.step, n, *one, jax.random.key(0),
-                                         in_axes=(0, 0, None)).values())  # fmt: skip
+    per_iter = sum(
+        jdo.comm.worker_bytes(algo.step, n, *one, jax.random.key(0), in_axes=(0, 0, None)).values()
+    )
     return (int(hits[0]) + 1 if hits.size else None), per_iter
 
 
@@ -81,8 +85,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     jax.config.update("jax_enable_x64", True)
     os.makedirs(args.out, exist_ok=True)
-    lines = ["| problem | n | method | iterations | bytes/iteration/worker | bytes to target |",
-             "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| problem | n | method | iterations | bytes/iteration/worker | bytes to target |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for problem in ("least squares", "lasso"):
         for n in args.sizes:
             a, b, loss_fn, params, batch = _problem(n)
@@ -99,23 +105,29 @@ def main(argv=None):
                 ref = np.linalg.lstsq(a, b, rcond=None)[0]
             objective = lambda x, a=a, b=b, alpha=alpha, total_rows=total_rows: (
                 jnp.sum((jnp.asarray(a) @ x - jnp.asarray(b)) ** 2) / (2 * total_rows)
-                + alpha * jnp.sum(jnp.abs(x)))  # fmt: skip
+                + alpha * jnp.sum(jnp.abs(x))
+            )
             f_star = float(objective(jnp.asarray(ref)))
             lipschitz = np.linalg.eigvalsh(a.T @ a / total_rows).max()
             reg = prox.l1(n * alpha) if alpha else None
             methods = {
                 "consensus ADMM, ρ = 1": jdo.constrained.consensus_admm(
-                    loss_fn, rho=1.0, regularizer=reg),
+                    loss_fn, rho=1.0, regularizer=reg
+                ),
                 "consensus ADMM, residual balancing": jdo.constrained.consensus_admm(
-                    loss_fn, rho=1.0, regularizer=reg, residual_balancing=True),
-                "all-reduce " + ("proximal " if alpha else "") + "GD, step 1/L":
-                    _prox_gradient(loss_fn, 1.0 / lipschitz, alpha),
-            }  # fmt: skip
+                    loss_fn, rho=1.0, regularizer=reg, residual_balancing=True
+                ),
+                "all-reduce " + ("proximal " if alpha else "") + "GD, step 1/L": _prox_gradient(
+                    loss_fn, 1.0 / lipschitz, alpha
+                ),
+            }
             for name, algo in methods.items():
                 iters, per_iter = _iterations(algo, params, batch, objective, f_star, n)
                 total = "—" if iters is None else f"{iters * per_iter:,}"
-                lines.append(f"| {problem} | {n} | {name} | {iters or f'>{MAX_ITERS}'} | "
-                             f"{per_iter:,} | {total} |")  # fmt: skip
+                lines.append(
+                    f"| {problem} | {n} | {name} | {iters or f'>{MAX_ITERS}'} | "
+                    f"{per_iter:,} | {total} |"
+                )
                 print(lines[-1], flush=True)
     table = "\n".join(lines)
     with open(os.path.join(args.out, "admm.md"), "w", encoding="utf-8") as fh:

@@ -61,19 +61,28 @@ def _methods(lr, workers):
     return {
         "all-reduce SGD": (jdo.algorithms.allreduce_sgd, {}, 1),
         "top-1% + EF": (jdo.algorithms.compressed_sgd, {"compressor": C.top_k(0.01)}, 1),
-        "top-1% + EF21": (jdo.algorithms.compressed_sgd,
-                          {"compressor": C.top_k(0.01), "error_feedback": "ef21"}, 1),
-        "QSGD 16 levels": (jdo.algorithms.compressed_sgd,
-                           {"compressor": C.qsgd(16), "error_feedback": None}, 1),
+        "top-1% + EF21": (
+            jdo.algorithms.compressed_sgd,
+            {"compressor": C.top_k(0.01), "error_feedback": "ef21"},
+            1,
+        ),
+        "QSGD 16 levels": (
+            jdo.algorithms.compressed_sgd,
+            {"compressor": C.qsgd(16), "error_feedback": None},
+            1,
+        ),
         "scaled sign + EF": (jdo.algorithms.compressed_sgd, {"compressor": C.scaled_sign()}, 1),
         "PowerSGD rank 2": (jdo.algorithms.powersgd, {"rank": 2}, 1),
         "local SGD H=16": (jdo.algorithms.local_sgd, {"every": 16}, 16),
         "DiLoCo H=64": (jdo.algorithms.diloco, {"sync_every": 64}, 64),
         "FedAvg H=16, 50%": (jdo.algorithms.fedavg, {"local_steps": 16, "participation": 0.5}, 16),
         "exact gossip (ring)": (jdo.algorithms.dpsgd, {"topology": ring}, 1),
-        "CHOCO top-1% (ring)": (jdo.algorithms.choco_sgd,
-                                {"topology": ring, "compressor": C.top_k(0.01), "gamma": 0.05}, 1),
-    }, sgd  # fmt: skip
+        "CHOCO top-1% (ring)": (
+            jdo.algorithms.choco_sgd,
+            {"topology": ring, "compressor": C.top_k(0.01), "gamma": 0.05},
+            1,
+        ),
+    }, sgd
 
 
 def _measure(algo, params, data, objective, target, max_steps, workers, period):
@@ -104,10 +113,17 @@ def _measure(algo, params, data, objective, target, max_steps, workers, period):
             reached = (c + 1) * CHECK_EVERY
             break
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (state, tuple(data)))
-    per_round = sum(jdo.comm.worker_bytes(
-        worker_step, workers, one[0], *one[1], jnp.int32(0), in_axes=(0, 0, 0, 0, None),
-        platform=jax.default_backend(),
-    ).values())  # fmt: skip
+    per_round = sum(
+        jdo.comm.worker_bytes(
+            worker_step,
+            workers,
+            one[0],
+            *one[1],
+            jnp.int32(0),
+            in_axes=(0, 0, 0, 0, None),
+            platform=jax.default_backend(),
+        ).values()
+    )
     steps = CHECK_EVERY * np.arange(1, len(curve) + 1)
     return reached, per_round, (steps // period * per_round, np.asarray(curve))
 
@@ -152,15 +168,19 @@ def main(argv=None):
             if problem == "logistic" and name.startswith("PowerSGD"):
                 continue  # no matrix-shaped parameter in a linear model
             algo = factory(loss_fn, sgd, **kwargs)
-            steps, per_round, curve = _measure(algo, params, data, objective, target, max_steps,
-                                               args.workers, period)  # fmt: skip
+            steps, per_round, curve = _measure(
+                algo, params, data, objective, target, max_steps, args.workers, period
+            )
             rows[name] = (steps, per_round, period)
             curves[name] = curve
             print(problem, name, steps, per_round, flush=True)
-        lines += [f"\n**{problem}, {args.workers} workers** (step {lr}; × = ratio to the "
-                  "baseline: all-reduce SGD, or exact gossip for CHOCO)\n",
-                  "| method | steps | × steps | rounds | bytes/round/worker | bytes to target "
-                  "| × bytes |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"\n**{problem}, {args.workers} workers** (step {lr}; × = ratio to the "
+            "baseline: all-reduce SGD, or exact gossip for CHOCO)\n",
+            "| method | steps | × steps | rounds | bytes/round/worker | bytes to target "
+            "| × bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, (steps, per_round, period) in rows.items():
             base = rows["exact gossip (ring)" if "CHOCO" in name else "all-reduce SGD"]
             if steps is None or base[0] is None:
@@ -168,8 +188,10 @@ def main(argv=None):
                 continue
             rounds, base_rounds = steps // period, base[0] // base[2]
             total, base_total = rounds * per_round, base_rounds * base[1]
-            lines.append(f"| {name} | {steps} | {steps / base[0]:.2f} | {rounds} | "
-                         f"{per_round:,} | {total:,} | {total / base_total:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {steps} | {steps / base[0]:.2f} | {rounds} | "
+                f"{per_round:,} | {total:,} | {total / base_total:.3f} |"
+            )
         _plot(curves, target, problem, os.path.join(args.out, f"compression_{problem}.png"))
     table = "\n".join(lines)
     print(table)

@@ -89,8 +89,16 @@ def plain_ppo(num_envs: int, lr: float = 1e-3):
             )(jax.random.split(s_key, num_envs), env_state, action, env_params)
             term = term.astype(bool)
             done = term | trunc.astype(bool)
-            return (env_state, nobs), (obs, action, logp, value, reward, term, done,
-                                       info["final_observation"])  # fmt: skip
+            return (env_state, nobs), (
+                obs,
+                action,
+                logp,
+                value,
+                reward,
+                term,
+                done,
+                info["final_observation"],
+            )
 
         (env_state, obs), (o, a, lp, v, r, term, done, fin) = jax.lax.scan(
             act, (env_state, obs), jax.random.split(r_key, T)
@@ -105,8 +113,7 @@ def plain_ppo(num_envs: int, lr: float = 1e-3):
 
         _, adv = jax.lax.scan(back, jnp.zeros(num_envs), (delta, 1.0 - done), reverse=True)
         B = T * num_envs
-        data = (o.reshape(B, 4), a.reshape(B), lp.reshape(B), adv.reshape(B),
-                (adv + v).reshape(B))  # fmt: skip
+        data = (o.reshape(B, 4), a.reshape(B), lp.reshape(B), adv.reshape(B), (adv + v).reshape(B))
 
         def loss_fn(p, mb):
             o, a, lp_old, adv, ret = mb
@@ -177,8 +184,9 @@ def throughput(rounds: int, calls: int) -> tuple[list[dict], list[dict]]:
 
         times = interleaved_min(
             {"jdo": functools.partial(roll, state, obs, jax.random.key(2)), "gym": gym_rollout},
-            rounds=rounds, calls=max(1, calls // 5),
-        )  # fmt: skip
+            rounds=rounds,
+            calls=max(1, calls // 5),
+        )
         gym_env.close()
         steps = T * num_envs
         return {"envs": num_envs, "jdo": steps / times["jdo"], "gym": steps / times["gym"]}
@@ -209,12 +217,19 @@ def throughput(rounds: int, calls: int) -> tuple[list[dict], list[dict]]:
                 "plain_again": functools.partial(plain_again, plain_state, jax.random.key(1)),
                 "jdo": functools.partial(jdo_run, jdo_state, jax.random.key(1)),
             },
-            rounds=rounds, calls=calls,
-        )  # fmt: skip
+            rounds=rounds,
+            calls=calls,
+        )
         steps = UPDATES_PER_CALL * T * N * workers
-        train_rows.append({"workers": workers, "envs": N * workers, "jdo": steps / times["jdo"],
-                           "plain": steps / times["plain"],
-                           "A/A": times["plain_again"] / times["plain"]})  # fmt: skip
+        train_rows.append(
+            {
+                "workers": workers,
+                "envs": N * workers,
+                "jdo": steps / times["jdo"],
+                "plain": steps / times["plain"],
+                "A/A": times["plain_again"] / times["plain"],
+            }
+        )
     return acting_rows, train_rows
 
 
@@ -222,12 +237,22 @@ def sample_efficiency(seeds: int):
     import jdo
     from jdo.train.solve import train_until
 
-    ppo_cfg = {"algorithm": "ppo", "workers": W, "num_envs": N, "learning_rate": 1e-3,
-               "normalize_reward_gamma": 0.99,
-               "algorithm_kwargs": {"num_steps": T, "num_minibatches": MB}}  # fmt: skip
-    a2c_cfg = {"algorithm": "a2c", "workers": W, "num_envs": N, "learning_rate": 3e-3,
-               "normalize_reward_gamma": 0.99,
-               "algorithm_kwargs": {"num_steps": 16, "gae_lambda": 0.95}}  # fmt: skip
+    ppo_cfg = {
+        "algorithm": "ppo",
+        "workers": W,
+        "num_envs": N,
+        "learning_rate": 1e-3,
+        "normalize_reward_gamma": 0.99,
+        "algorithm_kwargs": {"num_steps": T, "num_minibatches": MB},
+    }
+    a2c_cfg = {
+        "algorithm": "a2c",
+        "workers": W,
+        "num_envs": N,
+        "learning_rate": 3e-3,
+        "normalize_reward_gamma": 0.99,
+        "algorithm_kwargs": {"num_steps": 16, "gae_lambda": 0.95},
+    }
     a3c = lambda tau: {
         **a2c_cfg,
         "algorithm": "a3c",
@@ -252,8 +277,11 @@ def sample_efficiency(seeds: int):
             for s in range(seeds)
         ]
         r = results[name]
-        print(f"  {name}: env steps {[int(x['env_steps']) for x in r]}, "
-              f"solved {[x['solved'] for x in r]}", flush=True)  # fmt: skip
+        print(
+            f"  {name}: env steps {[int(x['env_steps']) for x in r]}, "
+            f"solved {[x['solved'] for x in r]}",
+            flush=True,
+        )
     return results
 
 
@@ -275,35 +303,50 @@ def main(argv=None):
     t0 = time.perf_counter()
     acting, training = throughput(args.rounds, args.calls)
     device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-    lines = [f"CartPole-v1 on {device} ({os.cpu_count()} CPU cores); "
-             f"`python -m experiments.bench.rl`", "",
-             "**Environment steps per second**: gymnasium's sync vector env driving jdo's jitted "
-             "policy one step at a time (acting only) vs jdo's jitted rollout (acting only) and "
-             f"jdo's whole PPO update (acting + GAE + {EPOCHS} epochs x {MB} minibatches; "
-             f"{N} envs per worker, 1 or {W} workers)", "",
-             "| env copies | gymnasium + jitted policy | jdo rollout | jdo PPO training "
-             "| rollout ÷ gymnasium | training ÷ gymnasium |",
-             "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"CartPole-v1 on {device} ({os.cpu_count()} CPU cores); `python -m experiments.bench.rl`",
+        "",
+        "**Environment steps per second**: gymnasium's sync vector env driving jdo's jitted "
+        "policy one step at a time (acting only) vs jdo's jitted rollout (acting only) and "
+        f"jdo's whole PPO update (acting + GAE + {EPOCHS} epochs x {MB} minibatches; "
+        f"{N} envs per worker, 1 or {W} workers)",
+        "",
+        "| env copies | gymnasium + jitted policy | jdo rollout | jdo PPO training "
+        "| rollout ÷ gymnasium | training ÷ gymnasium |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for a, t in zip(acting, training, strict=True):
-        lines.append(f"| {a['envs']} | {a['gym']:,.0f} | {a['jdo']:,.0f} | {t['jdo']:,.0f} | "
-                     f"{a['jdo'] / a['gym']:.1f}x | {t['jdo'] / a['gym']:.1f}x |")  # fmt: skip
-    lines += ["", f"**jdo PPO vs a plain single-file jitted PPO** (same network, hyperparameters "
-              f"and work; T={T}, {UPDATES_PER_CALL} updates per call; env steps/s; the plain PPO "
-              f"has all the env copies in one learner)", "",
-              "| jdo workers (vmap) | env copies | jdo PPO | plain PPO | jdo ÷ plain "
-              "| A/A control |", "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines.append(
+            f"| {a['envs']} | {a['gym']:,.0f} | {a['jdo']:,.0f} | {t['jdo']:,.0f} | "
+            f"{a['jdo'] / a['gym']:.1f}x | {t['jdo'] / a['gym']:.1f}x |"
+        )
+    lines += [
+        "",
+        f"**jdo PPO vs a plain single-file jitted PPO** (same network, hyperparameters "
+        f"and work; T={T}, {UPDATES_PER_CALL} updates per call; env steps/s; the plain PPO "
+        f"has all the env copies in one learner)",
+        "",
+        "| jdo workers (vmap) | env copies | jdo PPO | plain PPO | jdo ÷ plain | A/A control |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in training:
-        lines.append(f"| {r['workers']} | {r['envs']} | {r['jdo']:,.0f} | {r['plain']:,.0f} | "
-                     f"{r['jdo'] / r['plain']:.2f} | {r['A/A']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {r['workers']} | {r['envs']} | {r['jdo']:,.0f} | {r['plain']:,.0f} | "
+            f"{r['jdo'] / r['plain']:.2f} | {r['A/A']:.2f} |"
+        )
     print("\n".join(lines), flush=True)
 
     results = sample_efficiency(args.seeds)
     base = np.median([x["env_steps"] for x in results["A3C-style, τ=0"]])
-    lines += ["", f"**Environment steps until every worker averages >= 475 over 100 fresh "
-              f"episodes** ({W} workers x {N} envs; evaluated every 10 PPO / 25 A2C updates; "
-              f"{args.seeds} seeds)", "",
-              "| method | env steps per seed | median | solved | training s (median) |",
-              "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        f"**Environment steps until every worker averages >= 475 over 100 fresh "
+        f"episodes** ({W} workers x {N} envs; evaluated every 10 PPO / 25 A2C updates; "
+        f"{args.seeds} seeds)",
+        "",
+        "| method | env steps per seed | median | solved | training s (median) |",
+        "|---|---|---:|---:|---:|",
+    ]
     for name, runs in results.items():
         steps = [x["env_steps"] for x in runs]
         lines.append(
@@ -312,9 +355,12 @@ def main(argv=None):
             f"{np.median([x['train_s'] for x in runs]):.1f} |"
         )
     tau4 = np.median([x["env_steps"] for x in results["A3C-style, τ=4"]])
-    lines += ["", f"A3C-style staleness τ=4 needed {tau4 / base:.2f}x the env steps of τ=0 "
-              f"(medians over {args.seeds} seeds). Total benchmark time "
-              f"{time.perf_counter() - t0:.0f} s."]  # fmt: skip
+    lines += [
+        "",
+        f"A3C-style staleness τ=4 needed {tau4 / base:.2f}x the env steps of τ=0 "
+        f"(medians over {args.seeds} seeds). Total benchmark time "
+        f"{time.perf_counter() - t0:.0f} s.",
+    ]
     table = "\n".join(lines)
     print(table)
 
@@ -324,8 +370,11 @@ def main(argv=None):
         dashed = name.startswith("A3C-style, τ=0")  # it is A2C exactly: the curves coincide
         ax.plot(c[:, 0], c[:, 1], marker="o", ms=3, ls="--" if dashed else "-", label=name)
     ax.axhline(475, color="gray", ls=":", lw=1)
-    ax.set(xlabel="environment steps (all workers)", ylabel="evaluation return (worst worker)",
-           title=f"CartPole-v1, {W} workers x {N} envs (seed 0)")  # fmt: skip
+    ax.set(
+        xlabel="environment steps (all workers)",
+        ylabel="evaluation return (worst worker)",
+        title=f"CartPole-v1, {W} workers x {N} envs (seed 0)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(args.out, exist_ok=True)

@@ -58,18 +58,25 @@ def consensus_curves(n: int, steps: int = 2000):
     out = {}
     for name, make in TOPOLOGIES.items():
         topo = make(n)
-        mix = jax.vmap(lambda x, t, topo=topo: jdo.comm.mix(x, topo, t), in_axes=(0, None),
-                       axis_name="workers")  # fmt: skip
+        mix = jax.vmap(
+            lambda x, t, topo=topo: jdo.comm.mix(x, topo, t), in_axes=(0, None), axis_name="workers"
+        )
 
         def body(x, t, mix=mix):
             x = mix(x, t)
             return x, jnp.mean(jnp.sum((x - x.mean(0)) ** 2, -1))
 
         _, curve = jax.jit(lambda x, body=body: jax.lax.scan(body, x, jnp.arange(steps)))(xs)
-        per_step = sum(jdo.comm.worker_bytes(
-            lambda x, t, topo=topo: jdo.comm.mix(x, topo, t), n, xs[0], jnp.int32(0),
-            in_axes=(0, None), platform=jax.default_backend(),
-        ).values())  # fmt: skip
+        per_step = sum(
+            jdo.comm.worker_bytes(
+                lambda x, t, topo=topo: jdo.comm.mix(x, topo, t),
+                n,
+                xs[0],
+                jnp.int32(0),
+                in_axes=(0, None),
+                platform=jax.default_backend(),
+            ).values()
+        )
         out[name] = (topo, np.asarray(curve) / start, per_step)
     return out
 
@@ -115,10 +122,16 @@ def optimisation(n: int):
             params, jnp.zeros((n, 2), jnp.uint32)
         )
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (state, batch))
-        per_step = sum(jdo.comm.worker_bytes(
-            algo.step, n, *one, jax.random.key(0), in_axes=(0, 0, None),
-            platform=jax.default_backend(),
-        ).values())  # fmt: skip
+        per_step = sum(
+            jdo.comm.worker_bytes(
+                algo.step,
+                n,
+                *one,
+                jax.random.key(0),
+                in_axes=(0, 0, None),
+                platform=jax.default_backend(),
+            ).values()
+        )
         return common, *best, per_step
 
     rows = {"all-reduce GD": run(jdo.algorithms.allreduce_sgd(loss_fn, sgd))}
@@ -142,30 +155,42 @@ def main(argv=None):
     for n in args.sizes:
         curves = consensus_curves(n)
         curves_for_plot[n] = curves
-        lines += [f"\n**Consensus, n = {n}** (steps to error ≤ {CONSENSUS_TARGET:g} of start)\n",
-                  "| topology | spectral gap | ppermutes/step | steps | bytes/step/worker "
-                  "| bytes to target |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"\n**Consensus, n = {n}** (steps to error ≤ {CONSENSUS_TARGET:g} of start)\n",
+            "| topology | spectral gap | ppermutes/step | steps | bytes/step/worker "
+            "| bytes to target |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, (topo, curve, per_step) in curves.items():
             steps = _first_below(curve, CONSENSUS_TARGET)
             total = "—" if steps is None else f"{steps * per_step:,}"
-            lines.append(f"| {name} | {topo.spectral_gap():.4f} | {topo.rounds_per_step} | "
-                         f"{steps or '—'} | {per_step:,} | {total} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {topo.spectral_gap():.4f} | {topo.rounds_per_step} | "
+                f"{steps or '—'} | {per_step:,} | {total} |"
+            )
         rows = optimisation(n)
         ar_common, ar_best, _, ar_bytes = rows["all-reduce GD"]
-        lines += [f"\n**Heterogeneous least squares, n = {n}** (steps to f(x̄) − f* ≤ "
-                  f"{SUBOPT_TARGET:g} of the start; × = ratio to all-reduce GD)\n",
-                  f"| method / topology | steps, step {COMMON_STEP} | × | best step | steps | × "
-                  "| bytes/step/worker | bytes to target (best) | × |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"\n**Heterogeneous least squares, n = {n}** (steps to f(x̄) − f* ≤ "
+            f"{SUBOPT_TARGET:g} of the start; × = ratio to all-reduce GD)\n",
+            f"| method / topology | steps, step {COMMON_STEP} | × | best step | steps | × "
+            "| bytes/step/worker | bytes to target (best) | × |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, (common, best, lr, per_step) in rows.items():
             cells = [name, common or "—", f"{common / ar_common:.2f}" if common else "—"]
             if best is None:
                 cells += ["—", "—", "—", f"{per_step:,}", "—", "—"]
             else:
                 total = best * per_step
-                cells += [f"{lr:.3g}", best, f"{best / ar_best:.2f}", f"{per_step:,}",
-                          f"{total:,}", f"{total / (ar_best * ar_bytes):.1f}"]  # fmt: skip
+                cells += [
+                    f"{lr:.3g}",
+                    best,
+                    f"{best / ar_best:.2f}",
+                    f"{per_step:,}",
+                    f"{total:,}",
+                    f"{total / (ar_best * ar_bytes):.1f}",
+                ]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     table = "\n".join(lines)
     print(table)
@@ -180,8 +205,9 @@ def _plot(curves_for_plot, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves_for_plot), figsize=(4.2 * len(curves_for_plot), 3.4),
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(curves_for_plot), figsize=(4.2 * len(curves_for_plot), 3.4), sharey=True
+    )
     for ax, (n, curves) in zip(np.atleast_1d(axes), curves_for_plot.items(), strict=True):
         for name, (_, curve, _) in curves.items():
             label = name + (": exact in 1 step" if name.startswith("complete") else "")

@@ -30,9 +30,12 @@ def compressed_sgd(
     :func:`jdo.transforms.compressed_all_reduce`."""
     checks.optimizer("optimizer", optimizer)
     tx = transforms.compressed_all_reduce(
-        compressor, error_feedback=error_feedback, warmup_steps=warmup_steps, seed=seed,
+        compressor,
+        error_feedback=error_feedback,
+        warmup_steps=warmup_steps,
+        seed=seed,
         axis_name=axis_name,
-    )  # fmt: skip
+    )
     return from_transform(loss_fn, optax.chain(tx, optimizer))
 
 
@@ -50,8 +53,9 @@ def powersgd(
     """Data-parallel SGD with PowerSGD rank-r gradient all-reduce and error feedback
     (Vogels et al. 2019). See :func:`jdo.transforms.powersgd`."""
     checks.optimizer("optimizer", optimizer)
-    tx = transforms.powersgd(rank, min_compression=min_compression, warm_start=warm_start,
-                             seed=seed, axis_name=axis_name)  # fmt: skip
+    tx = transforms.powersgd(
+        rank, min_compression=min_compression, warm_start=warm_start, seed=seed, axis_name=axis_name
+    )
     return from_transform(loss_fn, optax.chain(tx, optimizer))
 
 
@@ -100,8 +104,7 @@ def local_sgd(
                 "(post-local SGD): set one of them",
             )
         group_every = 1 if group_every is None else group_every
-        tx = transforms.hierarchical_local_sgd(group_size, group_every, every,
-                                               axis_name=axis_name)  # fmt: skip
+        tx = transforms.hierarchical_local_sgd(group_size, group_every, every, axis_name=axis_name)
     return from_transform(loss_fn, optax.chain(optimizer, tx))
 
 
@@ -125,10 +128,18 @@ def diloco(
     :func:`jdo.transforms.diloco`."""
     checks.optimizer("optimizer", optimizer)
     tx = transforms.diloco(
-        optimizer, outer, sync_every=sync_every, fragments=fragments, delay=delay,
-        mixing=mixing, compressor=compressor, participation=participation, prox=prox, seed=seed,
+        optimizer,
+        outer,
+        sync_every=sync_every,
+        fragments=fragments,
+        delay=delay,
+        mixing=mixing,
+        compressor=compressor,
+        participation=participation,
+        prox=prox,
+        seed=seed,
         axis_name=axis_name,
-    )  # fmt: skip
+    )
     return from_transform(loss_fn, tx)
 
 
@@ -154,7 +165,13 @@ def fedavg(
     if server_optimizer is not None:
         checks.optimizer("server_optimizer", server_optimizer)
     server = server_optimizer if server_optimizer is not None else optax.sgd(1.0)
-    tx = transforms.diloco(optimizer, server, sync_every=local_steps,
-                           participation=participation, prox=prox, seed=seed,
-                           axis_name=axis_name)  # fmt: skip
+    tx = transforms.diloco(
+        optimizer,
+        server,
+        sync_every=local_steps,
+        participation=participation,
+        prox=prox,
+        seed=seed,
+        axis_name=axis_name,
+    )
     return from_transform(loss_fn, tx)

@@ -82,11 +82,12 @@ def dpsgd(
         else:  # 3. CTA: mix the old params, add the local update
             mixed = jax.lax.cond(
                 state.step % gossip_every == 0,
-                lambda x: mix_rounds(x, topology, state.step // gossip_every, gossip_rounds,
-                                     axis_name),
+                lambda x: mix_rounds(
+                    x, topology, state.step // gossip_every, gossip_rounds, axis_name
+                ),
                 lambda x: x,
                 state.params,
-            )  # fmt: skip
+            )
             params = optax.apply_updates(mixed, updates)
         return DPSGDState(params, opt_state, state.step + 1), metrics
 

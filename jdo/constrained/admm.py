@@ -50,8 +50,10 @@ def gradient_solver(optimizer: optax.GradientTransformation, steps: int) -> Loca
 
     def solve(loss_fn, x0, v, rho, batch, key):
         def objective(x):
-            prox_term = sum(jnp.sum((a - b) ** 2) for a, b in
-                            zip(jax.tree.leaves(x), jax.tree.leaves(v), strict=True))  # fmt: skip
+            prox_term = sum(
+                jnp.sum((a - b) ** 2)
+                for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(v), strict=True)
+            )
             return loss_fn(x, batch, key)[0] + 0.5 * rho * prox_term
 
         def body(_, carry):
@@ -77,8 +79,10 @@ def _local_solver(solver, optimizer, inner_steps, name):
     checks.one_of("solver", solver, ("auto", "newton", "gradient"))
     if solver == "gradient" and optimizer is None:
         raise checks.InvalidArgument("optimizer", f"is required by {name} with solver='gradient'")
-    newton, gradient = newton_solver(), (gradient_solver(optimizer, inner_steps)
-                                         if optimizer is not None else None)  # fmt: skip
+    newton, gradient = (
+        newton_solver(),
+        (gradient_solver(optimizer, inner_steps) if optimizer is not None else None),
+    )
 
     def size(params):
         return sum(x.size for x in jax.tree.leaves(params))
@@ -192,15 +196,22 @@ def consensus_admm(
             jnp.sqrt(jax.lax.psum(_sq(x), axis_name)), jnp.sqrt(n * _sq(z))
         )
         eps_dual = jnp.sqrt(n * dim) * eps_abs + eps_rel * rho_t * jnp.sqrt(
-            jax.lax.psum(_sq(u), axis_name))  # fmt: skip
+            jax.lax.psum(_sq(u), axis_name)
+        )
         # 5. residual balancing (Boyd §3.4.1): the scaled dual u = y/ρ is rescaled with ρ
         new_rho = rho_t
         if residual_balancing:
             new_rho = jnp.where(r > mu * s, rho_t * tau, jnp.where(s > mu * r, rho_t / tau, rho_t))
             u = jax.tree.map(lambda a: a * (rho_t / new_rho), u)
         loss, metrics = loss_fn(z, batch, key)
-        metrics = {"loss": loss, **metrics, "primal_residual": r, "dual_residual": s, "rho": rho_t,
-                   "converged": ((r <= eps_pri) & (s <= eps_dual)).astype(jnp.float32)}  # fmt: skip
+        metrics = {
+            "loss": loss,
+            **metrics,
+            "primal_residual": r,
+            "dual_residual": s,
+            "rho": rho_t,
+            "converged": ((r <= eps_pri) & (s <= eps_dual)).astype(jnp.float32),
+        }
         new = ADMMState(x, u, z, new_rho, state.step + 1)
         return varying(new, axis_name), metrics
 
@@ -258,8 +269,9 @@ def decentralized_admm(
     def init(params, key):
         del key
         check(params)
-        return DecentralizedADMMState(params, jax.tree.map(jnp.zeros_like, params),
-                                      jnp.zeros((), jnp.int32))  # fmt: skip
+        return DecentralizedADMMState(
+            params, jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32)
+        )
 
     def step(state, batch, key):
         d = jnp.asarray(degree, float)[jax.lax.axis_index(axis_name)]  # the default float

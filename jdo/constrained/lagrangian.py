@@ -78,8 +78,24 @@ def _penalty(lam, mu, g, h, rho, kind):
     return jnp.sum(ineq) + jnp.sum(mu * h) + 0.5 * rho * jnp.sum(h**2)
 
 
-def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growth, rho_max,
-          update_every, axis_name, num_ineq=None, num_eq=None, shared=True):  # fmt: skip
+def _make(
+    loss_fn,
+    optimizer,
+    ineq,
+    eq,
+    *,
+    kind,
+    method,
+    dual_lr,
+    rho,
+    rho_growth,
+    rho_max,
+    update_every,
+    axis_name,
+    num_ineq=None,
+    num_eq=None,
+    shared=True,
+):
     checks.function("loss_fn", loss_fn)
     checks.optimizer("optimizer", optimizer)
     for name, fn in (("ineq", ineq), ("eq", eq)):
@@ -129,8 +145,14 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
         n_in, n_eq = _count(ineq, params, num_ineq, "ineq"), _count(eq, params, num_eq, "eq")
         lam = jnp.zeros((n_in,)) if n_in else None  # the default float dtype
         mu = jnp.zeros((n_eq,)) if n_eq else None
-        return LagrangianState(params, lam, mu, optimizer.init(params), jnp.asarray(float(rho)),
-                               jnp.zeros((), jnp.int32))  # fmt: skip
+        return LagrangianState(
+            params,
+            lam,
+            mu,
+            optimizer.init(params),
+            jnp.asarray(float(rho)),
+            jnp.zeros((), jnp.int32),
+        )
 
     def step(state, batch, key):
         empty = jnp.zeros((0,))
@@ -160,15 +182,21 @@ def _make(loss_fn, optimizer, ineq, eq, *, kind, method, dual_lr, rho, rho_growt
             rho_t = jnp.where(outer, jnp.minimum(state.rho * rho_growth, rho_max), state.rho)
         g = _values(ineq, new_params, batch, axis_name, shared)
         h = _values(eq, new_params, batch, axis_name, shared)
-        violation = jnp.maximum(jnp.max(jnp.maximum(g, 0.0), initial=0.0),
-                                jnp.max(jnp.abs(h), initial=0.0))  # fmt: skip
+        violation = jnp.maximum(
+            jnp.max(jnp.maximum(g, 0.0), initial=0.0), jnp.max(jnp.abs(h), initial=0.0)
+        )
         if not shared:  # the worst worker's constraint
             violation = jax.lax.pmax(violation, axis_name)
         metrics = {"loss": loss, **metrics, "violation": violation, "rho": state.rho}
         keep = lambda new_value, old: None if old is None else new_value
-        new = LagrangianState(new_params, keep(new_lam, state.ineq_multipliers),
-                              keep(new_mu, state.eq_multipliers), opt_state, rho_t,
-                              state.step + 1)  # fmt: skip
+        new = LagrangianState(
+            new_params,
+            keep(new_lam, state.ineq_multipliers),
+            keep(new_mu, state.eq_multipliers),
+            opt_state,
+            rho_t,
+            state.step + 1,
+        )
         return new, metrics
 
     return Algorithm(init, step)
@@ -193,10 +221,23 @@ def lagrangian(
     :math:`μ \leftarrow μ + η h` with ``dual_lr`` η. ``method``: ``"simultaneous"`` (duals
     from the old θ), ``"alternating"`` (from the new θ) or ``"extragradient"`` (Korpelevich
     1976: a look-ahead step, then the step with the look-ahead gradients)."""
-    return _make(loss_fn, optimizer, ineq, eq, kind="lagrangian", method=method,
-                 dual_lr=dual_lr, rho=0.0, rho_growth=1.0, rho_max=0.0, update_every=1,
-                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
-                 shared=shared_constraints)  # fmt: skip
+    return _make(
+        loss_fn,
+        optimizer,
+        ineq,
+        eq,
+        kind="lagrangian",
+        method=method,
+        dual_lr=dual_lr,
+        rho=0.0,
+        rho_growth=1.0,
+        rho_max=0.0,
+        update_every=1,
+        axis_name=axis_name,
+        num_ineq=num_ineq,
+        num_eq=num_eq,
+        shared=shared_constraints,
+    )
 
 
 @register("augmented_lagrangian")
@@ -235,10 +276,23 @@ def augmented_lagrangian(
         )
     checks.number("rho_growth", rho_growth, low=1)
     checks.non_negative("rho_max", rho_max)
-    return _make(loss_fn, optimizer, ineq, eq, kind="augmented", method=method, dual_lr=dual_lr,
-                 rho=rho, rho_growth=rho_growth, rho_max=rho_max, update_every=inner_steps,
-                 axis_name=axis_name, num_ineq=num_ineq, num_eq=num_eq,
-                 shared=shared_constraints)  # fmt: skip
+    return _make(
+        loss_fn,
+        optimizer,
+        ineq,
+        eq,
+        kind="augmented",
+        method=method,
+        dual_lr=dual_lr,
+        rho=rho,
+        rho_growth=rho_growth,
+        rho_max=rho_max,
+        update_every=inner_steps,
+        axis_name=axis_name,
+        num_ineq=num_ineq,
+        num_eq=num_eq,
+        shared=shared_constraints,
+    )
 
 
 @register("quadratic_penalty")
@@ -261,7 +315,20 @@ def quadratic_penalty(
     growing ρ by ``rho_growth`` every ``inner_steps`` steps (no multipliers)."""
     checks.number("rho_growth", rho_growth, low=1)
     checks.non_negative("rho_max", rho_max)
-    return _make(loss_fn, optimizer, ineq, eq, kind="penalty", method="simultaneous",
-                 dual_lr=0.0, rho=rho, rho_growth=rho_growth, rho_max=rho_max,
-                 update_every=inner_steps, axis_name=axis_name, num_ineq=num_ineq,
-                 num_eq=num_eq, shared=shared_constraints)  # fmt: skip
+    return _make(
+        loss_fn,
+        optimizer,
+        ineq,
+        eq,
+        kind="penalty",
+        method="simultaneous",
+        dual_lr=0.0,
+        rho=rho,
+        rho_growth=rho_growth,
+        rho_max=rho_max,
+        update_every=inner_steps,
+        axis_name=axis_name,
+        num_ineq=num_ineq,
+        num_eq=num_eq,
+        shared=shared_constraints,
+    )

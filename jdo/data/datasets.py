@@ -106,16 +106,23 @@ def mnist_idx(directory: str | os.PathLike, name: str = "mnist") -> Dataset:
     arrays = [
         load_idx(_find(directory, stem))
         for stem in (
-            "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
         )
-    ]  # fmt: skip
+    ]
     x_train, y_train, x_test, y_test = arrays
     scale = lambda x: (x.astype(np.float32) / 255.0)[..., None]
     return Dataset(
-        name, scale(x_train), y_train.astype(np.int32), scale(x_test), y_test.astype(np.int32),
-        "classification", int(max(y_train.max(), y_test.max())) + 1,
-    )  # fmt: skip
+        name,
+        scale(x_train),
+        y_train.astype(np.int32),
+        scale(x_test),
+        y_test.astype(np.int32),
+        "classification",
+        int(max(y_train.max(), y_test.max())) + 1,
+    )
 
 
 def from_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
@@ -140,6 +147,10 @@ def from_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
     y_train, y_test = (arrays[k].astype(np.int32).reshape(-1) for k in ("y_train", "y_test"))
     return Dataset(
         name or os.path.splitext(os.path.basename(path))[0],
-        images(arrays["x_train"]), y_train, images(arrays["x_test"]), y_test,
-        "classification", int(max(y_train.max(), y_test.max())) + 1,
-    )  # fmt: skip
+        images(arrays["x_train"]),
+        y_train,
+        images(arrays["x_test"]),
+        y_test,
+        "classification",
+        int(max(y_train.max(), y_test.max())) + 1,
+    )

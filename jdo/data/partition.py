@@ -130,6 +130,8 @@ def split_natural(dataset, num_workers: int, seed: int = 0) -> list[np.ndarray]:
     del seed
     if dataset.groups is None:
         raise checks.InvalidArgument(
-            "dataset", f"has no natural partition (the {dataset.name} data has no groups); use "
-            "partition=iid, dirichlet or shard")
+            "dataset",
+            f"has no natural partition (the {dataset.name} data has no groups); use "
+            "partition=iid, dirichlet or shard",
+        )
     return natural(dataset.groups, num_workers)

@@ -92,9 +92,16 @@ def least_squares(
     x, y = x.astype(np.float32), y.astype(np.float32)[:, None]
     theta = _ridge(x[:num_samples], y[:num_samples, 0], l2)
     return Dataset(
-        "least_squares", x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:],
-        "regression", 1, optimum=_linear_params(theta), l2=l2,
-    )  # fmt: skip
+        "least_squares",
+        x[:num_samples],
+        y[:num_samples],
+        x[num_samples:],
+        y[num_samples:],
+        "regression",
+        1,
+        optimum=_linear_params(theta),
+        l2=l2,
+    )
 
 
 def heterogeneous_least_squares(
@@ -130,10 +137,17 @@ def heterogeneous_least_squares(
     x_train, y_train = train(xs), train(ys)[:, None]
     theta = _ridge(x_train, y_train[:, 0], l2)
     return Dataset(
-        "heterogeneous_least_squares", x_train, y_train, test(xs), test(ys)[:, None],
-        "regression", 1, groups=np.concatenate(groups).astype(np.int32),
-        optimum=_linear_params(theta), l2=l2,
-    )  # fmt: skip
+        "heterogeneous_least_squares",
+        x_train,
+        y_train,
+        test(xs),
+        test(ys)[:, None],
+        "regression",
+        1,
+        groups=np.concatenate(groups).astype(np.int32),
+        optimum=_linear_params(theta),
+        l2=l2,
+    )
 
 
 def logistic_regression(
@@ -156,6 +170,13 @@ def logistic_regression(
     x = x.astype(np.float32)
     theta = _logistic(x[:num_samples], y[:num_samples], l2)
     return Dataset(
-        "logistic_regression", x[:num_samples], y[:num_samples], x[num_samples:], y[num_samples:],
-        "binary", 1, optimum=_linear_params(theta), l2=l2,
-    )  # fmt: skip
+        "logistic_regression",
+        x[:num_samples],
+        y[:num_samples],
+        x[num_samples:],
+        y[num_samples:],
+        "binary",
+        1,
+        optimum=_linear_params(theta),
+        l2=l2,
+    )

@@ -21,9 +21,12 @@ class Linear(nnx.Module):
         in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
         checks.positive_int("num_outputs", num_outputs)
         self.dense = nnx.Linear(
-            math.prod(in_shape), num_outputs, use_bias=use_bias,
-            kernel_init=nnx.initializers.zeros_init(), rngs=rngs,
-        )  # fmt: skip
+            math.prod(in_shape),
+            num_outputs,
+            use_bias=use_bias,
+            kernel_init=nnx.initializers.zeros_init(),
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:  # x: f32[B, *in_shape]
         return self.dense(x.reshape(x.shape[0], -1))

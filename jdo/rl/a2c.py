@@ -223,11 +223,25 @@ def a2c(
       None, key)`` reports ``loss``, ``episode_return`` (mean of this worker's last 100 finished
       episodes), ``env_steps`` (all workers, after this step), and the loss terms.
     """
-    check_common(env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
-                 max_grad_norm)  # fmt: skip
-    return _actor_critic(env, apply, optimizer, communication, topology, num_steps, gamma,
-                         gae_lambda, value_coef, entropy_coef, max_grad_norm, axis_name,
-                         staleness=None, schedule="cyclic")  # fmt: skip
+    check_common(
+        env, optimizer, communication, topology, gamma, gae_lambda, num_steps, max_grad_norm
+    )
+    return _actor_critic(
+        env,
+        apply,
+        optimizer,
+        communication,
+        topology,
+        num_steps,
+        gamma,
+        gae_lambda,
+        value_coef,
+        entropy_coef,
+        max_grad_norm,
+        axis_name,
+        staleness=None,
+        schedule="cyclic",
+    )
 
 
 def a3c(
@@ -272,29 +286,61 @@ def a3c(
     Returns:
       An :class:`~jdo.algorithms.Algorithm` with :class:`A3CState`.
     """
-    check_common(env, optimizer, "all_reduce", None, gamma, gae_lambda, num_steps,
-                 max_grad_norm)  # fmt: skip
+    check_common(env, optimizer, "all_reduce", None, gamma, gae_lambda, num_steps, max_grad_norm)
     checks.non_negative_int("staleness", staleness)
     checks.one_of("schedule", schedule, SCHEDULES)
-    return _actor_critic(env, apply, optimizer, "all_reduce", None, num_steps, gamma,
-                         gae_lambda, value_coef, entropy_coef, max_grad_norm, axis_name,
-                         staleness=staleness, schedule=schedule)  # fmt: skip
+    return _actor_critic(
+        env,
+        apply,
+        optimizer,
+        "all_reduce",
+        None,
+        num_steps,
+        gamma,
+        gae_lambda,
+        value_coef,
+        entropy_coef,
+        max_grad_norm,
+        axis_name,
+        staleness=staleness,
+        schedule=schedule,
+    )
 
 
 def _actor_critic(
-    env, apply, optimizer, communication, topology, num_steps, gamma, lam, value_coef,
-    entropy_coef, max_grad_norm, axis_name, *, staleness, schedule,
-):  # fmt: skip
+    env,
+    apply,
+    optimizer,
+    communication,
+    topology,
+    num_steps,
+    gamma,
+    lam,
+    value_coef,
+    entropy_coef,
+    max_grad_norm,
+    axis_name,
+    *,
+    staleness,
+    schedule,
+):
     policy = make_policy(env.action_space)
     tx = make_tx(optimizer, communication, topology, max_grad_norm, axis_name)
-    loss = lambda p, b: actor_critic_loss(apply, policy, p, b, value_coef=value_coef,
-                                          entropy_coef=entropy_coef)  # fmt: skip
+    loss = lambda p, b: actor_critic_loss(
+        apply, policy, p, b, value_coef=value_coef, entropy_coef=entropy_coef
+    )
     slots = None if staleness is None else staleness + 1
 
     def init(params, key):
         obs, env_state = env.reset(key)
-        common = (params, tx.init(params), env_state, obs, episode_stats_init(),
-                  jnp.zeros((), jnp.int32))  # fmt: skip
+        common = (
+            params,
+            tx.init(params),
+            env_state,
+            obs,
+            episode_stats_init(),
+            jnp.zeros((), jnp.int32),
+        )
         if slots is None:
             return ActorCriticState(*common)
         history = jax.tree.map(lambda p: jnp.broadcast_to(p, (slots, *p.shape)), params)
@@ -319,9 +365,16 @@ def _actor_critic(
                 metrics[f"staleness/{k}"] = (lag == k).astype(jnp.float32)
         # 2. roll out, 3. advantages, 4. local gradient
         env_state, obs, traj, episodes = rollout(
-            env, policy, apply, acting, state.env_state, state.obs, roll_key, num_steps,
+            env,
+            policy,
+            apply,
+            acting,
+            state.env_state,
+            state.obs,
+            roll_key,
+            num_steps,
             state.episodes,
-        )  # fmt: skip
+        )
         adv, ret = advantages_of(traj, apply, acting, gamma=gamma, lam=lam)
         (loss_value, aux), grads = jax.value_and_grad(loss, has_aux=True)(
             acting, flatten_batch(traj, adv, ret)

@@ -85,9 +85,12 @@ def make_train(config: Mapping[str, Any] | None = None) -> Callable[[jax.Array],
     workers = checks.positive_int("workers", cfg["workers"])
     updates = checks.positive_int("updates", cfg["updates"])
     env = make_vec_env(
-        cfg["env"], cfg["num_envs"], normalize_obs=cfg["normalize_obs"],
-        normalize_reward_gamma=cfg["normalize_reward_gamma"], **cfg["env_params"],
-    )  # fmt: skip
+        cfg["env"],
+        cfg["num_envs"],
+        normalize_obs=cfg["normalize_obs"],
+        normalize_reward_gamma=cfg["normalize_reward_gamma"],
+        **cfg["env_params"],
+    )
     apply, params = make_network(env, tuple(cfg["hidden"]), cfg["seed_params"])
     kwargs = dict(cfg["algorithm_kwargs"])
     if isinstance(cfg["topology"], Topology):

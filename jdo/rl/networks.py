@@ -59,8 +59,9 @@ class ActorCritic(nnx.Module):
 
         self.actor = trunk()
         self.critic = trunk()
-        self.policy_head = nnx.Linear(sizes[-1], action_space.size, kernel_init=ortho(0.01),
-                                      rngs=rngs)  # fmt: skip
+        self.policy_head = nnx.Linear(
+            sizes[-1], action_space.size, kernel_init=ortho(0.01), rngs=rngs
+        )
         self.value_head = nnx.Linear(sizes[-1], 1, kernel_init=ortho(1.0), rngs=rngs)
         if not self.discrete:
             self.log_std = nnx.Param(jnp.zeros((action_space.size,), jnp.float32))

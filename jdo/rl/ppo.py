@@ -95,8 +95,9 @@ def make_ppo_update(
     the union of the workers' minibatches (two scalars all-reduced), so that W workers with
     all-reduce equal one worker on the concatenated batch; otherwise with local statistics.
     """
-    loss = lambda p, b: ppo_loss(apply, policy, p, b, clip_eps=clip_eps, value_coef=value_coef,
-                                 entropy_coef=entropy_coef)  # fmt: skip
+    loss = lambda p, b: ppo_loss(
+        apply, policy, p, b, clip_eps=clip_eps, value_coef=value_coef, entropy_coef=entropy_coef
+    )
 
     def normalise(adv):
         m, m2 = jnp.mean(adv), jnp.mean(jnp.square(adv))
@@ -176,8 +177,9 @@ def ppo(
       An :class:`~jdo.algorithms.Algorithm` with :class:`ActorCriticState`; metrics as
       :func:`~jdo.rl.a2c.a2c` plus ``approx_kl`` and ``clip_fraction``.
     """
-    check_common(env, optimizer, communication, topology, gamma, gae_lambda, num_steps,
-                 max_grad_norm)  # fmt: skip
+    check_common(
+        env, optimizer, communication, topology, gamma, gae_lambda, num_steps, max_grad_norm
+    )
     checks.positive_int("epochs", epochs)
     checks.positive_int("num_minibatches", num_minibatches)
     batch_size = num_steps * env.num_envs
@@ -192,23 +194,37 @@ def ppo(
     policy = make_policy(env.action_space)
     tx = make_tx(optimizer, communication, topology, max_grad_norm, axis_name)
     update = make_ppo_update(
-        apply, policy, tx, clip_eps=clip_eps, value_coef=value_coef, entropy_coef=entropy_coef,
+        apply,
+        policy,
+        tx,
+        clip_eps=clip_eps,
+        value_coef=value_coef,
+        entropy_coef=entropy_coef,
         normalize_advantages=normalize_advantages,
-        global_advantage_stats=communication == "all_reduce", axis_name=axis_name,
-    )  # fmt: skip
+        global_advantage_stats=communication == "all_reduce",
+        axis_name=axis_name,
+    )
 
     def init(params, key):
         obs, env_state = env.reset(key)
-        return PPOState(params, tx.init(params), env_state, obs, episode_stats_init(),
-                        jnp.zeros((), jnp.int32))  # fmt: skip
+        return PPOState(
+            params, tx.init(params), env_state, obs, episode_stats_init(), jnp.zeros((), jnp.int32)
+        )
 
     def step(state, batch, key):
         del batch  # on-policy RL makes its own data
         roll_key, perm_key = jax.random.split(key)
         env_state, obs, traj, episodes = rollout(  # 1.
-            env, policy, apply, state.params, state.env_state, state.obs, roll_key, num_steps,
+            env,
+            policy,
+            apply,
+            state.params,
+            state.env_state,
+            state.obs,
+            roll_key,
+            num_steps,
             state.episodes,
-        )  # fmt: skip
+        )
         adv, ret = advantages_of(traj, apply, state.params, gamma=gamma, lam=gae_lambda)  # 2.
         indices = minibatch_indices(perm_key, batch_size, epochs, num_minibatches)
         params, opt_state, metrics = update(  # 3.

@@ -114,8 +114,16 @@ def rollout(
         next_obs, env_state, reward, terminated, _, info = env.step(
             env_key, env_state, policy.to_env(action)
         )
-        t = Transition(obs, action, log_prob, value, reward, terminated, info["done"],
-                       info["final_observation"])  # fmt: skip
+        t = Transition(
+            obs,
+            action,
+            log_prob,
+            value,
+            reward,
+            terminated,
+            info["done"],
+            info["final_observation"],
+        )
         return (env_state, next_obs), (t, info["episode_return"], info["episode_length"])
 
     keys = jax.random.split(key, num_steps)
@@ -169,5 +177,6 @@ def advantages_of(traj: Transition, apply: Callable, params: Any, *, gamma: floa
     T, N = traj.reward.shape
     flat = traj.next_obs.reshape(T * N, *traj.next_obs.shape[2:])
     next_values = apply(params, flat)[1].reshape(T, N)
-    return gae(traj.reward, traj.value, next_values, traj.terminated, traj.done,
-               gamma=gamma, lam=lam)  # fmt: skip
+    return gae(
+        traj.reward, traj.value, next_values, traj.terminated, traj.done, gamma=gamma, lam=lam
+    )

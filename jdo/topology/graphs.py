@@ -235,8 +235,9 @@ def ring(n: int, weights: str = "metropolis", directed: bool = False) -> Topolog
     ``directed=True``: each sends to the next only (column and row stochastic, 1/2 each)."""
     n = _check_n(n)
     adj = _circulant_adj(n, [1] if directed else [1, -1])
-    return _from_adj(f"ring{'-directed' if directed else ''}", adj.T if directed else adj,
-                     weights, directed)  # fmt: skip
+    return _from_adj(
+        f"ring{'-directed' if directed else ''}", adj.T if directed else adj, weights, directed
+    )
 
 
 def torus(n: int, rows: int | None = None, weights: str = "metropolis") -> Topology:

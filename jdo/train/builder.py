@@ -26,8 +26,15 @@ from jdo.models import functional
 from jdo.train.config import ConfigError
 from jdo.train.experiment import Experiment
 
-RL_TASK_KEYS = ("kind", "env", "num_envs", "env_params", "normalize_obs",
-                "normalize_reward_gamma", "eval_episodes")  # fmt: skip
+RL_TASK_KEYS = (
+    "kind",
+    "env",
+    "num_envs",
+    "env_params",
+    "normalize_obs",
+    "normalize_reward_gamma",
+    "eval_episodes",
+)
 RL_PACKAGE = "jdo.rl."
 
 
@@ -94,21 +101,31 @@ def build(cfg: Mapping) -> Experiment:
     workers, seed = int(cfg["workers"]), int(cfg["seed"])
     target = _target(cfg["algorithm"])
     if target.startswith(RL_PACKAGE):
-        raise ConfigError("algorithm", f"{target.rsplit('.', 1)[-1]} is a reinforcement-"
-                          "learning algorithm: use it with an RL task (task=cartpole, acrobot, "
-                          "pendulum)")  # fmt: skip
+        raise ConfigError(
+            "algorithm",
+            f"{target.rsplit('.', 1)[-1]} is a reinforcement-"
+            "learning algorithm: use it with an RL task (task=cartpole, acrobot, "
+            "pendulum)",
+        )
     dataset = instantiate(cfg["task"]["data"], "task.data")
-    split = instantiate(cfg["partition"], "partition", dataset=dataset, num_workers=workers,
-                        seed=seed)  # fmt: skip
+    split = instantiate(
+        cfg["partition"], "partition", dataset=dataset, num_workers=workers, seed=seed
+    )
     try:
         data = partition.stack(dataset.x_train, dataset.y_train, split)
     except ValueError as e:
-        raise ConfigError("workers", f"{e} ({len(dataset.x_train)} training samples for "
-                          f"{workers} workers)") from None  # fmt: skip
+        raise ConfigError(
+            "workers", f"{e} ({len(dataset.x_train)} training samples for {workers} workers)"
+        ) from None
     if dataset.optimum is not None:  # the optimum of the objective the workers actually share
         dataset = dataclasses.replace(dataset, optimum=optimum_of_parts(dataset, split))
-    model = instantiate(cfg["model"], "model", in_shape=dataset.in_shape,
-                        num_outputs=dataset.num_outputs, rngs=nnx.Rngs(seed))  # fmt: skip
+    model = instantiate(
+        cfg["model"],
+        "model",
+        in_shape=dataset.in_shape,
+        num_outputs=dataset.num_outputs,
+        rngs=nnx.Rngs(seed),
+    )
     apply, params = functional(model)
     loss_fn = make_loss(apply, dataset.kind, dataset.l2)
     optimizer = instantiate(cfg["optimizer"], "optimizer")
@@ -123,8 +140,9 @@ def _rl_task(cfg: Mapping) -> dict[str, Any]:
     task = OmegaConf.to_container(task, resolve=True) if isinstance(task, DictConfig) else task
     unknown = sorted(set(task) - set(RL_TASK_KEYS))
     if unknown:
-        raise ConfigError(f"task.{unknown[0]}", f"unknown key; allowed keys: "
-                          f"{', '.join(sorted(RL_TASK_KEYS))}")  # fmt: skip
+        raise ConfigError(
+            f"task.{unknown[0]}", f"unknown key; allowed keys: {', '.join(sorted(RL_TASK_KEYS))}"
+        )
     for key in ("num_envs", "eval_episodes"):
         value = task.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -132,8 +150,9 @@ def _rl_task(cfg: Mapping) -> dict[str, Any]:
     if not isinstance(task.get("env_params") or {}, Mapping):
         raise ConfigError("task.env_params", f"must be a mapping, got {task['env_params']!r}")
     if not isinstance(task.get("normalize_obs", False), bool):
-        raise ConfigError("task.normalize_obs", f"must be true or false, got "
-                          f"{task['normalize_obs']!r}")  # fmt: skip
+        raise ConfigError(
+            "task.normalize_obs", f"must be true or false, got {task['normalize_obs']!r}"
+        )
     return task
 
 
@@ -141,10 +160,13 @@ def _rl_env(task: Mapping):
     from jdo.rl import make_vec_env
 
     try:
-        return make_vec_env(task.get("env"), task.get("num_envs", 1),
-                            normalize_obs=task.get("normalize_obs", False),
-                            normalize_reward_gamma=task.get("normalize_reward_gamma"),
-                            **(task.get("env_params") or {}))  # fmt: skip
+        return make_vec_env(
+            task.get("env"),
+            task.get("num_envs", 1),
+            normalize_obs=task.get("normalize_obs", False),
+            normalize_reward_gamma=task.get("normalize_reward_gamma"),
+            **(task.get("env_params") or {}),
+        )
     except ArgumentError as e:
         keys = {
             "name": "task.env",
@@ -165,15 +187,24 @@ def build_rl(cfg: Mapping) -> Experiment:
     env = _rl_env(task)
     target = _target(cfg["algorithm"])
     if not target.startswith(RL_PACKAGE):
-        raise ConfigError("algorithm", f"an RL task needs an RL algorithm (a2c, a3c, ppo, "
-                          f"decentralized_ppo, ddpg), got _target_={target!r}")  # fmt: skip
-    model = instantiate(cfg["model"], "model", obs_size=env.observation_size,
-                        action_space=env.action_space, rngs=nnx.Rngs(seed))  # fmt: skip
+        raise ConfigError(
+            "algorithm",
+            f"an RL task needs an RL algorithm (a2c, a3c, ppo, "
+            f"decentralized_ppo, ddpg), got _target_={target!r}",
+        )
+    model = instantiate(
+        cfg["model"],
+        "model",
+        obs_size=env.observation_size,
+        action_space=env.action_space,
+        rngs=nnx.Rngs(seed),
+    )
     apply, params = functional(model)
     optimizer = instantiate(cfg["optimizer"], "optimizer")
     _check_parts(cfg, workers)
-    algorithm = instantiate(cfg["algorithm"], "algorithm", env=env, apply=apply,
-                            optimizer=optimizer)  # fmt: skip
+    algorithm = instantiate(
+        cfg["algorithm"], "algorithm", env=env, apply=apply, optimizer=optimizer
+    )
     _check_init(algorithm, params, cfg["algorithm"])
     evaluate_worker = _rl_evaluate_worker(task, env, apply, deterministic=target == "jdo.rl.ddpg")
     return Experiment(

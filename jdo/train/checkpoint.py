@@ -33,8 +33,15 @@ STRUCTURE_KEY = "structure"
 META_DIGEST_KEY = "meta_digest"
 # Errors that are not the checkpoint's fault (out of memory, too many open files, a storage
 # system that is briefly unavailable): they propagate instead of condemning the checkpoint.
-_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "UNAVAILABLE",
-               "DEADLINE_EXCEEDED", "Too many open files", "No space left")  # fmt: skip
+_NOT_DAMAGE = (
+    "RESOURCE_EXHAUSTED",
+    "out of memory",
+    "Out of memory",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "Too many open files",
+    "No space left",
+)
 _NOT_DAMAGE_ERRNO = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EIO)
 
 
@@ -260,8 +267,12 @@ class Checkpointer:
         """Starts saving ``state`` with ``meta`` (JSON) and its digests; returns the seconds the
         caller was blocked (digest + device-to-host copy; the write goes on in the background)."""
         t0 = time.perf_counter()
-        meta = {**meta, "step": int(step), DIGEST_KEY: tree_digest(state),
-                STRUCTURE_KEY: tree_signature(state, skip_leading=True)}  # fmt: skip
+        meta = {
+            **meta,
+            "step": int(step),
+            DIGEST_KEY: tree_digest(state),
+            STRUCTURE_KEY: tree_signature(state, skip_leading=True),
+        }
         meta[META_DIGEST_KEY] = _meta_digest(meta)
         self._manager.save(
             step,
@@ -286,8 +297,9 @@ class Checkpointer:
         finally:
             handler.close()
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              saved)  # fmt: skip
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved
+        )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
         return self._manager.restore(step, args=args)["state"]
 
@@ -303,8 +315,9 @@ class Checkpointer:
             raise CorruptCheckpoint(f"{path}: unreadable metadata ({_short(e)})") from None
         stored = meta.get(META_DIGEST_KEY)
         if stored is None or stored != _meta_digest(meta) or meta.get("step") != step:
-            raise CorruptCheckpoint(f"{path}: its metadata was altered or belongs to step "
-                                    f"{meta.get('step')}")  # fmt: skip
+            raise CorruptCheckpoint(
+                f"{path}: its metadata was altered or belongs to step {meta.get('step')}"
+            )
         return meta
 
     def restore_step(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:

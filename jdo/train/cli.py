@@ -138,8 +138,13 @@ def main(cfg: DictConfig) -> None:
 
     if multi:
         _log_from_process_0(jax.process_index())
-        log.info("process %d of %d (%d local devices of %d)", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())  # fmt: skip
+        log.info(
+            "process %d of %d (%d local devices of %d)",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
     from jdo.train import ConfigError, run
     from jdo.train.loop import NonFiniteError
 
@@ -194,8 +199,9 @@ def _check_run_dir(argv: list[str]) -> None:
                 parent = os.path.dirname(parent)
             if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
                 what = "is not a directory" if not os.path.isdir(parent) else "is not writable"
-                print(f"error: hydra.run.dir: cannot create {path}: {parent} {what}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"error: hydra.run.dir: cannot create {path}: {parent} {what}", file=sys.stderr
+                )
                 sys.exit(2)
 
 

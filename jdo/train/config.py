@@ -14,22 +14,65 @@ import jax
 
 from jdo.lifting import LIFTINGS
 
-TRAINER_KEYS = ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size", "progress",
-                "nonfinite", "divergence", "call_seconds")
+TRAINER_KEYS = (
+    "steps",
+    "batch_size",
+    "log_every",
+    "eval_every",
+    "eval_batch_size",
+    "progress",
+    "nonfinite",
+    "divergence",
+    "call_seconds",
+)
 LOGGER_KEYS = ("tensorboard",)
-CHECKPOINT_KEYS = ("enabled", "every", "every_s", "keep_last", "keep_every", "async", "resume",
-                   "elastic")
+CHECKPOINT_KEYS = (
+    "enabled",
+    "every",
+    "every_s",
+    "keep_last",
+    "keep_every",
+    "async",
+    "resume",
+    "elastic",
+)
 DISTRIBUTED_KEYS = ("coordinator", "num_processes", "process_id", "heartbeat_timeout_s")
 # Top-level keys: the config groups and the run's own settings. Anything else (a typo such as
 # +optimiser=sgd) is refused instead of silently ignored.
-TOP_KEYS = ("model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",
-            "trainer", "logger", "checkpoint", "task", "workers", "seed", "cpu_devices",
-            "deterministic", "distributed")
+TOP_KEYS = (
+    "model",
+    "algorithm",
+    "topology",
+    "compression",
+    "optimizer",
+    "partition",
+    "lifting",
+    "trainer",
+    "logger",
+    "checkpoint",
+    "task",
+    "workers",
+    "seed",
+    "cpu_devices",
+    "deterministic",
+    "distributed",
+)
 # Keys a resumed run may change: how long and where it runs, not what it computes.
-RESUME_MAY_DIFFER = ("trainer.steps", "trainer.eval_every", "trainer.eval_batch_size",
-                     "trainer.progress", "trainer.nonfinite", "lifting", "cpu_devices", "logger",
-                     "trainer.call_seconds", "trainer.divergence", "checkpoint", "distributed",
-                     "deterministic")
+RESUME_MAY_DIFFER = (
+    "trainer.steps",
+    "trainer.eval_every",
+    "trainer.eval_batch_size",
+    "trainer.progress",
+    "trainer.nonfinite",
+    "lifting",
+    "cpu_devices",
+    "logger",
+    "trainer.call_seconds",
+    "trainer.divergence",
+    "checkpoint",
+    "distributed",
+    "deterministic",
+)
 
 
 class ConfigError(ValueError):
@@ -115,8 +158,11 @@ def validate(cfg: Mapping) -> None:
     """Checks every value the runner reads; raises :class:`ConfigError` on the first bad one."""
     unknown = sorted(set(cfg) - set(TOP_KEYS))
     if unknown:
-        raise ConfigError(unknown[0], f"unknown top-level key; allowed: {', '.join(TOP_KEYS)} "
-                          "(a config group is chosen with group=option, e.g. optimizer=sgd)")
+        raise ConfigError(
+            unknown[0],
+            f"unknown top-level key; allowed: {', '.join(TOP_KEYS)} "
+            "(a config group is chosen with group=option, e.g. optimizer=sgd)",
+        )
     workers = positive_int(cfg, "workers")
     seed = _get(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
@@ -126,18 +172,20 @@ def validate(cfg: Mapping) -> None:
         devices = lifting.devices
         if devices > jax.device_count() or workers % devices:
             raise ConfigError(
-                "lifting.devices", f"spreads the workers over this many devices: it must "
+                "lifting.devices",
+                f"spreads the workers over this many devices: it must "
                 f"divide workers ({workers}) and be at most {jax.device_count()} (devices "
                 f"available), got {devices}",
-            )  # fmt: skip
+            )
     if jax.process_count() > 1:
         used = workers if lifting.name == "shard_map" else lifting.devices
         if used != jax.device_count():
             raise ConfigError(
-                "lifting", f"a run over {jax.process_count()} processes must use all "
+                "lifting",
+                f"a run over {jax.process_count()} processes must use all "
                 f"{jax.device_count()} devices (shard_map with workers={jax.device_count()}, or "
                 f"vmap with lifting.devices={jax.device_count()}); it uses {used}",
-            )  # fmt: skip
+            )
     if lifting.name == "shard_map" and workers > jax.device_count():
         raise ConfigError(
             "workers",
@@ -152,9 +200,9 @@ def validate(cfg: Mapping) -> None:
     eval_every = positive_int(cfg, "trainer.eval_every")
     if eval_every % log_every:
         raise ConfigError(
-            "trainer.eval_every", f"must be a multiple of trainer.log_every ({log_every}), "
-            f"got {eval_every}",
-        )  # fmt: skip
+            "trainer.eval_every",
+            f"must be a multiple of trainer.log_every ({log_every}), got {eval_every}",
+        )
     if steps % log_every:
         raise ConfigError(
             "trainer.steps", f"must be a multiple of trainer.log_every ({log_every}), got {steps}"
@@ -170,9 +218,9 @@ def validate(cfg: Mapping) -> None:
     every = positive_int(cfg, "checkpoint.every", allow_none=True)
     if every is not None and every % log_every:
         raise ConfigError(
-            "checkpoint.every", f"must be a multiple of trainer.log_every ({log_every}) or "
-            f"null, got {every}",
-        )  # fmt: skip
+            "checkpoint.every",
+            f"must be a multiple of trainer.log_every ({log_every}) or null, got {every}",
+        )
     if _get(cfg, "checkpoint.every_s") is not None:
         positive_float(cfg, "checkpoint.every_s")
     positive_int(cfg, "checkpoint.keep_last")
@@ -190,8 +238,9 @@ def validate(cfg: Mapping) -> None:
         positive_float(cfg, "optimizer.learning_rate")
     for name, value in optimizer.items():  # hyperparameters are numbers, flags or null
         if name != "_target_" and not isinstance(value, (numbers.Real, type(None))):
-            raise ConfigError(f"optimizer.{name}", f"must be a number, true/false or null, "
-                              f"got {value!r}")  # fmt: skip
+            raise ConfigError(
+                f"optimizer.{name}", f"must be a number, true/false or null, got {value!r}"
+            )
 
 
 def _lifting(cfg: Mapping):
@@ -209,6 +258,8 @@ def _lifting(cfg: Mapping):
         key = f"lifting.{argument}" if argument in node else "lifting"
         raise ConfigError(key, getattr(cause, "message", str(cause))) from None
     if not isinstance(lifting, Lifting) or lifting.name not in LIFTINGS:
-        raise ConfigError("lifting._target_", f"must make a jdo.train.mesh.Lifting "
-                          f"({', '.join(LIFTINGS)}), got {lifting!r}")
+        raise ConfigError(
+            "lifting._target_",
+            f"must make a jdo.train.mesh.Lifting ({', '.join(LIFTINGS)}), got {lifting!r}",
+        )
     return lifting

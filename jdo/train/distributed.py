@@ -31,8 +31,11 @@ from jdo.train.preemption import EXIT_PEER_LOST
 
 log = logging.getLogger("jdo")
 
-ENV = {"coordinator": "JDO_COORDINATOR", "num_processes": "JDO_NUM_PROCESSES",
-       "process_id": "JDO_PROCESS_ID"}  # fmt: skip
+ENV = {
+    "coordinator": "JDO_COORDINATOR",
+    "num_processes": "JDO_NUM_PROCESSES",
+    "process_id": "JDO_PROCESS_ID",
+}
 
 
 def _cluster_detected() -> bool:
@@ -63,13 +66,16 @@ def settings(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
         explicit[key] = value
     timeout = node.get("heartbeat_timeout_s", 20)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
-        raise ValueError(f"distributed.heartbeat_timeout_s: must be a positive integer, got "
-                         f"{timeout!r}")  # fmt: skip
+        raise ValueError(
+            f"distributed.heartbeat_timeout_s: must be a positive integer, got {timeout!r}"
+        )
     given = [k for k, v in explicit.items() if v is not None]
     if given and len(given) < len(explicit):
         missing = sorted(set(explicit) - set(given))
-        raise ValueError(f"distributed.{missing[0]}: is required when "
-                         f"distributed.{given[0]} is set (or set {ENV[missing[0]]})")  # fmt: skip
+        raise ValueError(
+            f"distributed.{missing[0]}: is required when "
+            f"distributed.{given[0]} is set (or set {ENV[missing[0]]})"
+        )
     if given:
         n, i = explicit["num_processes"], explicit["process_id"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -77,8 +83,9 @@ def settings(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
             raise ValueError(f"distributed.process_id: must be in 0..{n - 1}, got {i!r}")
         if not isinstance(explicit["coordinator"], str) or ":" not in explicit["coordinator"]:
-            raise ValueError(f"distributed.coordinator: must be host:port, got "
-                             f"{explicit['coordinator']!r}")  # fmt: skip
+            raise ValueError(
+                f"distributed.coordinator: must be host:port, got {explicit['coordinator']!r}"
+            )
         if n == 1:
             return None
         return {

@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     coordinator = f"127.0.0.1:{args.port or _free_port()}"
     procs = []
     for i in range(args.processes):
-        env = {**os.environ, "JDO_COORDINATOR": coordinator,
-               "JDO_NUM_PROCESSES": str(args.processes), "JDO_PROCESS_ID": str(i)}  # fmt: skip
+        env = {
+            **os.environ,
+            "JDO_COORDINATOR": coordinator,
+            "JDO_NUM_PROCESSES": str(args.processes),
+            "JDO_PROCESS_ID": str(i),
+        }
         env["PYTHONUNBUFFERED"] = "1"  # its prints pass through a pipe: keep them prompt
         if args.cpu_devices is not None:  # cpu_devices sets the device count; keep other flags
             flags = env.get("XLA_FLAGS", "").split()

@@ -110,12 +110,15 @@ class FitOptions:
         for name in ("steps", "eval_every"):
             value = getattr(self, name)
             if value < 1 or value % self.log_every:
-                raise ValueError(f"{name}={value} must be a positive multiple of "
-                                 f"log_every={self.log_every}")
+                raise ValueError(
+                    f"{name}={value} must be a positive multiple of log_every={self.log_every}"
+                )
         every = self.checkpoint.every if self.checkpoint is not None else None
         if every is not None and (every < 1 or every % self.log_every):
-            raise ValueError(f"checkpoint every={every} must be a positive multiple of "
-                             f"log_every={self.log_every}")
+            raise ValueError(
+                f"checkpoint every={every} must be a positive multiple of "
+                f"log_every={self.log_every}"
+            )
 
 
 @dataclasses.dataclass
@@ -209,9 +212,16 @@ def _algorithm(exp: Experiment, opts: FitOptions) -> Algorithm:
 
 def _program(exp: Experiment, opts: FitOptions) -> Run:
     algo = _algorithm(exp, opts)
-    program = make_program(exp, algo, workers=opts.workers, lifting=opts.lifting,
-                           devices=opts.devices, batch_size=opts.batch_size,
-                           length=opts.log_every, check_state=opts.nonfinite == "stop")
+    program = make_program(
+        exp,
+        algo,
+        workers=opts.workers,
+        lifting=opts.lifting,
+        devices=opts.devices,
+        batch_size=opts.batch_size,
+        length=opts.log_every,
+        check_state=opts.nonfinite == "stop",
+    )
     data = place(tuple(exp.data), program.per_worker) if exp.data is not None else ()
     init_key, key = jax.random.split(jax.random.key(opts.seed))
     return Run(exp, opts, program, data, key, init_key)
@@ -233,8 +243,15 @@ def _compile(run: Run) -> None:
     t0 = time.perf_counter()
     opts = run.opts
     run.program = compile_program(
-        run.program, run.exp, _algorithm(run.exp, opts), run.state, run.data, run.key,
-        workers=opts.workers, batch_size=opts.batch_size, eval_batch_size=opts.eval_batch_size,
+        run.program,
+        run.exp,
+        _algorithm(run.exp, opts),
+        run.state,
+        run.data,
+        run.key,
+        workers=opts.workers,
+        batch_size=opts.batch_size,
+        eval_batch_size=opts.eval_batch_size,
     )
     if run.ckpt is not None:  # the checkpoint digest compiles here, not inside the loop
         tree_digest(run.state)
@@ -283,7 +300,8 @@ def _dispatch(run: Run, queue: deque) -> None:
     n = max(1, min(n, left))
     t = time.perf_counter()
     run.state, metrics, finite = run.program.chunk(
-        run.state, run.data, run.key, jnp.int32(run.step), jnp.int32(n))
+        run.state, run.data, run.key, jnp.int32(run.step), jnp.int32(n)
+    )
     queue.append(Call("chunk", run.step, n, (metrics, finite), t))
     run.step += n
     end = run.step
@@ -332,16 +350,20 @@ def _check_call(run: Run, item: Call, metrics, finite) -> None:
             f"diverged: the mean loss {run.diverged:.3g} at step {item.step0 + first_over + 1} "
             f"is over {run.opts.divergence:g} times the first one ({run.first_loss:.3g}); "
             "likely knob: optimizer.learning_rate (or the algorithm's own step size); training "
-            f"stopped; {_last_good(run.ckpt)}")
+            f"stopped; {_last_good(run.ckpt)}"
+        )
     if first_bad < item.n:
-        raise NonFiniteError(f"non-finite loss at step {item.step0 + first_bad + 1} (workers "
-                             f"{np.flatnonzero(bad[:, first_bad]).tolist()}); training "
-                             f"stopped; {_last_good(run.ckpt)}")
+        raise NonFiniteError(
+            f"non-finite loss at step {item.step0 + first_bad + 1} (workers "
+            f"{np.flatnonzero(bad[:, first_bad]).tolist()}); training "
+            f"stopped; {_last_good(run.ckpt)}"
+        )
     if not np.all(finite):
         raise NonFiniteError(
             f"non-finite state after steps {item.step0 + 1}..{item.step0 + item.n} (workers "
             f"{np.flatnonzero(~np.asarray(finite)).tolist()}; the loss was finite); training "
-            f"stopped; {_last_good(run.ckpt)}")
+            f"stopped; {_last_good(run.ckpt)}"
+        )
 
 
 def _first_divergent(run: Run, metrics, n: int) -> int:
@@ -373,8 +395,9 @@ def _close_interval(run: Run, end: int) -> None:
     if skips is not None:
         mask = skips[0] == 0  # the same on every worker
         run.skipped += int(np.sum(skips[0]))
-    record = train_record(metrics, end, program.bytes_per_step, program.quiet_bytes,
-                          run.exp.counters, mask)
+    record = train_record(
+        metrics, end, program.bytes_per_step, program.quiet_bytes, run.exp.counters, mask
+    )
     if skips is not None:
         record["skipped_steps"] = run.skipped
     seconds = max(run.interval_s, 1e-9)
@@ -409,7 +432,8 @@ def _boundary(run: Run, queue, tracker, progress, watch, end: int) -> None:
     stop = agree(watch.signum is not None) and end < opts.steps
     every, every_s = _cadence(opts)
     due = (every and end % every == 0) or (
-        every_s is not None and agree(time.perf_counter() - run.last_save >= every_s))
+        every_s is not None and agree(time.perf_counter() - run.last_save >= every_s)
+    )
     if ckpt is not None and (stop or end == opts.steps or due):
         _drain(run, queue, tracker, progress, keep=0)  # never checkpoint a non-finite state
         _save(run, end)
@@ -425,8 +449,12 @@ def _cadence(opts: FitOptions):
 
 
 def _save(run: Run, end: int) -> None:
-    meta = {**run.opts.checkpoint.meta, "workers": run.opts.workers,
-            "skipped_steps": run.skipped, "first_loss": run.first_loss}
+    meta = {
+        **run.opts.checkpoint.meta,
+        "workers": run.opts.workers,
+        "skipped_steps": run.skipped,
+        "first_loss": run.first_loss,
+    }
     run.save_s.append(run.ckpt.save(end, run.state, meta))
     run.last_save = time.perf_counter()
 
@@ -479,14 +507,20 @@ def _summary(run: Run) -> dict[str, Any]:
         record = {k: float(v) for k, v in jax.device_get(out).items()}
     trained = opts.steps - (run.resumed or {}).get("step", 0)
     train_s = max(run.train_s, 1e-9)
-    summary = {"workers": opts.workers, "lifting": opts.lifting, "steps": opts.steps,
-               "overrides": list(opts.overrides),
-               **{k: v for k, v in record.items() if not k.startswith("time/")},
-               "bytes/step_by_kind": program.step_bytes, "compile_s": run.compile_s,
-               "train_s": run.train_s, "eval_s": run.eval_s,
-               "checkpoint_s": float(np.sum(run.save_s)),
-               "wall_s": time.perf_counter() - run.started,
-               "steps_per_s": trained / train_s}
+    summary = {
+        "workers": opts.workers,
+        "lifting": opts.lifting,
+        "steps": opts.steps,
+        "overrides": list(opts.overrides),
+        **{k: v for k, v in record.items() if not k.startswith("time/")},
+        "bytes/step_by_kind": program.step_bytes,
+        "compile_s": run.compile_s,
+        "train_s": run.train_s,
+        "eval_s": run.eval_s,
+        "checkpoint_s": float(np.sum(run.save_s)),
+        "wall_s": time.perf_counter() - run.started,
+        "steps_per_s": trained / train_s,
+    }
     if run.exp.data is not None:
         summary["samples_per_s"] = summary["steps_per_s"] * opts.workers * _samples(run)
     for name in run.exp.counters:

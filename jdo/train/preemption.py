@@ -42,8 +42,9 @@ class Preempted(Exception):
             then = f"checkpoint {checkpoint}; run the same command again to resume"
         else:
             then = "no checkpoint (checkpointing is off): the run cannot be resumed"
-        super().__init__(f"{signal.Signals(signum).name} received: stopped at step {step} with "
-                         f"{then}")  # fmt: skip
+        super().__init__(
+            f"{signal.Signals(signum).name} received: stopped at step {step} with {then}"
+        )
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 

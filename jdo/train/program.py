@@ -61,8 +61,9 @@ def worker_step(algo: Algorithm, batch_size: int | None, state, data, key, t):
     return algo.step(state, batch, step_key)
 
 
-def worker_chunk(step: Callable, length: int, metric_shapes, check_state: bool,
-                 varying: bool = False):
+def worker_chunk(
+    step: Callable, length: int, metric_shapes, check_state: bool, varying: bool = False
+):
     """``chunk(state, data, key, step0, n) -> (state, metrics, finite)``: ``n <= length`` steps
     from ``step0`` (``n`` is traced: one compiled chunk runs any number of steps, so the host
     can bound a call's wall time without recompiling). ``metrics``: each ``[length]``, the
@@ -110,18 +111,27 @@ def _one_worker(tree):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
 
 
-def make_program(exp: Experiment, algo: Algorithm, *, workers: int, lifting: str, devices: int,
-                 batch_size: int | None, length: int, check_state: bool) -> Program:
+def make_program(
+    exp: Experiment,
+    algo: Algorithm,
+    *,
+    workers: int,
+    lifting: str,
+    devices: int,
+    batch_size: int | None,
+    length: int,
+    check_state: bool,
+) -> Program:
     """Lifts and jits ``algo`` (already wrapped) for ``workers`` workers; nothing compiles
     yet (see :func:`compile_program`)."""
     mesh = worker_mesh(workers, lifting, devices)
     per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
-    lift_ = functools.partial(lift, lifting=lifting,
-                              mesh=mesh if lifting == "shard_map" else None)
+    lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting == "shard_map" else None)
     step = functools.partial(worker_step, algo, batch_size)
     stacked_step = lift_(step, in_axes=(0, 0, None, None))
     one_step_shapes = lambda state, data, key: jax.eval_shape(
-        stacked_step, state, data, key, jnp.int32(0))[1]
+        stacked_step, state, data, key, jnp.int32(0)
+    )[1]
 
     def chunk(state, data, key, step0, n):
         shapes = _one_worker(one_step_shapes(state, data, key))
@@ -129,32 +139,54 @@ def make_program(exp: Experiment, algo: Algorithm, *, workers: int, lifting: str
         return lift_(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
 
     return Program(
-        mesh=mesh, per_worker=per_worker, replicated=replicated,
+        mesh=mesh,
+        per_worker=per_worker,
+        replicated=replicated,
         init=jax.jit(lift_(algo.init, in_axes=(None, 0)), out_shardings=per_worker),
         init_per_worker=jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker),
         params_of=jax.jit(jax.vmap(algo.params)),
-        chunk=jax.jit(chunk, donate_argnums=0,
-                      out_shardings=(per_worker, per_worker, per_worker)),
+        chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, per_worker, per_worker)),
     )
 
 
-def compile_program(program: Program, exp: Experiment, algo: Algorithm, state, data, key, *,
-                    workers: int, batch_size: int | None, eval_batch_size: int) -> Program:
+def compile_program(
+    program: Program,
+    exp: Experiment,
+    algo: Algorithm,
+    state,
+    data,
+    key,
+    *,
+    workers: int,
+    batch_size: int | None,
+    eval_batch_size: int,
+) -> Program:
     """Compiles the chunk and the evaluation for ``state``'s shapes and counts one step's
     bytes per worker from the lowered HLO (``bytes/step``: a step that communicates;
     ``quiet_bytes``: the other steps of algorithms that communicate on some steps only)."""
     step0 = jnp.zeros((), jnp.int32)
     chunk = program.chunk.lower(state, data, key, step0, step0).compile()
     count = lambda conditionals: comm.worker_bytes(
-        functools.partial(worker_step, algo, batch_size), workers, _one_worker(state),
-        _one_worker(data), key, step0, in_axes=(0, 0, None, None),
-        platform=jax.default_backend(), conditionals=conditionals)
+        functools.partial(worker_step, algo, batch_size),
+        workers,
+        _one_worker(state),
+        _one_worker(data),
+        key,
+        step0,
+        in_axes=(0, 0, None, None),
+        platform=jax.default_backend(),
+        conditionals=conditionals,
+    )
     step_bytes = count("max")
     evaluate = make_state_evaluate(exp, program, eval_batch_size)
     evaluate = evaluate.lower(state, key).compile()
     return dataclasses.replace(
-        program, chunk=chunk, evaluate=evaluate, step_bytes=step_bytes,
-        bytes_per_step=sum(step_bytes.values()), quiet_bytes=sum(count("min").values()),
+        program,
+        chunk=chunk,
+        evaluate=evaluate,
+        step_bytes=step_bytes,
+        bytes_per_step=sum(step_bytes.values()),
+        quiet_bytes=sum(count("min").values()),
     )
 
 

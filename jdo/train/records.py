@@ -13,8 +13,14 @@ import numpy as np
 log = logging.getLogger("jdo")
 
 
-def train_record(metrics, step: int, bytes_per_step: int, quiet_bytes: int,
-                 counters: Sequence[str] = (), mask=None) -> dict[str, float]:
+def train_record(
+    metrics,
+    step: int,
+    bytes_per_step: int,
+    quiet_bytes: int,
+    counters: Sequence[str] = (),
+    mask=None,
+) -> dict[str, float]:
     """Host-side metrics of one logging interval (``metrics``: each ``[W, K]``; ``mask``: the
     ``[K]`` steps to average, None = all). ``counters`` (running totals such as RL's
     ``env_steps``) are read at the interval's end, not averaged. For algorithms that
@@ -32,8 +38,11 @@ def train_record(metrics, step: int, bytes_per_step: int, quiet_bytes: int,
         if k not in counters
     }
     loss = per_worker.pop("loss")
-    record = {"train/loss": float(loss.mean()), "train/loss_min": float(loss.min()),
-              "train/loss_max": float(loss.max())}
+    record = {
+        "train/loss": float(loss.mean()),
+        "train/loss_min": float(loss.min()),
+        "train/loss_max": float(loss.max()),
+    }
     record.update({f"train/{k}": float(v.mean()) for k, v in per_worker.items()})
     record.update({f"train/{k}": v for k, v in totals.items()})
     record["bytes/step"] = int(bytes_per_step)
@@ -43,14 +52,25 @@ def train_record(metrics, step: int, bytes_per_step: int, quiet_bytes: int,
     return record
 
 
-LINE_KEYS = ("train/loss", "eval/avg_model/loss", "eval/avg_model/accuracy", "eval/return",
-             "eval/return_greedy", "consensus", "dist_to_opt", "steps_per_s")
+LINE_KEYS = (
+    "train/loss",
+    "eval/avg_model/loss",
+    "eval/avg_model/accuracy",
+    "eval/return",
+    "eval/return_greedy",
+    "consensus",
+    "dist_to_opt",
+    "steps_per_s",
+)
 
 
 def line(step: int, record: Mapping[str, float], steps: int | None = None) -> str:
     """The console line of a record: ``step 250: loss 0.1 | eval/avg_model/accuracy 0.9``."""
-    parts = [f"{k.split('/')[-1] if k.startswith('train') else k} {record[k]:.4g}"
-             for k in LINE_KEYS if k in record]
+    parts = [
+        f"{k.split('/')[-1] if k.startswith('train') else k} {record[k]:.4g}"
+        for k in LINE_KEYS
+        if k in record
+    ]
     of = f"/{steps}" if steps else ""
     return f"step {step}{of}: " + " | ".join(parts)
 
@@ -67,8 +87,9 @@ class Progress:
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.5,
-                             leave=False)
+            self._bar = tqdm(
+                total=total, unit="step", dynamic_ncols=True, mininterval=0.5, leave=False
+            )
             self._redirect = logging_redirect_tqdm(loggers=[log, logging.getLogger()])
 
     def __enter__(self):
@@ -85,8 +106,9 @@ class Progress:
         now = time.perf_counter()
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            self._bar.set_postfix(loss=f"{record['train/loss']:.4f}",
-                                  sps=f"{record.get('steps_per_s', 0):.0f}")
+            self._bar.set_postfix(
+                loss=f"{record['train/loss']:.4f}", sps=f"{record.get('steps_per_s', 0):.0f}"
+            )
         elif logged:
             self._last_line = now
         elif now - self._last_line >= self.every_s:

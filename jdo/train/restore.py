@@ -66,12 +66,14 @@ def restore_or_init(run) -> None:
     keys = _init_keys(run)
     abstract = jax.eval_shape(program.init, run.exp.params, keys)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=program.per_worker), abstract)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=program.per_worker), abstract
+    )
     found = None
     if opts.checkpoint is not None:
         c = opts.checkpoint
-        run.ckpt = Checkpointer(c.directory, keep_last=c.keep_last, keep_every=c.keep_every,
-                                async_save=c.async_save)
+        run.ckpt = Checkpointer(
+            c.directory, keep_last=c.keep_last, keep_every=c.keep_every, async_save=c.async_save
+        )
         try:
             found = run.ckpt.restore_latest(_target(run, abstract), on_corrupt=_report_corrupt)
         except IncompatibleCheckpoint as e:
@@ -81,9 +83,12 @@ def restore_or_init(run) -> None:
         return
     start, restored, meta = found
     if start > opts.steps:
-        raise ConfigError("trainer.steps", f"the checkpoint in {opts.checkpoint.directory} is "
-                          f"at step {start}: use trainer.steps >= {start}, or another output "
-                          "directory")
+        raise ConfigError(
+            "trainer.steps",
+            f"the checkpoint in {opts.checkpoint.directory} is "
+            f"at step {start}: use trainer.steps >= {start}, or another output "
+            "directory",
+        )
     run.step = start
     run.skipped = int(meta.get("skipped_steps", 0))
     run.first_loss = meta.get("first_loss")
@@ -109,13 +114,19 @@ def _target(run, abstract):
         if old == opts.workers:
             return abstract
         if opts.checkpoint.elastic != "average":
-            raise ConfigError("workers", f"the checkpoint in {opts.checkpoint.directory} has "
-                              f"{old} workers, this run {opts.workers}; set "
-                              "checkpoint.elastic=average to regroup its workers, or use "
-                              "another output directory")
+            raise ConfigError(
+                "workers",
+                f"the checkpoint in {opts.checkpoint.directory} has "
+                f"{old} workers, this run {opts.workers}; set "
+                "checkpoint.elastic=average to regroup its workers, or use "
+                "another output directory",
+            )
         # replicated on this run's devices: every process holds all old workers
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((old, *x.shape[1:]), x.dtype,
-                                           sharding=run.program.replicated), abstract)
+            lambda x: jax.ShapeDtypeStruct(
+                (old, *x.shape[1:]), x.dtype, sharding=run.program.replicated
+            ),
+            abstract,
+        )
 
     return target

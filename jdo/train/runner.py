@@ -33,8 +33,9 @@ def _checkpoint_options(container: Mapping, output_dir: str | None) -> Checkpoin
         return None
     directory = os.path.join(output_dir, "checkpoints")
     force = node["resume"] == "force"
-    may_differ = RESUME_MAY_DIFFER + (("workers", "topology.n") if node["elastic"] == "average"
-                                      else ())  # fmt: skip
+    may_differ = RESUME_MAY_DIFFER + (
+        ("workers", "topology.n") if node["elastic"] == "average" else ()
+    )
 
     def check_meta(meta):
         if force:

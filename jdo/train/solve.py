@@ -60,13 +60,19 @@ def train_until(
 
     chunk = jax.jit(lift(worker_chunk, lifting, mesh=mesh, in_axes=(0, None, None)))
     init = jax.jit(lift(algo.init, lifting, mesh=mesh, in_axes=(None, 0)))
-    evaluate = jax.jit(jax.vmap(
-        lambda state, k: evaluate_policy(
-            raw_env, train.apply, state.params, k, num_episodes=eval_episodes,
-            obs_transform=lambda obs: train.env.observe(state.env_state, obs),
-        ),
-        in_axes=(0, None),
-    ))  # fmt: skip
+    evaluate = jax.jit(
+        jax.vmap(
+            lambda state, k: evaluate_policy(
+                raw_env,
+                train.apply,
+                state.params,
+                k,
+                num_episodes=eval_episodes,
+                obs_transform=lambda obs: train.env.observe(state.env_state, obs),
+            ),
+            in_axes=(0, None),
+        )
+    )
     key = jax.random.key(seed)
     init_key, run_key, eval_key = jax.random.split(key, 3)
     t0 = time.perf_counter()

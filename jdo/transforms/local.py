@@ -18,8 +18,9 @@ class LocalSGDState(NamedTuple):
     count: jax.Array  # int32: updates seen so far
 
 
-def _averaging(every: int, group_size: int | None, group_every: int | None, start: int,
-               axis_name: str) -> optax.GradientTransformation:  # fmt: skip
+def _averaging(
+    every: int, group_size: int | None, group_every: int | None, start: int, axis_name: str
+) -> optax.GradientTransformation:
     def init_fn(params):
         del params
         return LocalSGDState(jnp.zeros((), jnp.int32))

@@ -83,8 +83,9 @@ def powersgd(
             n, m = _matrix_shape(g.shape)
             mat = (g + e if error_feedback else g).reshape(n, m)
             if not warm_start:  # a fresh random Q each step (same on every worker)
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), leaf),
-                                         state.count)  # fmt: skip
+                key = jax.random.fold_in(
+                    jax.random.fold_in(jax.random.key(seed), leaf), state.count
+                )
                 q = jax.random.normal(key, q.shape, q.dtype)
             p = jax.lax.pmean(mat @ q, axis_name)  # all-reduce 1: [n, r]
             p, _ = jnp.linalg.qr(p)  # orthonormal columns

@@ -36,8 +36,11 @@ def test_state_round_trips_through_orbax_and_continues_identically(name, make_cf
     algo, W = exp.algorithm, 8
     idx = np.random.default_rng(0).integers(0, exp.data.count.min(), size=(8, W, 4))
     workers = np.arange(W)[None, :, None]  # each worker draws from its own part
-    batches = {"x": exp.data.x[workers, idx], "y": exp.data.y[workers, idx],
-               "weight": np.ones((8, W, 4), np.float32)}  # fmt: skip
+    batches = {
+        "x": exp.data.x[workers, idx],
+        "y": exp.data.y[workers, idx],
+        "weight": np.ones((8, W, 4), np.float32),
+    }
     init, step = lifted(algo)
     state = _run(step, init(exp.params, jnp.zeros((W, 2), jnp.uint32)), batches, 0, 4)
     restored = orbax_round_trip(state, tmp_path / "ckpt")

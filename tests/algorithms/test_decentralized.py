@@ -29,8 +29,10 @@ def _problem(num_workers=W, heterogeneity=1.0, seed=0):
 
 
 def _theta(params):  # Linear params <-> flat [d + 1] vectors, for the numpy references
-    return np.concatenate([np.asarray(params["dense"]["kernel"])[..., 0],
-                           np.asarray(params["dense"]["bias"])], axis=-1)  # fmt: skip
+    return np.concatenate(
+        [np.asarray(params["dense"]["kernel"])[..., 0], np.asarray(params["dense"]["bias"])],
+        axis=-1,
+    )
 
 
 def _np_grads(theta, batch):
@@ -108,8 +110,14 @@ def test_push_sum_matches_dense_reference_on_a_directed_graph(lifting, mesh8):
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
 def test_dpsgd_on_the_complete_graph_is_allreduce_sgd(lifting, mesh8):
     _, loss_fn, params, batch = _problem()
-    a = _run(jdo.algorithms.dpsgd(loss_fn, optax.sgd(LR), T.complete(W)), params, batch, 5,
-             lifting, mesh8)  # fmt: skip
+    a = _run(
+        jdo.algorithms.dpsgd(loss_fn, optax.sgd(LR), T.complete(W)),
+        params,
+        batch,
+        5,
+        lifting,
+        mesh8,
+    )
     b = _run(jdo.algorithms.allreduce_sgd(loss_fn, optax.sgd(LR)), params, batch, 5, lifting, mesh8)
     np.testing.assert_allclose(_theta(a.params), _theta(b.params), rtol=1e-6, atol=1e-6)
 
@@ -127,8 +135,9 @@ def test_gossip_transform_in_a_chain_is_dpsgd_atc():
     s = jax.vmap(tx.init)(p)
     for _ in range(5):
         p, s = jax.vmap(step, axis_name="workers")(p, s, batch)
-    ref = _run(jdo.algorithms.dpsgd(loss_fn, optax.sgd(LR), T.ring(W)), params, batch, 5, "vmap",
-               None)  # fmt: skip
+    ref = _run(
+        jdo.algorithms.dpsgd(loss_fn, optax.sgd(LR), T.ring(W)), params, batch, 5, "vmap", None
+    )
     np.testing.assert_allclose(_theta(p), _theta(ref.params), rtol=1e-6, atol=1e-6)
 
 
@@ -147,8 +156,9 @@ def test_periodic_gossip_and_gossip_rounds():
     # R rounds of a static topology = one step with W^R.
     xs = np.random.default_rng(0).normal(size=(W, 3)).astype(np.float32)
     f = jax.vmap(lambda x: jdo.comm.mix_rounds(x, T.ring(W), 0, rounds=4), axis_name="workers")
-    np.testing.assert_allclose(f(xs), np.linalg.matrix_power(T.ring(W).mixing_matrix(), 4) @ xs,
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        f(xs), np.linalg.matrix_power(T.ring(W).mixing_matrix(), 4) @ xs, rtol=1e-5, atol=1e-6
+    )
 
 
 def _distance_to_optimum(name, topology, steps=4000, lr=0.05):
@@ -160,8 +170,9 @@ def _distance_to_optimum(name, topology, steps=4000, lr=0.05):
 
     @jax.jit
     def train(state):
-        return jax.lax.scan(lambda s, _: (body(s, batch, jax.random.key(0))[0], None), state,
-                            None, length=steps)[0]  # fmt: skip
+        return jax.lax.scan(
+            lambda s, _: (body(s, batch, jax.random.key(0))[0], None), state, None, length=steps
+        )[0]
 
     state = train(init(params, jnp.zeros((W, 2), jnp.uint32)))
     mean = _theta(jax.tree.map(lambda x: x.mean(0), jax.vmap(algo.params)(state)))

@@ -181,16 +181,18 @@ def test_worker_bytes_multiplies_loops_like_the_compiled_count(mesh8):
         body = lambda c, _: (jax.lax.ppermute(c, "workers", ring), None)
         return jax.lax.scan(body, y, None, length=5)[0]
 
-    compiled = jdo.comm.collective_bytes(jax.jit(jdo.lift(f, "shard_map", mesh=mesh8)),
-                                         jnp.ones((8, 16)))  # fmt: skip
+    compiled = jdo.comm.collective_bytes(
+        jax.jit(jdo.lift(f, "shard_map", mesh=mesh8)), jnp.ones((8, 16))
+    )
     assert compiled["all-reduce"] == 3 * 64 and compiled["collective-permute"] == 5 * 64
     assert jdo.comm.worker_bytes(f, 8, jnp.ones(16)) == compiled
 
 
 def test_periodic_communication_min_and_max(mesh8):
     def f(x, t):  # all-reduce on every 4th step only
-        return jax.lax.cond(t % 4 == 0, lambda v: jdo.comm.varying(jax.lax.pmean(v, "workers")),
-                            lambda v: v, x)  # fmt: skip
+        return jax.lax.cond(
+            t % 4 == 0, lambda v: jdo.comm.varying(jax.lax.pmean(v, "workers")), lambda v: v, x
+        )
 
     args = (jnp.ones(16), jnp.int32(0))
     assert jdo.comm.worker_bytes(f, 8, *args, in_axes=(0, None))["all-reduce"] == 64

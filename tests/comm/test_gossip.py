@@ -59,8 +59,9 @@ def test_mix_on_16_devices():
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     worst = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(worst) == set(FACTORIES)
@@ -83,15 +84,21 @@ def test_gossip_average_converges_to_the_mean():
     f = jax.jit(jax.vmap(lambda x: comm.gossip_average(x, T.ring(8), 200), axis_name="workers"))
     np.testing.assert_allclose(f(xs), np.broadcast_to(xs.mean(0), xs.shape), atol=1e-5)
     # The one-peer exponential graph averages exactly in log2(8) = 3 steps.
-    g = jax.jit(jax.vmap(lambda x: comm.gossip_average(x, T.one_peer_exponential(8), 3),
-                         axis_name="workers"))  # fmt: skip
+    g = jax.jit(
+        jax.vmap(
+            lambda x: comm.gossip_average(x, T.one_peer_exponential(8), 3), axis_name="workers"
+        )
+    )
     np.testing.assert_allclose(g(xs), np.broadcast_to(xs.mean(0), xs.shape), atol=1e-6)
 
 
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
 def test_push_sum_reaches_the_true_average_on_a_directed_time_varying_graph(lifting, mesh8):
-    topo = T.time_varying(T.star(8, directed=True), T.ring(8, directed=True),
-                          T.erdos_renyi(8, 0.4, seed=3, directed=True))  # fmt: skip
+    topo = T.time_varying(
+        T.star(8, directed=True),
+        T.ring(8, directed=True),
+        T.erdos_renyi(8, 0.4, seed=3, directed=True),
+    )
     assert topo.stochastic == "column" and not np.allclose(topo.mixing_matrix(0).sum(1), 1)
     xs = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
     steps = 120
@@ -116,16 +123,22 @@ def test_mix_checks_the_worker_count():
 
 @pytest.mark.parametrize(
     "topo,times",
-    [(T.ring(8), 2), (T.one_peer_exponential(8), 1), (T.exponential(8), 3), (T.star(8), 7),
-     (T.torus(8), 3)],
+    [
+        (T.ring(8), 2),
+        (T.one_peer_exponential(8), 1),
+        (T.exponential(8), 3),
+        (T.star(8), 7),
+        (T.torus(8), 3),
+    ],
     ids=repr,
-)  # fmt: skip
+)
 def test_collective_permute_bytes_per_step(topo, times, mesh8):
     model = {"w": jnp.zeros((100, 10)), "b": jnp.zeros(10)}
     model_bytes = 4 * 1010
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (8, *x.shape)), model)
-    f = jax.jit(jdo.lift(lambda x, t: comm.mix(x, topo, t), "shard_map", mesh=mesh8,
-                         in_axes=(0, None)))  # fmt: skip
+    f = jax.jit(
+        jdo.lift(lambda x, t: comm.mix(x, topo, t), "shard_map", mesh=mesh8, in_axes=(0, None))
+    )
     counted = comm.collective_bytes(f, stacked, jnp.int32(0))
     assert counted["collective-permute"] == times * model_bytes
     assert counted["all-reduce"] == 0

@@ -28,9 +28,11 @@ def _problem(kind="regression", seed=0):
     loss_fn = jdo.data.make_loss(apply, kind, l2=0.0 if kind == "regression" else 1e-2)
     parts = np.split(np.arange(N), W)
     y = np.stack([b[p] for p in parts])
-    batch = {"x": jnp.asarray(np.stack([a[p] for p in parts])),
-             "y": jnp.asarray(y[..., None] if kind == "regression" else y),
-             "weight": jnp.ones((W, N // W))}  # fmt: skip
+    batch = {
+        "x": jnp.asarray(np.stack([a[p] for p in parts])),
+        "y": jnp.asarray(y[..., None] if kind == "regression" else y),
+        "weight": jnp.ones((W, N // W)),
+    }
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     return a, b, loss_fn, jax.tree.map(lambda p: jnp.asarray(p, dtype), params), batch
 
@@ -71,8 +73,9 @@ def test_lasso_matches_scikit_learn(rho, lifting, float64, mesh8):
 @pytest.mark.parametrize("rho,balancing", [(1.0, False), (50.0, True)])
 def test_least_squares_over_relaxation_and_residual_balancing(alpha, rho, balancing, float64):
     a, b, loss_fn, params, batch = _problem()
-    algo = jdo.constrained.consensus_admm(loss_fn, rho=rho, alpha=alpha,
-                                          residual_balancing=balancing)  # fmt: skip
+    algo = jdo.constrained.consensus_admm(
+        loss_fn, rho=rho, alpha=alpha, residual_balancing=balancing
+    )
     state, metrics = _solve(algo, params, batch, 400)
     ref = np.linalg.lstsq(a, b, rcond=None)[0]
     np.testing.assert_allclose(_kernel(state.z)[0], ref, atol=1e-4)
@@ -84,9 +87,14 @@ def test_least_squares_over_relaxation_and_residual_balancing(alpha, rho, balanc
 def test_gradient_solver_on_logistic_regression(float64):
     a, b, loss_fn, params, batch = _problem("binary")
     newton = _solve(jdo.constrained.consensus_admm(loss_fn, rho=0.1), params, batch, 300)[0]
-    grad = _solve(jdo.constrained.consensus_admm(loss_fn, optax.sgd(0.5), rho=0.1,
-                                                 solver="gradient", inner_steps=200),
-                  params, batch, 300)[0]  # fmt: skip
+    grad = _solve(
+        jdo.constrained.consensus_admm(
+            loss_fn, optax.sgd(0.5), rho=0.1, solver="gradient", inner_steps=200
+        ),
+        params,
+        batch,
+        300,
+    )[0]
     # The Newton-solved one is checked against the optimum: zero gradient of Σ_i f_i.
     z = jax.tree.map(lambda v: v[0], newton.z)
     grads = jax.vmap(lambda bt: jax.grad(lambda p: loss_fn(p, bt)[0])(z))(batch)
@@ -94,11 +102,14 @@ def test_gradient_solver_on_logistic_regression(float64):
     np.testing.assert_allclose(_kernel(grad.z)[0], _kernel(newton.z)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("regularizer,reference", [
-    (prox.l2(2.0), lambda v, t: v / (1 + 2.0 * t)),
-    (prox.box(-0.5, 0.5), lambda v, t: np.clip(v, -0.5, 0.5)),
-    (prox.l1(1.0), lambda v, t: np.sign(v) * np.maximum(np.abs(v) - t, 0)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "regularizer,reference",
+    [
+        (prox.l2(2.0), lambda v, t: v / (1 + 2.0 * t)),
+        (prox.box(-0.5, 0.5), lambda v, t: np.clip(v, -0.5, 0.5)),
+        (prox.l1(1.0), lambda v, t: np.sign(v) * np.maximum(np.abs(v) - t, 0)),
+    ],
+)
 def test_proxes(regularizer, reference):
     v = np.random.default_rng(0).normal(size=20)
     np.testing.assert_allclose(regularizer(jnp.asarray(v), 0.3), reference(v, 0.3), rtol=1e-6)
@@ -115,8 +126,13 @@ def test_decentralized_admm_on_a_ring_reaches_the_same_optimum(lifting, float64,
     ref = np.linalg.lstsq(a, b, rcond=None)[0]
     for w in range(W):  # every worker, talking only to its two neighbours
         np.testing.assert_allclose(_kernel(state.x)[w], ref, atol=1e-6)
-    bytes_ = jdo.comm.worker_bytes(algo.step, W, *jax.tree.map(lambda v: v[0], (state, batch)),
-                                   jax.random.key(0), in_axes=(0, 0, None))  # fmt: skip
+    bytes_ = jdo.comm.worker_bytes(
+        algo.step,
+        W,
+        *jax.tree.map(lambda v: v[0], (state, batch)),
+        jax.random.key(0),
+        in_axes=(0, 0, None),
+    )
     assert bytes_["all-reduce"] == 0 and bytes_["collective-permute"] > 0
 
 

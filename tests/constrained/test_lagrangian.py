@@ -20,8 +20,9 @@ def _run(algo, params, batch, steps):
 
     @jax.jit
     def scan(state):
-        return jax.lax.scan(lambda s, _: step(s, batch, jax.random.key(0)), state, None,
-                            length=steps)  # fmt: skip
+        return jax.lax.scan(
+            lambda s, _: step(s, batch, jax.random.key(0)), state, None, length=steps
+        )
 
     state, metrics = scan(state)
     return state, jax.tree.map(np.asarray, metrics)
@@ -47,10 +48,15 @@ def _qp(seed=0):
     batch = {"p": jnp.asarray(p + noise), "q": jnp.asarray(q + rng.normal(size=(W, n)) * 0)}
     loss_fn = lambda x, b, key=None: (0.5 * x @ b["p"] @ x + b["q"] @ x, {})
     ineq = lambda x, b: jnp.asarray(g) @ x - jnp.asarray(h)
-    res = minimize(lambda x: 0.5 * x @ p @ x + q @ x, np.zeros(n), jac=lambda x: p @ x + q,
-                   hess=lambda x: p, constraints=[LinearConstraint(g, -np.inf, h)],
-                   method="trust-constr",
-                   options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 10000})  # fmt: skip
+    res = minimize(
+        lambda x: 0.5 * x @ p @ x + q @ x,
+        np.zeros(n),
+        jac=lambda x: p @ x + q,
+        hess=lambda x: p,
+        constraints=[LinearConstraint(g, -np.inf, h)],
+        method="trust-constr",
+        options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 10000},
+    )
     x = res.x
     active = np.abs(g @ x - h) < 1e-6
     lam = np.zeros(m)  # KKT: Px + q + G_Aᵀ λ_A = 0, solved on scipy's active set
@@ -62,8 +68,9 @@ def test_augmented_lagrangian_matches_the_kkt_point_of_a_qp(float64):
     loss_fn, ineq, batch, x_ref, lam_ref, active, p, g = _qp()
     assert active.sum() >= 1  # the test is about constraints that bind
     lr = 1.0 / (np.linalg.eigvalsh(p).max() + 10.0 * np.linalg.norm(g, 2) ** 2)
-    algo = jdo.constrained.augmented_lagrangian(loss_fn, optax.sgd(lr), ineq=ineq, rho=10.0,
-                                                inner_steps=300)  # fmt: skip
+    algo = jdo.constrained.augmented_lagrangian(
+        loss_fn, optax.sgd(lr), ineq=ineq, rho=10.0, inner_steps=300
+    )
     state, metrics = _run(algo, jnp.zeros(5), batch, 300 * 40)
     np.testing.assert_allclose(state.params[0], x_ref, atol=1e-4)
     np.testing.assert_allclose(state.ineq_multipliers[0], lam_ref, atol=1e-4)
@@ -75,19 +82,24 @@ def test_augmented_lagrangian_matches_the_kkt_point_of_a_qp(float64):
     "make",
     [
         lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05),
-        lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05,
-                                                method="alternating"),
-        lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.05,
-                                                method="extragradient"),
-        lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=1.0,
-                                                          inner_steps=20),
-        lambda loss, g: jdo.constrained.augmented_lagrangian(loss, optax.sgd(0.05), ineq=g, rho=0.0,
-                                                          dual_lr=0.5, inner_steps=20),
-        lambda loss, g: jdo.constrained.quadratic_penalty(loss, optax.sgd(0.05), ineq=g, rho=1.0,
-                                                       inner_steps=20),
+        lambda loss, g: jdo.constrained.lagrangian(
+            loss, optax.sgd(0.05), ineq=g, dual_lr=0.05, method="alternating"
+        ),
+        lambda loss, g: jdo.constrained.lagrangian(
+            loss, optax.sgd(0.05), ineq=g, dual_lr=0.05, method="extragradient"
+        ),
+        lambda loss, g: jdo.constrained.augmented_lagrangian(
+            loss, optax.sgd(0.05), ineq=g, rho=1.0, inner_steps=20
+        ),
+        lambda loss, g: jdo.constrained.augmented_lagrangian(
+            loss, optax.sgd(0.05), ineq=g, rho=0.0, dual_lr=0.5, inner_steps=20
+        ),
+        lambda loss, g: jdo.constrained.quadratic_penalty(
+            loss, optax.sgd(0.05), ineq=g, rho=1.0, inner_steps=20
+        ),
     ],
     ids=["gda", "alternating", "extragradient", "augmented", "augmented_rho0", "penalty"],
-)  # fmt: skip
+)
 def test_the_two_node_example_converges_to_1_1(make, float64):
     """min (θ1 − 1)² + (θ2 − 1)² s.t. (θ1 − 1)(θ2 − 1) <= 0 from (0, 0), node i owning θ_i."""
     loss_fn = lambda p, b, key=None: (2.0 * (p[b["node"]] - 1.0) ** 2, {})  # the mean is f
@@ -104,8 +116,9 @@ def test_equality_constraint_and_quadratic_penalty(float64):
     loss_fn = lambda x, b, key=None: (jnp.sum((x - c) ** 2), {})
     eq = lambda x, b: jnp.sum(x) - 1.0
     expected = c - (c.sum() - 1.0) / 3
-    al = jdo.constrained.augmented_lagrangian(loss_fn, optax.sgd(0.1), eq=eq, rho=1.0,
-                                              inner_steps=50)  # fmt: skip
+    al = jdo.constrained.augmented_lagrangian(
+        loss_fn, optax.sgd(0.1), eq=eq, rho=1.0, inner_steps=50
+    )
     state, _ = _run(al, jnp.zeros(3), {"w": jnp.zeros(W)}, 2000)
     np.testing.assert_allclose(state.params[0], expected, atol=1e-8)
     np.testing.assert_allclose(state.eq_multipliers[0], [-2 * (1.0 - c.sum()) / 3], atol=1e-7)
@@ -131,9 +144,15 @@ def test_shared_or_per_worker_constraints(shared, expected, float64):
     constraint is x >= mean c = 0.25; per worker, every one must hold: x >= max c = 0.4."""
     loss_fn = lambda x, b, key=None: (jnp.sum(x**2), {})
     ineq = lambda x, b: {"c": b["c"] - x}  # a pytree of constraints works too
-    algo = jdo.constrained.augmented_lagrangian(loss_fn, optax.sgd(0.1), ineq=ineq, rho=5.0,
-                                                inner_steps=50, num_ineq=1,
-                                                shared_constraints=shared)  # fmt: skip
+    algo = jdo.constrained.augmented_lagrangian(
+        loss_fn,
+        optax.sgd(0.1),
+        ineq=ineq,
+        rho=5.0,
+        inner_steps=50,
+        num_ineq=1,
+        shared_constraints=shared,
+    )
     state, metrics = _run(
         algo, jnp.zeros(1), {"c": jnp.asarray([[0.1], [0.2], [0.3], [0.4]])}, 3000
     )
@@ -144,12 +163,15 @@ def test_shared_or_per_worker_constraints(shared, expected, float64):
 ACTIVE = {
     "gda": lambda loss, g: jdo.constrained.lagrangian(loss, optax.sgd(0.05), ineq=g, dual_lr=0.1),
     "extragradient": lambda loss, g: jdo.constrained.lagrangian(
-        loss, optax.sgd(0.05), ineq=g, dual_lr=0.1, method="extragradient"),
+        loss, optax.sgd(0.05), ineq=g, dual_lr=0.1, method="extragradient"
+    ),
     "augmented": lambda loss, g: jdo.constrained.augmented_lagrangian(
-        loss, optax.sgd(0.05), ineq=g, rho=1.0, inner_steps=20),
+        loss, optax.sgd(0.05), ineq=g, rho=1.0, inner_steps=20
+    ),
     "augmented_rho0": lambda loss, g: jdo.constrained.augmented_lagrangian(
-        loss, optax.sgd(0.05), ineq=g, rho=0.0, dual_lr=0.5, inner_steps=20),
-}  # fmt: skip
+        loss, optax.sgd(0.05), ineq=g, rho=0.0, dual_lr=0.5, inner_steps=20
+    ),
+}
 
 
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
@@ -175,6 +197,7 @@ def test_an_active_constraint_and_its_multiplier_under_both_liftings(name, lifti
 
 def test_augmented_lagrangian_rho_0_needs_a_dual_step():
     with pytest.raises(checks.InvalidArgument, match="rho=0 leaves the multipliers still") as e:
-        jdo.constrained.augmented_lagrangian(lambda x, b, k=None: (x, {}), optax.sgd(0.1),
-                                             ineq=lambda x, b: x, rho=0.0)  # fmt: skip
+        jdo.constrained.augmented_lagrangian(
+            lambda x, b, k=None: (x, {}), optax.sgd(0.1), ineq=lambda x, b: x, rho=0.0
+        )
     assert e.value.argument == "dual_lr"

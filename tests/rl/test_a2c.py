@@ -32,10 +32,12 @@ def test_actor_critic_loss_equals_numpy():
     apply, params = make_network(env, (8,))
     policy = make_policy(env.action_space)
     rng = np.random.default_rng(0)
-    batch = {"obs": rng.normal(size=(20, 4)).astype(np.float32),
-             "action": rng.integers(0, 2, 20).astype(np.int32),
-             "advantage": rng.normal(size=20).astype(np.float32),
-             "return": rng.normal(size=20).astype(np.float32)}  # fmt: skip
+    batch = {
+        "obs": rng.normal(size=(20, 4)).astype(np.float32),
+        "action": rng.integers(0, 2, 20).astype(np.int32),
+        "advantage": rng.normal(size=20).astype(np.float32),
+        "return": rng.normal(size=20).astype(np.float32),
+    }
     loss, m = actor_critic_loss(apply, policy, params, batch, value_coef=0.3, entropy_coef=0.1)
     logits, value = (np.asarray(x, np.float64) for x in apply(params, batch["obs"]))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -51,8 +53,10 @@ def test_a3c_with_staleness_zero_is_a2c():
     apply, params = make_network(env, (16,))
     kw = dict(num_steps=6, gae_lambda=0.9)
     states = []
-    for algo in (a2c(env, apply, optax.adam(1e-2), **kw),
-                 a3c(env, apply, optax.adam(1e-2), staleness=0, **kw)):  # fmt: skip
+    for algo in (
+        a2c(env, apply, optax.adam(1e-2), **kw),
+        a3c(env, apply, optax.adam(1e-2), staleness=0, **kw),
+    ):
         init, step = _lifted(algo, 2)
         state = init(params, jax.random.split(jax.random.key(0), 2))
         for t in range(3):
@@ -73,8 +77,16 @@ def test_a3c_applies_the_mean_of_gradients_at_the_scheduled_stale_versions(sched
     env = make_vec_env("CartPole-v1", 2)
     apply, params = make_network(env, (16,))
     policy = make_policy(env.action_space)
-    algo = a3c(env, apply, optax.adam(3e-2), staleness=tau, schedule=schedule, num_steps=T,
-               gae_lambda=0.9, max_grad_norm=0.5)  # fmt: skip
+    algo = a3c(
+        env,
+        apply,
+        optax.adam(3e-2),
+        staleness=tau,
+        schedule=schedule,
+        num_steps=T,
+        gae_lambda=0.9,
+        max_grad_norm=0.5,
+    )
     init, step = _lifted(algo, W)
     init_keys = jax.random.split(jax.random.key(0), W)
     step_keys = [jax.random.split(jax.random.key(t + 1), W) for t in range(steps)]
@@ -112,8 +124,7 @@ def test_a3c_applies_the_mean_of_gradients_at_the_scheduled_stale_versions(sched
             np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6)
     for k in range(tau + 1):  # the ring buffer holds the last τ+1 versions
         v = steps - k
-        for a, b in zip(jax.tree.leaves(state.history), jax.tree.leaves(versions[v]),
-                        strict=True):  # fmt: skip
+        for a, b in zip(jax.tree.leaves(state.history), jax.tree.leaves(versions[v]), strict=True):
             np.testing.assert_allclose(a[0, v % (tau + 1)], b, rtol=1e-5, atol=1e-6)
     assert len({tuple(x) for x in lags_seen}) > 1  # the lags really vary
 
@@ -121,8 +132,9 @@ def test_a3c_applies_the_mean_of_gradients_at_the_scheduled_stale_versions(sched
 def _grad(env, policy, apply, loss, params, env_state, obs, key, T):
     from jdo.rl import episode_stats_init
 
-    env_state, obs, traj, _ = rollout(env, policy, apply, params, env_state, obs, key, T,
-                                      episode_stats_init())  # fmt: skip
+    env_state, obs, traj, _ = rollout(
+        env, policy, apply, params, env_state, obs, key, T, episode_stats_init()
+    )
     adv, ret = advantages_of(traj, apply, params, gamma=0.99, lam=0.9)
     grads = jax.grad(lambda p: loss(p, flatten_batch(traj, adv, ret))[0])(params)
     return grads, env_state, obs

@@ -13,8 +13,13 @@ from jdo.checks import InvalidArgument
 from jdo.rl import evaluate_policy, make_train
 from jdo.train.solve import train_until
 
-SMALL = {"workers": 2, "num_envs": 2, "updates": 3, "hidden": (8,),
-         "algorithm_kwargs": {"num_steps": 8, "num_minibatches": 2, "epochs": 1}}  # fmt: skip
+SMALL = {
+    "workers": 2,
+    "num_envs": 2,
+    "updates": 3,
+    "hidden": (8,),
+    "algorithm_kwargs": {"num_steps": 8, "num_minibatches": 2, "epochs": 1},
+}
 
 
 def test_seeds_vmapped_equal_seeds_run_one_by_one():
@@ -41,7 +46,7 @@ def test_evaluate_policy_runs_every_episode_to_its_end():
             k,
             num_episodes=50,
             env_params={"max_steps_in_episode": 12},
-        )  # fmt: skip
+        )
     )(jax.random.key(0))
     assert returns.shape == (50,)
     assert np.all(returns >= 1) and np.all(returns <= 12)
@@ -119,8 +124,9 @@ def test_make_train_defaults_agree_with_the_cartpole_command_line(make_cfg):
 
 def test_continuous_actions_train_end_to_end():
     """PPO on Pendulum (Gaussian policy, clipped torques, truncation only): finite, it moves."""
-    train = make_train({**SMALL, "env": "Pendulum-v1", "normalize_obs": True,
-                        "normalize_reward_gamma": 0.99})  # fmt: skip
+    train = make_train(
+        {**SMALL, "env": "Pendulum-v1", "normalize_obs": True, "normalize_reward_gamma": 0.99}
+    )
     out = jax.jit(train)(jax.random.key(0))
     assert np.all(np.isfinite(out["metrics"]["loss"]))
     before, after = jax.tree.leaves(train.params), jax.tree.leaves(out["state"].params)

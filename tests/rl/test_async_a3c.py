@@ -99,12 +99,15 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize("tau,on_stale", [(None, "drop"), (1, "wait")])
 def test_async_a3c_solves_cartpole(tau, on_stale):
-    out = _run(max_updates=20_000, max_staleness=tau, on_stale=on_stale, target_return=475,
-               max_seconds=120)  # fmt: skip
-    print(f"async A3C tau={tau} {on_stale}: return {out['episode_return']:.1f} after "
-          f"{out['env_steps']} env steps, {out['updates']} updates, {out['wall_s']:.1f} s "
-          f"(+{out['compile_s']:.1f} s compile); staleness histogram "
-          f"{out['staleness_histogram'].tolist()}, dropped {out['dropped']}")  # fmt: skip
+    out = _run(
+        max_updates=20_000, max_staleness=tau, on_stale=on_stale, target_return=475, max_seconds=120
+    )
+    print(
+        f"async A3C tau={tau} {on_stale}: return {out['episode_return']:.1f} after "
+        f"{out['env_steps']} env steps, {out['updates']} updates, {out['wall_s']:.1f} s "
+        f"(+{out['compile_s']:.1f} s compile); staleness histogram "
+        f"{out['staleness_histogram'].tolist()}, dropped {out['dropped']}"
+    )
     assert out["reached_target"] and out["episode_return"] >= 475
 
 
@@ -138,10 +141,19 @@ def test_host_gymnasium_actors():
 def test_async_a3c_solves_gymnasium_cartpole():
     env, apply, params, opt = _setup()
     out = async_a3c(
-        lambda i: host.make_vector_env("CartPole-v1", 8), apply, params, opt, num_actors=4,
-        num_steps=16, max_updates=50_000, target_return=475, max_seconds=240,
-    )  # fmt: skip
-    print(f"async A3C on gymnasium: return {out['episode_return']:.1f} after "
-          f"{out['env_steps']} env steps, {out['wall_s']:.1f} s; staleness histogram "
-          f"{out['staleness_histogram'].tolist()}")  # fmt: skip
+        lambda i: host.make_vector_env("CartPole-v1", 8),
+        apply,
+        params,
+        opt,
+        num_actors=4,
+        num_steps=16,
+        max_updates=50_000,
+        target_return=475,
+        max_seconds=240,
+    )
+    print(
+        f"async A3C on gymnasium: return {out['episode_return']:.1f} after "
+        f"{out['env_steps']} env steps, {out['wall_s']:.1f} s; staleness histogram "
+        f"{out['staleness_histogram'].tolist()}"
+    )
     assert out["reached_target"] and out["episode_return"] >= 475

@@ -18,8 +18,14 @@ from jdo.train import ConfigError, build, run
 from tests.helpers import orbax_round_trip
 
 ROOT = Path(__file__).parent.parent.parent
-SMALL = ("trainer.steps=4", "trainer.log_every=2", "trainer.eval_every=4",
-         "trainer.progress=false", "model.hidden=[16]", "algorithm.num_steps=8")  # fmt: skip
+SMALL = (
+    "trainer.steps=4",
+    "trainer.log_every=2",
+    "trainer.eval_every=4",
+    "trainer.progress=false",
+    "model.hidden=[16]",
+    "algorithm.num_steps=8",
+)
 
 
 @pytest.mark.parametrize(
@@ -53,10 +59,24 @@ def test_rl_configs_run_through_the_runner(algorithm, extra, make_cfg, tmp_path)
 def test_cli_runs_ppo_on_cartpole_over_a_ring(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "task=cartpole", "algorithm=ppo", "workers=8",
-         "topology=ring", "debug=smoke", "algorithm.num_steps=16", f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "task=cartpole",
+            "algorithm=ppo",
+            "workers=8",
+            "topology=ring",
+            "debug=smoke",
+            "algorithm.num_steps=16",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "train/episode_return" in (tmp_path / "train.log").read_text()
 
@@ -66,24 +86,36 @@ def test_cli_runs_ppo_on_cartpole_over_a_ring(tmp_path):
     [
         (("algorithm=ppo", "task.env=Pong"), "task.env", "must be one of 'CartPole-v1'"),
         (("algorithm=ppo", "task.num_envs=0"), "task.num_envs", "must be a positive integer"),
-        (("algorithm=ppo", "+task.env_params.gx=1"), "task.env_params.gx",
-         "is not a parameter of CartPole-v1"),
+        (
+            ("algorithm=ppo", "+task.env_params.gx=1"),
+            "task.env_params.gx",
+            "is not a parameter of CartPole-v1",
+        ),
         (("algorithm=ppo", "task.normalize_obs=maybe"), "task.normalize_obs", "true or false"),
         (("algorithm=ppo", "+task.typo=1"), "task.typo", "unknown key"),
         (("algorithm=allreduce_sgd",), "algorithm", "an RL task needs an RL algorithm"),
-        (("algorithm=ppo", "algorithm.num_minibatches=7"), "algorithm.num_minibatches",
-         "must divide"),
-        (("algorithm=ppo", "algorithm.communication=ring"), "algorithm.communication",
-         "must be one of 'all_reduce', 'gossip'"),
+        (
+            ("algorithm=ppo", "algorithm.num_minibatches=7"),
+            "algorithm.num_minibatches",
+            "must divide",
+        ),
+        (
+            ("algorithm=ppo", "algorithm.communication=ring"),
+            "algorithm.communication",
+            "must be one of 'all_reduce', 'gossip'",
+        ),
         (("algorithm=decentralized_ppo", "topology.n=4"), "topology.n", "must equal workers"),
-        (("algorithm=a3c", "algorithm.staleness=-1"), "algorithm.staleness",
-         "must be a non-negative integer"),
+        (
+            ("algorithm=a3c", "algorithm.staleness=-1"),
+            "algorithm.staleness",
+            "must be a non-negative integer",
+        ),
         (("algorithm=a3c", "algorithm.schedule=lifo"), "algorithm.schedule", "must be one of"),
         (("algorithm=a2c", "model.activation=gelu"), "model.activation", "must be one of"),
         (("algorithm=a2c", "model.hidden=[0]"), "model.hidden", "integers >= 1"),
         (("algorithm=a2c", "algorithm.gamma=2"), "algorithm.gamma", r"in \[0, 1\]"),
     ],
-)  # fmt: skip
+)
 def test_bad_rl_configs_name_the_key(overrides, key, message, make_cfg):
     cfg = make_cfg("task=cartpole", *overrides)
     with pytest.raises(ConfigError, match=message) as e:
@@ -92,12 +124,18 @@ def test_bad_rl_configs_name_the_key(overrides, key, message, make_cfg):
 
 
 @pytest.mark.parametrize("algorithm", ["a3c"])  # PPO's and A2C's state is a subset of A3C's
-def test_rl_state_round_trips_through_orbax_and_continues_identically(algorithm, make_cfg,
-                                                                       tmp_path):  # fmt: skip
-    cfg = make_cfg("task=cartpole", f"algorithm={algorithm}", "model.hidden=[16]",
-                   "algorithm.num_steps=8", "task.normalize_obs=true",
-                   "task.normalize_reward_gamma=0.99",
-                   *(["algorithm.num_minibatches=2"] if algorithm == "ppo" else []))  # fmt: skip
+def test_rl_state_round_trips_through_orbax_and_continues_identically(
+    algorithm, make_cfg, tmp_path
+):
+    cfg = make_cfg(
+        "task=cartpole",
+        f"algorithm={algorithm}",
+        "model.hidden=[16]",
+        "algorithm.num_steps=8",
+        "task.normalize_obs=true",
+        "task.normalize_reward_gamma=0.99",
+        *(["algorithm.num_minibatches=2"] if algorithm == "ppo" else []),
+    )
     exp, W = build(cfg), 8
     init = jax.jit(jax.vmap(exp.algorithm.init, in_axes=(None, 0), axis_name=jdo.WORKERS))
     step = jax.jit(jax.vmap(exp.algorithm.step, in_axes=(0, None, 0), axis_name=jdo.WORKERS))
@@ -118,9 +156,14 @@ def test_rl_state_round_trips_through_orbax_and_continues_identically(algorithm,
 
 @pytest.mark.parametrize(
     "task,algorithm",
-    [("cartpole", "ppo"), ("cartpole", "decentralized_ppo"), ("cartpole", "a2c"),
-     ("cartpole", "a3c"), ("acrobot", "ppo")],
-)  # fmt: skip
+    [
+        ("cartpole", "ppo"),
+        ("cartpole", "decentralized_ppo"),
+        ("cartpole", "a2c"),
+        ("cartpole", "a3c"),
+        ("acrobot", "ppo"),
+    ],
+)
 def test_every_rl_task_and_algorithm_builds(task, algorithm, make_cfg):
     exp = build(make_cfg(f"task={task}", f"algorithm={algorithm}"))
     state = jax.eval_shape(exp.algorithm.init, exp.params, jax.random.key(0))

@@ -12,12 +12,22 @@ import jdo
 from jdo.train.solve import train_until
 
 W = 8
-PPO = {"algorithm": "ppo", "workers": W, "num_envs": 4, "learning_rate": 1e-3,
-       "normalize_reward_gamma": 0.99,
-       "algorithm_kwargs": {"num_steps": 128, "num_minibatches": 8}}  # fmt: skip
-A2C = {"algorithm": "a2c", "workers": W, "num_envs": 4, "learning_rate": 3e-3,
-       "normalize_reward_gamma": 0.99,
-       "algorithm_kwargs": {"num_steps": 16, "gae_lambda": 0.95}}  # fmt: skip
+PPO = {
+    "algorithm": "ppo",
+    "workers": W,
+    "num_envs": 4,
+    "learning_rate": 1e-3,
+    "normalize_reward_gamma": 0.99,
+    "algorithm_kwargs": {"num_steps": 128, "num_minibatches": 8},
+}
+A2C = {
+    "algorithm": "a2c",
+    "workers": W,
+    "num_envs": 4,
+    "learning_rate": 3e-3,
+    "normalize_reward_gamma": 0.99,
+    "algorithm_kwargs": {"num_steps": 16, "gae_lambda": 0.95},
+}
 
 
 def gossip(cfg):
@@ -26,8 +36,11 @@ def gossip(cfg):
 
 
 def a3c(tau):
-    return {**A2C, "algorithm": "a3c", "algorithm_kwargs": {**A2C["algorithm_kwargs"],
-                                                            "staleness": tau}}  # fmt: skip
+    return {
+        **A2C,
+        "algorithm": "a3c",
+        "algorithm_kwargs": {**A2C["algorithm_kwargs"], "staleness": tau},
+    }
 
 
 def _solve(name, cfg, eval_every, max_updates):
@@ -60,5 +73,7 @@ def test_cartpole_is_solved(name, cfg, eval_every, max_updates):
 def test_a3c_with_staleness_4_still_solves_cartpole():
     fresh = _solve("A3C-style tau=0", a3c(0), 25, 1500)
     stale = _solve("A3C-style tau=4", a3c(4), 25, 1500)
-    print(f"tau=4 needed {stale['env_steps'] / fresh['env_steps']:.2f}x the env steps of tau=0 "
-          f"({stale['env_steps']:,.0f} vs {fresh['env_steps']:,.0f})")  # fmt: skip
+    print(
+        f"tau=4 needed {stale['env_steps'] / fresh['env_steps']:.2f}x the env steps of tau=0 "
+        f"({stale['env_steps']:,.0f} vs {fresh['env_steps']:,.0f})"
+    )

@@ -142,8 +142,9 @@ def _small():
     """One small configuration shared by the step tests (so they share compilations)."""
     env = make_vec_env("Pendulum-v1", 2, max_steps_in_episode=5)
     apply, params = make_ddpg_networks(env, (16, 16), seed=0)
-    algo = ddpg(env, apply, optax.adam(1e-2), buffer_size=64, batch_size=8,
-                  learning_starts=12, num_steps=2)  # fmt: skip
+    algo = ddpg(
+        env, apply, optax.adam(1e-2), buffer_size=64, batch_size=8, learning_starts=12, num_steps=2
+    )
     return algo, params
 
 
@@ -198,8 +199,10 @@ def test_no_learning_before_learning_starts_then_identical_workers():
     for leaf in jax.tree.leaves((state.params, state.target)):
         np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[0], leaf.shape))  # all-reduce
     moved = lambda a, b: not np.allclose(np.broadcast_to(a, b.shape), b)
-    assert all(moved(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params),
-                                           strict=True))  # fmt: skip
+    assert all(
+        moved(a, b)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True)
+    )
     # workers act on different envs and sample different shards
     assert not np.allclose(state.buffer.obs[0], state.buffer.obs[1])
     np.testing.assert_array_equal(metrics["env_steps"][0], 8 * 2 * 2 * np.arange(1, 5))
@@ -210,8 +213,9 @@ def test_liftings_agree(mesh8):
     a, ma = _run(algo, params, 8, 6, "vmap")
     b, mb = _run(algo, params, 8, 6, "shard_map", mesh8)
     for x, y in zip(jax.tree.leaves((a, ma)), jax.tree.leaves((b, mb)), strict=True):
-        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
-                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_bad_arguments():
@@ -284,10 +288,17 @@ def test_pendulum_ddpg_config_runs_through_the_runner(make_cfg, tmp_path):
     from jdo.train import run
 
     cfg = make_cfg(
-        "task=pendulum", "algorithm=ddpg", "workers=2", "trainer.steps=4", "trainer.log_every=2",
-        "trainer.eval_every=4", "trainer.progress=false", "model.hidden=[16]",
-        "algorithm.learning_starts=8", "algorithm.buffer_size=64",
-    )  # fmt: skip
+        "task=pendulum",
+        "algorithm=ddpg",
+        "workers=2",
+        "trainer.steps=4",
+        "trainer.log_every=2",
+        "trainer.eval_every=4",
+        "trainer.progress=false",
+        "model.hidden=[16]",
+        "algorithm.learning_starts=8",
+        "algorithm.buffer_size=64",
+    )
     summary = run(cfg, output_dir=str(tmp_path))
     # a running total read at the chunk's end: 4 steps of 2 workers x 4 envs
     assert summary["train/env_steps"] == 4 * 2 * 4

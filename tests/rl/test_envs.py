@@ -117,8 +117,9 @@ def test_auto_reset_and_episode_statistics(name):
                 assert length <= 25
                 ret, length = 0.0, 0
             else:  # not done: the next obs is the final obs (XLA may round them differently)
-                np.testing.assert_allclose(nxt_t[t, i], info["final_observation"][t, i],
-                                           rtol=1e-6, atol=1e-6)  # fmt: skip
+                np.testing.assert_allclose(
+                    nxt_t[t, i], info["final_observation"][t, i], rtol=1e-6, atol=1e-6
+                )
             if t + 1 < 80:
                 np.testing.assert_array_equal(obs_t[t + 1, i], nxt_t[t, i])
     # at a done step the returned obs starts a new episode, unlike the final observation
@@ -167,12 +168,15 @@ def test_observation_normalisation_against_numpy():
         seen.append(np.asarray(raw_next[t]))
         all_seen = np.concatenate(seen).astype(np.float64)
         mu, sd = all_seen.mean(0), np.sqrt(all_seen.var(0) + 1e-8)
-        np.testing.assert_allclose(nxt[t], np.clip((raw_next[t] - mu) / sd, -10, 10),
-                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            nxt[t], np.clip((raw_next[t] - mu) / sd, -10, 10), rtol=1e-4, atol=1e-4
+        )
         np.testing.assert_allclose(
             info["final_observation"][t],
-            np.clip((raw_info["final_observation"][t] - mu) / sd, -10, 10), rtol=1e-4, atol=1e-4,
-        )  # fmt: skip
+            np.clip((raw_info["final_observation"][t] - mu) / sd, -10, 10),
+            rtol=1e-4,
+            atol=1e-4,
+        )
     np.testing.assert_allclose(state.moments.mean, all_seen.mean(0), rtol=1e-5, atol=1e-6)
     assert float(state.moments.count) == 51 * 4
 
@@ -191,8 +195,9 @@ def test_reward_normalisation_against_numpy():
         g = gamma * g + raw_rew[t]
         gs.append(g.copy())
         var = np.concatenate(gs).var()
-        np.testing.assert_allclose(rew[t], np.clip(raw_rew[t] / np.sqrt(var + 1e-8), -10, 10),
-                                   rtol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            rew[t], np.clip(raw_rew[t] / np.sqrt(var + 1e-8), -10, 10), rtol=1e-4
+        )
         g = np.where(done[t], 0.0, g)
     np.testing.assert_allclose(info["episode_return"], raw_info["episode_return"])
     np.testing.assert_allclose(state.discounted_return, g, rtol=1e-5)

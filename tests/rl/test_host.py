@@ -204,9 +204,15 @@ def test_learner_workers_equal_one_learner(workers, lifting, mesh8):
     opt = optax.adam(0.1)
     one = host.make_learner_update(apply, POLICY, opt, gamma=0.9, gae_lambda=0.8)
     many = host.make_learner_update(
-        apply, POLICY, opt, gamma=0.9, gae_lambda=0.8, learner_workers=workers, lifting=lifting,
+        apply,
+        POLICY,
+        opt,
+        gamma=0.9,
+        gae_lambda=0.8,
+        learner_workers=workers,
+        lifting=lifting,
         mesh=mesh8 if lifting == "shard_map" else None,
-    )  # fmt: skip
+    )
     # The loss of one learner against a direct evaluation on the whole rollout.
     direct, _ = host.rollout_loss(apply, POLICY, params, host.as_arrays(r), gamma=0.9, lam=0.8)
     p1, s1, m1 = one(params, opt.init(params), r)
@@ -229,14 +235,22 @@ def test_sebulba_learns_cartpole():
     make = functools.partial(host.make_vector_env, "CartPole-v1", 8)
     t0 = time.perf_counter()
     out = host.sebulba(
-        [make(), make()], apply, params, optax.adam(1e-3), num_updates=300, num_steps=16,
-        learner_workers=4, seed=0,
-    )  # fmt: skip
+        [make(), make()],
+        apply,
+        params,
+        optax.adam(1e-3),
+        num_updates=300,
+        num_steps=16,
+        learner_workers=4,
+        seed=0,
+    )
     seconds = time.perf_counter() - t0
     first = np.nanmean([m["episode_return"] for m in out["history"][10:30]])
     last = out["history"][-1]
-    print(f"sebulba: return {first:.1f} -> {last['episode_return']:.1f}, "
-          f"{out['env_steps']} env steps, {seconds:.1f} s")  # fmt: skip
+    print(
+        f"sebulba: return {first:.1f} -> {last['episode_return']:.1f}, "
+        f"{out['env_steps']} env steps, {seconds:.1f} s"
+    )
     # seeds 0, 1, 2 gave 263, 290, 271 here (thread interleaving varies the policy lag a bit)
     assert last["episode_return"] > 150 and first < 60
     assert out["env_steps"] == last["env_steps"] <= 300 * 16 * 16
@@ -251,9 +265,17 @@ def test_sebulba_actors_and_learner_on_separate_devices(mesh8):
     envs = [host.make_vector_env(Countdown, 4), host.make_vector_env(Countdown, 4)]
     actor_device = jax.devices()[7]
     out = host.sebulba(
-        envs, apply, params, optax.sgd(0.01), num_updates=5, num_steps=4, learner_workers=4,
-        lifting="shard_map", mesh=make_mesh(4), actor_device=actor_device,
-    )  # fmt: skip
+        envs,
+        apply,
+        params,
+        optax.sgd(0.01),
+        num_updates=5,
+        num_steps=4,
+        learner_workers=4,
+        lifting="shard_map",
+        mesh=make_mesh(4),
+        actor_device=actor_device,
+    )
     assert out["actor_devices"] == {actor_device}
     assert {d for leaf in jax.tree.leaves(out["params"]) for d in leaf.devices()} <= set(
         jax.devices()[:4]

@@ -18,12 +18,14 @@ def test_categorical_log_prob_entropy_and_sampling_equal_numpy():
     p = np.exp(np.asarray(logits, np.float64))
     p /= p.sum(-1, keepdims=True)
     actions = jnp.array([0, 1, 2, 1, 0])
-    np.testing.assert_allclose(policy.log_prob(logits, actions), np.log(p[np.arange(5), actions]),
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        policy.log_prob(logits, actions), np.log(p[np.arange(5), actions]), rtol=1e-5
+    )
     np.testing.assert_allclose(policy.entropy(logits), -(p * np.log(p)).sum(-1), rtol=1e-5)
     np.testing.assert_array_equal(policy.mode(logits), p.argmax(-1))
-    draws = jax.vmap(lambda k: policy.sample(k, logits[0]))(jax.random.split(jax.random.key(0),
-                                                                            20000))  # fmt: skip
+    draws = jax.vmap(lambda k: policy.sample(k, logits[0]))(
+        jax.random.split(jax.random.key(0), 20000)
+    )
     freq = np.bincount(np.asarray(draws), minlength=3) / 20000
     np.testing.assert_allclose(freq, p[0], atol=0.015)
 
@@ -39,8 +41,7 @@ def test_gaussian_log_prob_entropy_sampling_and_clipping_equal_numpy():
     np.testing.assert_allclose(policy.log_prob(out, jnp.asarray(a)), ref, rtol=1e-5)
     entropy = (np.log(std) + 0.5 * np.log(2 * np.pi * np.e)).sum(-1)
     np.testing.assert_allclose(policy.entropy(out), entropy, rtol=1e-5)
-    draws = jax.vmap(lambda k: policy.sample(k, out[0]))(jax.random.split(jax.random.key(1),
-                                                                         20000))  # fmt: skip
+    draws = jax.vmap(lambda k: policy.sample(k, out[0]))(jax.random.split(jax.random.key(1), 20000))
     np.testing.assert_allclose(np.mean(draws, 0), mean[0], atol=0.03)
     np.testing.assert_allclose(np.std(draws, 0), std[0], rtol=0.03)
     clipped = np.array([[0.1, 0.4], [1.0, -2.0]], np.float32)

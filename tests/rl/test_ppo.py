@@ -36,8 +36,9 @@ def setup():
     def worker_batch(key):  # one worker's flat batch from a real rollout
         r_key, e_key = jax.random.split(key)
         obs, state = env.reset(e_key)
-        _, _, traj, _ = rollout(env, policy, apply, params, state, obs, r_key, T,
-                                episode_stats_init())  # fmt: skip
+        _, _, traj, _ = rollout(
+            env, policy, apply, params, state, obs, r_key, T, episode_stats_init()
+        )
         adv, ret = advantages_of(traj, apply, params, gamma=0.99, lam=0.95)
         return flatten_batch(traj, adv, ret)
 
@@ -52,8 +53,16 @@ def setup():
 
 def _update(apply, policy):
     tx = make_tx(optax.adam(3e-3), "all_reduce", None, 0.5, jdo.WORKERS)
-    update = make_ppo_update(apply, policy, tx, clip_eps=0.2, value_coef=0.5, entropy_coef=0.01,
-                             normalize_advantages=True, global_advantage_stats=True)  # fmt: skip
+    update = make_ppo_update(
+        apply,
+        policy,
+        tx,
+        clip_eps=0.2,
+        value_coef=0.5,
+        entropy_coef=0.01,
+        normalize_advantages=True,
+        global_advantage_stats=True,
+    )
     return tx, update
 
 
@@ -71,7 +80,7 @@ def test_all_reduce_workers_equal_one_worker_on_the_concatenated_batch(setup, li
             lifting,
             mesh=mesh8 if lifting == "shard_map" else None,
             in_axes=(None, None, 0, 0),
-        )  # fmt: skip
+        )
     )
     p_multi, _, m_multi = multi(params, opt_state, batches, indices)
 
@@ -79,13 +88,15 @@ def test_all_reduce_workers_equal_one_worker_on_the_concatenated_batch(setup, li
     concat = jax.tree.map(lambda x: x.reshape(W * B, *x.shape[2:]), batches)
     idx = np.asarray(indices) + (np.arange(W) * B)[:, None, None, None]
     single_idx = np.transpose(idx, (1, 2, 0, 3)).reshape(EPOCHS, MB, W * B // MB)
-    single = jax.jit(jax.vmap(update, in_axes=(None, None, None, None), axis_name=jdo.WORKERS,
-                              axis_size=1))  # fmt: skip
+    single = jax.jit(
+        jax.vmap(update, in_axes=(None, None, None, None), axis_name=jdo.WORKERS, axis_size=1)
+    )
     p_single, _, m_single = single(params, opt_state, concat, jnp.asarray(single_idx))
 
     moved = 0.0
-    for a, b, p0 in zip(jax.tree.leaves(p_multi), jax.tree.leaves(p_single),
-                        jax.tree.leaves(params), strict=True):  # fmt: skip
+    for a, b, p0 in zip(
+        jax.tree.leaves(p_multi), jax.tree.leaves(p_single), jax.tree.leaves(params), strict=True
+    ):
         for w in range(W):
             np.testing.assert_allclose(a[w], b[0], rtol=1e-5, atol=1e-5)
         moved = max(moved, float(np.abs(np.asarray(b[0]) - np.asarray(p0)).max()))
@@ -97,8 +108,9 @@ def test_ppo_loss_equals_numpy(setup):
     env, apply, params, policy, batches, _ = setup
     batch = jax.tree.map(lambda x: x[0], batches)
     batch = {**batch, "log_prob": batch["log_prob"] - 0.3 * np.sin(np.arange(T * N))}  # ρ ≠ 1
-    loss, m = ppo_loss(apply, policy, params, batch, clip_eps=0.2, value_coef=0.7,
-                       entropy_coef=0.05)  # fmt: skip
+    loss, m = ppo_loss(
+        apply, policy, params, batch, clip_eps=0.2, value_coef=0.7, entropy_coef=0.05
+    )
     logits, value = (np.asarray(x, np.float64) for x in apply(params, batch["obs"]))
     logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     logp = logp_all[np.arange(T * N), np.asarray(batch["action"])]
@@ -117,8 +129,16 @@ def test_whole_steps_agree_under_vmap_and_shard_map(mesh8):
     ways, give the same state (and the workers differ: gossip does not average exactly)."""
     env = make_vec_env("CartPole-v1", 2)
     apply, params = make_network(env, (16,))
-    algo = ppo(env, apply, optax.adam(1e-2), communication="gossip",
-               topology=jdo.topology.ring(W), num_steps=8, epochs=2, num_minibatches=2)  # fmt: skip
+    algo = ppo(
+        env,
+        apply,
+        optax.adam(1e-2),
+        communication="gossip",
+        topology=jdo.topology.ring(W),
+        num_steps=8,
+        epochs=2,
+        num_minibatches=2,
+    )
     keys = jax.random.split(jax.random.key(0), W)
     out = {}
     for lifting in ("vmap", "shard_map"):
@@ -129,8 +149,7 @@ def test_whole_steps_agree_under_vmap_and_shard_map(mesh8):
         for t in range(2):
             state, metrics = step(state, None, jax.random.split(jax.random.key(t + 1), W))
         out[lifting] = (state, metrics)
-    for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["shard_map"]),
-                    strict=True):  # fmt: skip
+    for a, b in zip(jax.tree.leaves(out["vmap"]), jax.tree.leaves(out["shard_map"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     w0 = jax.tree.leaves(out["vmap"][0].params)[0]
     assert not np.allclose(w0[0], w0[1])

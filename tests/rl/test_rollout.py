@@ -98,7 +98,7 @@ def test_rollout_bootstraps_from_the_final_observation_not_the_reset_one():
     _, _, traj, stats = jax.jit(
         lambda s, o: rollout(
             env, policy, apply, params, s, o, jax.random.key(1), 20, episode_stats_init()
-        )  # fmt: skip
+        )
     )(state, obs)
     done, term = np.asarray(traj.done), np.asarray(traj.terminated)
     trunc = done & ~term

@@ -75,8 +75,9 @@ def test_round_trip_newest(tmp_path, async_save):
 
 
 def _abstract(x):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(
-        jax.devices()[0]))  # fmt: skip
+    return jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    )
 
 
 def _largest_file(folder, data: bool = True):
@@ -154,8 +155,9 @@ def test_state_swapped_in_from_another_checkpoint_fails_the_digest(tmp_path):
     shutil.copytree(tmp_path / "10" / "state", tmp_path / "20" / "state")
     reports = []
     with Checkpointer(str(tmp_path)) as ckpt:
-        step, _, _ = ckpt.restore_latest(jax.tree.map(_abstract, _state()),
-                                         on_corrupt=reports.append)  # fmt: skip
+        step, _, _ = ckpt.restore_latest(
+            jax.tree.map(_abstract, _state()), on_corrupt=reports.append
+        )
     assert step == 10
     assert len(reports) == 1 and f"{tmp_path / '20'}: content digest mismatch" in reports[0]
 
@@ -168,8 +170,10 @@ def test_the_same_step_corrupt_twice_is_moved_aside_twice(tmp_path):
         data[len(data) // 2] ^= 0x01
         open(victim, "wb").write(bytes(data))
         with Checkpointer(str(tmp_path)) as ckpt:
-            assert ckpt.restore_latest(jax.tree.map(_abstract, _state()),
-                                       on_corrupt=lambda m: None) is None  # fmt: skip
+            assert (
+                ckpt.restore_latest(jax.tree.map(_abstract, _state()), on_corrupt=lambda m: None)
+                is None
+            )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20.corrupt", "20.corrupt-2"]
 
 
@@ -178,8 +182,10 @@ def test_a_step_folder_renamed_to_another_step_is_refused(tmp_path):
     os.rename(tmp_path / "10", tmp_path / "30")  # would resume at the wrong data position
     reports = []
     with Checkpointer(str(tmp_path)) as ckpt:
-        assert ckpt.restore_latest(jax.tree.map(_abstract, _state()),
-                                   on_corrupt=reports.append) is None  # fmt: skip
+        assert (
+            ckpt.restore_latest(jax.tree.map(_abstract, _state()), on_corrupt=reports.append)
+            is None
+        )
     assert "30: its metadata was altered or belongs to step 10" in reports[0]
 
 

@@ -9,9 +9,18 @@ from tests.conftest import CONF
 from tests.helpers import write_mnist_dir, write_npz
 
 GROUPS = (
-    "task", "model", "algorithm", "topology", "compression", "optimizer", "partition", "lifting",
-    "trainer", "logger", "checkpoint",
-)  # fmt: skip
+    "task",
+    "model",
+    "algorithm",
+    "topology",
+    "compression",
+    "optimizer",
+    "partition",
+    "lifting",
+    "trainer",
+    "logger",
+    "checkpoint",
+)
 SMOKE = ("debug=smoke",)
 
 
@@ -71,8 +80,9 @@ def test_slurm_launcher_preset_composes_with_requeue():
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"],
-                      return_hydra_config=True)  # fmt: skip
+        cfg = compose(
+            config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0

@@ -31,8 +31,14 @@ def _flaky(bad_from=None, p_bad=0.0):
         w = state["params"]["w"] + jnp.where(bad, jnp.nan, 1.0)
         return {"params": {"w": w}, "t": t}, {"loss": jnp.sum(w)}
 
-    return Experiment(Algorithm(init, step, params=lambda s: s["params"]), None, None,
-                      {"w": jnp.zeros(2)}, None, None)  # fmt: skip
+    return Experiment(
+        Algorithm(init, step, params=lambda s: s["params"]),
+        None,
+        None,
+        {"w": jnp.zeros(2)},
+        None,
+        None,
+    )
 
 
 KW = dict(workers=4, batch_size=None, log_every=5, eval_every=5, progress=False)
@@ -51,8 +57,11 @@ def test_skip_drops_the_step_on_every_worker_and_counts_it(lifting):
 
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     ckpt = CheckpointOptions(str(tmp_path), every=10)
-    with pytest.raises(NonFiniteError, match=r"at step 23 \(workers \[1\]\).* the last good "
-                       rf"checkpoint is {tmp_path}/20 \(step 20\)"):  # fmt: skip
+    with pytest.raises(
+        NonFiniteError,
+        match=r"at step 23 \(workers \[1\]\).* the last good "
+        rf"checkpoint is {tmp_path}/20 \(step 20\)",
+    ):
         fit(_flaky(bad_from=23), steps=40, lifting="vmap", checkpoint=ckpt, **KW)
     with Checkpointer(str(tmp_path)) as c:
         assert c.steps() == [10, 20]

@@ -21,8 +21,7 @@ from jdo.train.preemption import Preempted
 from jdo.train.restore import CheckpointOptions
 
 ROOT = Path(__file__).parent.parent.parent
-LSQ = ("task=least_squares", "model=linear", "optimizer=sgd", "workers=4",
-       "trainer.progress=false")
+LSQ = ("task=least_squares", "model=linear", "optimizer=sgd", "workers=4", "trainer.progress=false")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,9 @@ def make_cfg_module():
 
 
 def _fit(exp, **kwargs):
-    options = dict(workers=4, steps=400, batch_size=8, log_every=100, eval_every=200,
-                   progress=False)
+    options = dict(
+        workers=4, steps=400, batch_size=8, log_every=100, eval_every=200, progress=False
+    )
     return fit(exp, **{**options, **kwargs})
 
 
@@ -95,21 +95,24 @@ def test_later_calls_neither_trace_nor_compile_again(lsq):
     assert short[1] >= 1  # the chunk did compile (once), and log_compiles saw it
 
 
-def test_a_signal_far_from_the_logging_step_stops_mid_interval_and_resumes_exactly(
-    lsq, tmp_path
-):
+def test_a_signal_far_from_the_logging_step_stops_mid_interval_and_resumes_exactly(lsq, tmp_path):
     ref = _fit(lsq, steps=400, call_seconds=1e-9)
     ckpt = CheckpointOptions(str(tmp_path / "ckpt"))
     with pytest.raises(Preempted) as stopped:
-        _fit(lsq, steps=400, call_seconds=1e-9, checkpoint=ckpt, output_dir=str(tmp_path),
-             faults=Faults(sigterm_at_step=150))
+        _fit(
+            lsq,
+            steps=400,
+            call_seconds=1e-9,
+            checkpoint=ckpt,
+            output_dir=str(tmp_path),
+            faults=Faults(sigterm_at_step=150),
+        )
     step = stopped.value.step
     assert 150 <= step < 200 and step % 100  # within a call or two, not at a logging step
     assert [x["step"] for x in _lines(tmp_path)] == [100, step]
     resumed = _fit(lsq, steps=400, call_seconds=1e-9, checkpoint=ckpt, output_dir=str(tmp_path))
     assert resumed["resumed_from"]["step"] == step
-    for a, b in zip(jax.tree.leaves(ref["state"]), jax.tree.leaves(resumed["state"]),
-                    strict=True):
+    for a, b in zip(jax.tree.leaves(ref["state"]), jax.tree.leaves(resumed["state"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [x["step"] for x in _lines(tmp_path)] == [100, step, 200, 300, 400]
 
@@ -132,10 +135,18 @@ def test_checkpoints_by_time(lsq, tmp_path):
 
 
 def test_a_diverging_loss_stops_the_run_naming_the_knob(make_cfg, tmp_path):
-    cfg = make_cfg(*LSQ, "optimizer.learning_rate=3", "trainer.steps=100",
-                   "trainer.log_every=50", "trainer.eval_every=50")
-    with pytest.raises(DivergenceError, match=r"diverged: .* at step \d+ .*optimizer\."
-                                              r"learning_rate"):
+    cfg = make_cfg(
+        *LSQ,
+        "optimizer.learning_rate=3",
+        "trainer.steps=100",
+        "trainer.log_every=50",
+        "trainer.eval_every=50",
+    )
+    with pytest.raises(
+        DivergenceError,
+        match=r"diverged: .* at step \d+ .*optimizer\."
+        r"learning_rate",
+    ):
         run(cfg, output_dir=str(tmp_path))
     cfg.trainer.divergence = None  # off: the same run ends (non-finite or not) without it
     with pytest.raises(FloatingPointError) as err:
@@ -145,10 +156,24 @@ def test_a_diverging_loss_stops_the_run_naming_the_knob(make_cfg, tmp_path):
 
 def test_runs_started_together_get_their_own_directories(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, "-m", "experiments.train", "debug=smoke", "checkpoint=none",
-               "trainer.progress=false"]
-    procs = [subprocess.Popen(command, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "debug=smoke",
+        "checkpoint=none",
+        "trainer.progress=false",
+    ]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()
@@ -158,8 +183,14 @@ def test_runs_started_together_get_their_own_directories(tmp_path):
 
 
 def test_summary_records_the_overrides(make_cfg, tmp_path):
-    overrides = [*LSQ, "optimizer.learning_rate=0.05", "trainer.steps=50", "trainer.log_every=50",
-                 "trainer.eval_every=50", "checkpoint=none"]
+    overrides = [
+        *LSQ,
+        "optimizer.learning_rate=0.05",
+        "trainer.steps=50",
+        "trainer.log_every=50",
+        "trainer.eval_every=50",
+        "checkpoint=none",
+    ]
     summary = run(make_cfg(*overrides), output_dir=str(tmp_path), overrides=overrides)
     assert summary["overrides"] == overrides
     assert json.loads((tmp_path / "summary.json").read_text())["overrides"] == overrides
@@ -170,11 +201,21 @@ def test_summary_records_the_overrides(make_cfg, tmp_path):
 def test_a_signal_to_a_slow_run_checkpoints_and_exits_within_seconds(signum, status, tmp_path):
     """The CNN's 500-step interval takes minutes here; calls of ~1 s let the run stop soon."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, "-m", "experiments.train", "experiment=digits_cnn",
-               "trainer.steps=1000", "trainer.log_every=500", "trainer.eval_every=500",
-               "trainer.call_seconds=1", "trainer.progress=false", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "experiment=digits_cnn",
+        "trainer.steps=1000",
+        "trainer.log_every=500",
+        "trainer.eval_every=500",
+        "trainer.call_seconds=1",
+        "trainer.progress=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not (tmp_path / "config.yaml").exists() and time.monotonic() < deadline:
         time.sleep(0.5)  # written once the checkpoint was checked, before compiling

@@ -27,8 +27,15 @@ from jdo.train.restore import CheckpointOptions
 from jdo.train.runner import FAULT_ENV
 
 ROOT = Path(__file__).parent.parent.parent
-BASE = ("model.hidden=[32]", "trainer.steps=200", "trainer.log_every=10", "trainer.eval_every=50",
-        "trainer.progress=false", "checkpoint.keep_last=10", "checkpoint.every=50")
+BASE = (
+    "model.hidden=[32]",
+    "trainer.steps=200",
+    "trainer.log_every=10",
+    "trainer.eval_every=50",
+    "trainer.progress=false",
+    "checkpoint.keep_last=10",
+    "checkpoint.every=50",
+)
 DETERMINISTIC = ("train/", "eval/", "consensus", "bytes/")  # metrics that must repeat exactly
 
 pytestmark = pytest.mark.slow
@@ -39,9 +46,14 @@ def _train(*overrides, env=None, fault=None, **kwargs):
     if fault is not None:  # jdo.train.loop.Faults.from_env: "130" or "130:in_save"
         base_env[FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *overrides], cwd=ROOT,
-        env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=600, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "experiments.train", *overrides],
+        cwd=ROOT,
+        env={**base_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def _digests(run_dir) -> dict[int, str]:
@@ -72,8 +84,11 @@ def test_kill_9_at_three_steps_then_resume_is_bit_identical(reference, tmp_path)
         out = _train(*BASE, f"hydra.run.dir={tmp_path}", fault=str(kill_at))
         assert out.returncode == -signal.SIGKILL, out.stderr
         log = (tmp_path / "train.log").read_text()
-        resumed_from.append(log.split("resumed from")[-1].split("(step ")[-1].split(")")[0]
-                            if "resumed from" in log else None)  # fmt: skip
+        resumed_from.append(
+            log.split("resumed from")[-1].split("(step ")[-1].split(")")[0]
+            if "resumed from" in log
+            else None
+        )
     out = _train(*BASE, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     # no checkpoint before the kill at 30; then each attempt resumes from the last one saved
@@ -118,8 +133,9 @@ def test_a_flipped_byte_in_the_newest_checkpoint_is_named_and_the_previous_one_u
 def _sigterm_mid_run(command, run_dir) -> tuple[int, str]:
     """Starts ``command``, sends SIGTERM once it logged 3 chunks; its exit status and stderr."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     metrics = Path(run_dir) / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
@@ -132,8 +148,14 @@ def _sigterm_mid_run(command, run_dir) -> tuple[int, str]:
 
 def test_sigterm_checkpoints_at_a_step_boundary_exits_75_and_resumes_exactly(tmp_path):
     run_dir, fresh = tmp_path / "run", tmp_path / "fresh"
-    command = [sys.executable, "-m", "experiments.train", *BASE, "trainer.steps=100000",
-               f"hydra.run.dir={run_dir}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        *BASE,
+        "trainer.steps=100000",
+        f"hydra.run.dir={run_dir}",
+    ]
     status, stderr = _sigterm_mid_run(command, run_dir)
     assert status == EXIT_PREEMPTED == 75, stderr
     metrics = run_dir / "metrics.jsonl"
@@ -169,8 +191,9 @@ def test_8_devices_then_4_then_vmap_on_one_continues_the_run(make_cfg, tmp_path)
     straight = fit(exp, steps=120, lifting="shard_map", **kw)
     # Restores are bit-exact (the digest is verified on every restore); the continuation on
     # another device layout agrees to float rounding (XLA sums in a layout-dependent order).
-    for a, b in zip(jax.tree.leaves(_params(third, exp)), jax.tree.leaves(_params(straight, exp)),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(_params(third, exp)), jax.tree.leaves(_params(straight, exp)), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     assert first["steps"] == 40
 
@@ -185,8 +208,11 @@ def test_changing_the_worker_count_is_refused_unless_asked_then_regroups(make_cf
     regrouped = CheckpointOptions(str(tmp_path / "copy"), elastic="average")
     shutil.copytree(tmp_path, tmp_path / "copy")
     out = fit(exp4, workers=4, steps=20, checkpoint=regrouped, **kw)  # nothing left to train
-    assert out["resumed_from"] == {"step": 20, "path": str(tmp_path / "copy" / "20"),
-                                   "regrouped_from": 8}  # fmt: skip
+    assert out["resumed_from"] == {
+        "step": 20,
+        "path": str(tmp_path / "copy" / "20"),
+        "regrouped_from": 8,
+    }
     expected = regroup(_params(saved, exp8), 4)
     for a, b in zip(jax.tree.leaves(_params(out, exp4)), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -215,10 +241,25 @@ def test_2_processes_of_4_devices_match_1_process_of_8(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     launched = subprocess.run(
-        [sys.executable, "-m", "experiments.launch", "-n", "2", "--cpu-devices", "4", "--",
-         *BASE, *MP, f"hydra.run.dir={two}"],
-        cwd=ROOT, env=base_env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "experiments.launch",
+            "-n",
+            "2",
+            "--cpu-devices",
+            "4",
+            "--",
+            *BASE,
+            *MP,
+            f"hydra.run.dir={two}",
+        ],
+        cwd=ROOT,
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "process 0 of 2 (4 local devices of 8)" in (two / "train.log").read_text()
     # process 0 logs, the others only warn; gloo's connection reports are dropped
@@ -236,14 +277,31 @@ def test_2_processes_of_4_devices_match_1_process_of_8(tmp_path):
 
 def test_sigterm_to_the_launcher_stops_both_processes_at_one_checkpoint_then_resumes(tmp_path):
     base_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    launch = [sys.executable, "-m", "experiments.launch", "-n", "2", "--cpu-devices", "4", "--",
-              *BASE, "lifting=shard_map", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "experiments.launch",
+        "-n",
+        "2",
+        "--cpu-devices",
+        "4",
+        "--",
+        *BASE,
+        "lifting=shard_map",
+        f"hydra.run.dir={tmp_path}",
+    ]
     status, stderr = _sigterm_mid_run([*launch, "trainer.steps=100000"], tmp_path)
     assert status == EXIT_PREEMPTED, stderr[-3000:]
     stopped = max(_digests(tmp_path))
     assert stderr.count(f"stopped at step {stopped} with checkpoint") == 2  # both processes
-    resumed = subprocess.run([*launch, f"trainer.steps={stopped + 10}"], cwd=ROOT, env=base_env,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*launch, f"trainer.steps={stopped + 10}"],
+        cwd=ROOT,
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["resumed_from"]["step"] == stopped
 

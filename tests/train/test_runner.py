@@ -62,10 +62,16 @@ def test_logged_bytes_are_the_gradient_all_reduce(make_cfg, tmp_path):
 @pytest.mark.parametrize("task", ["least_squares", "logistic"])
 def test_full_batch_gradient_descent_reaches_the_known_optimum(task, workers, make_cfg, tmp_path):
     cfg = make_cfg(
-        f"task={task}", f"workers={workers}", "optimizer=sgd", "optimizer.learning_rate=0.5",
-        "trainer.batch_size=null", "trainer.steps=2000", "trainer.log_every=100",
-        "trainer.eval_every=1000", "trainer.progress=false",
-    )  # fmt: skip
+        f"task={task}",
+        f"workers={workers}",
+        "optimizer=sgd",
+        "optimizer.learning_rate=0.5",
+        "trainer.batch_size=null",
+        "trainer.steps=2000",
+        "trainer.log_every=100",
+        "trainer.eval_every=1000",
+        "trainer.progress=false",
+    )
     summary = run(cfg, output_dir=str(tmp_path))
     # float32 arithmetic: the distance to the float64 optimum settles at rounding level.
     assert summary["dist_to_opt"] < 1e-4, summary["dist_to_opt"]
@@ -77,8 +83,15 @@ def test_workers_do_not_share_batches(make_cfg):
     do (this fails if the worker is not folded into the batch key)."""
     exp = build(make_cfg())
     same = jdo.data.WorkerData(*(np.repeat(a[:1], len(a), axis=0) for a in exp.data))
-    summary = fit(dataclasses.replace(exp, data=same), workers=8, steps=1, batch_size=4,
-                  log_every=1, eval_every=1, progress=False)  # fmt: skip
+    summary = fit(
+        dataclasses.replace(exp, data=same),
+        workers=8,
+        steps=1,
+        batch_size=4,
+        log_every=1,
+        eval_every=1,
+        progress=False,
+    )
     assert summary["train/loss_min"] < summary["train/loss_max"]
 
 
@@ -90,9 +103,7 @@ def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
 
 def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
     cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
-    with pytest.raises(
-        FloatingPointError, match=r"non-finite loss at step 2 \(workers \[0"
-    ):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 \(workers \[0"):
         run(cfg, output_dir=str(tmp_path))
 
 
@@ -105,10 +116,15 @@ def test_consensus_distance_matches_numpy():
 
 
 QUADRATICS = (
-    "task=quadratics", "optimizer=sgd", "optimizer.learning_rate=0.05", "trainer.batch_size=null",
-    "trainer.steps=3000", "trainer.log_every=500", "trainer.eval_every=3000",
+    "task=quadratics",
+    "optimizer=sgd",
+    "optimizer.learning_rate=0.05",
+    "trainer.batch_size=null",
+    "trainer.steps=3000",
+    "trainer.log_every=500",
+    "trainer.eval_every=3000",
     "trainer.progress=false",
-)  # fmt: skip
+)
 
 
 def test_gradient_tracking_from_the_command_line_config(make_cfg, tmp_path):
@@ -125,8 +141,13 @@ def test_gradient_tracking_from_the_command_line_config(make_cfg, tmp_path):
 
 
 def test_push_sum_on_a_directed_star_from_the_config(make_cfg, tmp_path):
-    cfg = make_cfg(*QUADRATICS, "algorithm=push_sum", "topology=star", "topology.directed=true",
-                   "task.data.heterogeneity=0.0")  # fmt: skip
+    cfg = make_cfg(
+        *QUADRATICS,
+        "algorithm=push_sum",
+        "topology=star",
+        "topology.directed=true",
+        "task.data.heterogeneity=0.0",
+    )
     summary = run(cfg, str(tmp_path))
     # From ||x0 - x*|| ~ 4: a constant step leaves SGP (like D-PSGD) an O(step) bias and the
     # workers a small disagreement (each still pulls towards its own data).
@@ -159,8 +180,9 @@ def test_fit_without_data_passes_no_batch():
 
     algo = Algorithm(init, step, params=lambda s: s["params"])
     exp = Experiment(algo, None, None, {"w": jnp.zeros(3)}, None, None)
-    out = fit(exp, workers=4, steps=20, batch_size=None, log_every=10, eval_every=10,
-              progress=False)  # fmt: skip
+    out = fit(
+        exp, workers=4, steps=20, batch_size=None, log_every=10, eval_every=10, progress=False
+    )
     np.testing.assert_array_equal(out["state"]["t"], np.full(4, 20))
     np.testing.assert_allclose(out["state"]["params"]["w"], 1 - 0.5**20, rtol=1e-6)
     assert out["consensus"] == 0.0

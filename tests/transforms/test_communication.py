@@ -35,8 +35,9 @@ def _apply(tx, grads, lifting, mesh, steps=1, params=None):
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
 @pytest.mark.parametrize("ef", ["ef", "ef21", None])
 def test_compressed_all_reduce_with_identity_is_the_mean(lifting, ef, mesh8):
-    (out,), _ = _apply(jdo.transforms.compressed_all_reduce(C.identity(), error_feedback=ef), G,
-                       lifting, mesh8)  # fmt: skip
+    (out,), _ = _apply(
+        jdo.transforms.compressed_all_reduce(C.identity(), error_feedback=ef), G, lifting, mesh8
+    )
     for k in G:
         np.testing.assert_allclose(out[k][0], G[k].mean(0), rtol=1e-6, atol=1e-6)
 
@@ -55,8 +56,13 @@ def test_compressed_all_reduce_top_k_with_error_feedback_matches_reference(lifti
 
 
 def test_ef21_keeps_the_shared_estimate_equal_to_the_mean_of_the_workers(mesh8):
-    _, state = _apply(jdo.transforms.compressed_all_reduce(C.top_k(k=40), error_feedback="ef21"),
-                      G, "vmap", mesh8, steps=4)  # fmt: skip
+    _, state = _apply(
+        jdo.transforms.compressed_all_reduce(C.top_k(k=40), error_feedback="ef21"),
+        G,
+        "vmap",
+        mesh8,
+        steps=4,
+    )
     np.testing.assert_allclose(state.estimate["w"][0], state.memory["w"].mean(0), atol=1e-5)
 
 
@@ -111,8 +117,11 @@ def test_choco_with_identity_and_gamma_1_is_exact_gossip(lifting, graph, mesh8):
     params = jax.tree.map(lambda g: -g, G)
     choco = optax.chain(optax.sgd(0.1), jdo.transforms.choco(topo, C.identity(), gamma=1.0))
     gossip = optax.chain(optax.sgd(0.1), jdo.transforms.gossip(topo))
-    for a, b in zip(_apply(choco, G, lifting, mesh8, 3, params)[0],
-                    _apply(gossip, G, lifting, mesh8, 3, params)[0], strict=True):  # fmt: skip
+    for a, b in zip(
+        _apply(choco, G, lifting, mesh8, 3, params)[0],
+        _apply(gossip, G, lifting, mesh8, 3, params)[0],
+        strict=True,
+    ):
         for k in G:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5)
 
@@ -162,8 +171,9 @@ def test_local_sgd_with_h_1_is_allreduce_sgd(lifting, mesh8):
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
 @pytest.mark.parametrize("start", [0, 3])
 def test_local_sgd_averages_every_h_steps_after_start(lifting, start, mesh8):
-    targets, xs = _sgd_run(optax.chain(optax.sgd(0.1), jdo.transforms.local_sgd(4, start=start)),
-                           lifting, mesh8, 10)  # fmt: skip
+    targets, xs = _sgd_run(
+        optax.chain(optax.sgd(0.1), jdo.transforms.local_sgd(4, start=start)), lifting, mesh8, 10
+    )
     x = np.zeros((W, 5))
     for t in range(10):
         x = x - 0.1 * (x - targets)
@@ -203,8 +213,9 @@ def test_diloco_h_1_outer_sgd_1_is_the_all_reduce_of_the_inner_updates(lifting, 
 def test_diloco_matches_reference_with_nesterov_outer(lifting, mesh8):
     H, lr_in = 3, 0.1
     outer = optax.sgd(0.7, momentum=0.9, nesterov=True)
-    targets, xs = _sgd_run(jdo.transforms.diloco(optax.sgd(lr_in), outer, sync_every=H),
-                           lifting, mesh8, 9)  # fmt: skip
+    targets, xs = _sgd_run(
+        jdo.transforms.diloco(optax.sgd(lr_in), outer, sync_every=H), lifting, mesh8, 9
+    )
     x, theta, mom = np.zeros((W, 5)), np.zeros(5), np.zeros(5)
     for t in range(9):
         x = x - lr_in * (x - targets)
@@ -221,8 +232,9 @@ def test_streaming_diloco_fragments_sync_on_staggered_schedules(mesh8):
     params = {"a": jnp.zeros((W, 3)), "b": jnp.zeros((W, 3))}
     targets = {k: jnp.asarray(RNG.normal(size=(W, 3)), jnp.float32) for k in params}
     init = jax.jit(jdo.lift(tx.init, "vmap"))
-    upd = jax.jit(jdo.lift(lambda x, c, s: tx.update(jax.tree.map(jnp.subtract, x, c), s, x),
-                           "vmap"))  # fmt: skip
+    upd = jax.jit(
+        jdo.lift(lambda x, c, s: tx.update(jax.tree.map(jnp.subtract, x, c), s, x), "vmap")
+    )
     state, synced = init(params), []
     for _ in range(8):
         u, state = upd(params, targets, state)
@@ -236,8 +248,9 @@ def test_streaming_diloco_fragments_sync_on_staggered_schedules(mesh8):
 
 
 def test_fedavg_partial_participation_averages_a_fixed_size_random_subset(mesh8):
-    tx = jdo.transforms.diloco(optax.sgd(0.1), optax.sgd(1.0), sync_every=2, participation=0.5,
-                               seed=3)  # fmt: skip
+    tx = jdo.transforms.diloco(
+        optax.sgd(0.1), optax.sgd(1.0), sync_every=2, participation=0.5, seed=3
+    )
     targets, xs = _sgd_run(tx, "shard_map", mesh8, 4)
     x = np.zeros((W, 5))
     for t in range(4):
@@ -250,8 +263,9 @@ def test_fedavg_partial_participation_averages_a_fixed_size_random_subset(mesh8)
 
 
 def test_diloco_with_compressed_outer_communication_and_prox(mesh8):
-    tx = jdo.transforms.diloco(optax.sgd(0.1), optax.sgd(1.0), sync_every=2, compressor=C.bf16(),
-                               prox=0.5)  # fmt: skip
+    tx = jdo.transforms.diloco(
+        optax.sgd(0.1), optax.sgd(1.0), sync_every=2, compressor=C.bf16(), prox=0.5
+    )
     targets, xs = _sgd_run(tx, "shard_map", mesh8, 4)
     x, theta = np.zeros((W, 5)), np.zeros(5)
     for t in range(4):
