@@ -230,3 +230,18 @@ def test_a_signal_to_a_slow_run_checkpoints_and_exits_within_seconds(signum, sta
     assert took < 60, took  # compile (if still running) + one call + the save, on 2 loaded cores
     with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
         assert ckpt.steps() and ckpt.steps()[-1] % 500  # mid-interval
+
+
+def test_without_a_terminal_progress_is_a_log_line_every_so_often(caplog):
+    from jdo.train.records import Progress
+
+    record = {"train/loss": 0.5, "steps_per_s": 100.0}
+    with caplog.at_level(logging.INFO, logger="jdo"), Progress(1000, True, every_s=0.0) as p:
+        p.update(50, 1000, record, logged=False)  # stderr is not a TTY under pytest
+        p.update(100, 1000, record, logged=True)  # its line was logged already: no second one
+    lines = [r.getMessage() for r in caplog.records if r.name == "jdo"]
+    assert lines == ["step 50/1000: loss 0.5 | steps_per_s 100"]
+    with caplog.at_level(logging.INFO, logger="jdo"), Progress(1000, True, every_s=3600) as p:
+        caplog.clear()
+        p.update(50, 1000, record, logged=False)
+    assert not caplog.records
