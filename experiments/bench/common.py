@@ -40,3 +40,46 @@ def interleaved_min(
                 block(fn())
                 best[name] = min(best[name], time.perf_counter() - t0)
     return best
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]],
+    rounds: int = 10,
+    calls: int = 10,
+    block=None,
+    warmup: bool = True,
+) -> dict[str, list[float]]:
+    """Per-round medians of the seconds per call of each fn: ``{name: [median of round r]}``.
+
+    In each round every fn runs ``calls`` times in a row, the fns one after the other, in
+    forward order on even rounds and reversed on odd ones (so no fn always runs right after
+    the same neighbour). Each call is waited on (``block``; default
+    ``jax.block_until_ready`` of its result). Report ``min(medians[name])``: the median
+    drops a call that a burst of load hit, the minimum over rounds the rounds a long one hit.
+    """
+    import statistics
+
+    if block is None:
+        import jax
+
+        block = jax.block_until_ready
+    if warmup:
+        for fn in fns.values():
+            block(fn())
+    medians: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            seconds = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                block(fns[name]())
+                seconds.append(time.perf_counter() - t0)
+            medians[name].append(statistics.median(seconds))
+    return medians
+
+
+def load_line() -> str:
+    """The machine's CPU count and 1/5/15-minute load averages, for a result's header."""
+    one, five, fifteen = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
