@@ -35,13 +35,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-from experiments.bench.common import interleaved_medians, load_line, simulate_cpu_devices
+from experiments.bench.common import (
+    interleaved_times,
+    load_line,
+    min_of_medians,
+    min_of_mins,
+    simulate_cpu_devices,
+)
 
 W, K = 8, 50
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -253,20 +261,22 @@ def chunk_rows(liftings, rounds: int, calls: int, variants: bool) -> list[dict]:
                 f"{lifting}: jdo's and the hand-written chunk's losses differ "
                 f"by {difference:.3g} (relative): not the same work"
             )
-        medians = interleaved_medians(setups, rounds=rounds, calls=calls, warmup=False)
-        best = {name: min(m) for name, m in medians.items()}
-        for name in setups:
-            if name != "hand":
-                rows.append(
-                    {
-                        "lifting": lifting,
-                        "variant": name,
-                        "hand_ms": 1e3 * best["hand"],
-                        "ms": 1e3 * best[name],
-                        "ratio": best[name] / best["hand"],
-                        "loss_diff": difference,
-                    }
-                )
+        times = interleaved_times(setups, rounds=rounds, calls=calls, warmup=False)
+        best = {name: min_of_medians(t) for name, t in times.items()}
+        fastest = {name: min_of_mins(t) for name, t in times.items()}
+        rows += [
+            {
+                "lifting": lifting,
+                "variant": name,
+                "hand_ms": 1e3 * best["hand"],
+                "ms": 1e3 * best[name],
+                "ratio": best[name] / best["hand"],
+                "ratio_fastest": fastest[name] / fastest["hand"],
+                "loss_diff": difference,
+            }
+            for name in setups
+            if name != "hand"
+        ]
     return rows
 
 
@@ -286,71 +296,87 @@ class Process:
     def __call__(self):
         i = next(CALLS)
         argv = self.argv(i)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = subprocess.run(
             argv, cwd=ROOT, env=self.env, capture_output=True, text=True, check=False
         )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if result.returncode != 0:
             tail = (result.stdout + result.stderr)[-3000:]
             raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{tail}")
-        self.reports.append(self.report(result.stdout, i))
+        cpu_s = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
+        self.reports.append({"cpu_s": cpu_s, **self.report(result.stdout, i)})
         return result
 
 
 CALLS = iter(range(10**9))
 
 
-def run_rows(rounds: int, steps: int, env: dict) -> list[dict]:
+IMPORTS = {  # --variants: what the two programs import before any work
+    "import only: the CLI's modules": "import jdo.conf, jdo.train.cli, jdo.train.runner",
+    "import only: the script's modules": "import jax, optax, sklearn.datasets",
+}
+FIGURES = ("cpu_s", "train_s", "compile_s")
+
+
+def run_processes(steps: int, env: dict, tmp: str, variants: bool) -> dict[str, Process]:
+    run_dir = lambda i: os.path.join(tmp, f"run{i}")
+
+    def summary(_stdout, i):
+        with open(os.path.join(run_dir(i), "summary.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    def cli(*overrides):
+        return Process(
+            lambda i: [
+                *(sys.executable, "-m", "experiments.train", f"trainer.steps={steps}"),
+                *(f"hydra.run.dir={run_dir(i)}", *overrides),
+            ],
+            summary,
+            env,
+        )
+
+    hand = lambda i: [
+        sys.executable,
+        "-m",
+        "experiments.bench.handwritten_train",
+        f"--steps={steps}",
+    ]
+    last_line = lambda stdout, i: json.loads(stdout.strip().splitlines()[-1])
+    processes = {
+        "hand": Process(hand, last_line, env),
+        "hand_again": Process(hand, last_line, env),
+        "jdo, checkpoint=none": cli("checkpoint=none"),
+        "jdo, default checkpointing": cli(),
+    }
+    if variants:
+        for name, code in IMPORTS.items():
+            argv = lambda i, code=code: [sys.executable, "-c", code]
+            processes[name] = Process(argv, lambda stdout, i: {}, env)
+    return processes
+
+
+def run_rows(rounds: int, steps: int, env: dict, variants: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="jdo-bench-overhead-") as tmp:
-        run_dir = lambda i: os.path.join(tmp, f"run{i}")
-
-        def summary(_stdout, i):
-            with open(os.path.join(run_dir(i), "summary.json"), encoding="utf-8") as f:
-                return json.load(f)
-
-        def cli(*overrides):
-            argv = lambda i: [
-                sys.executable,
-                "-m",
-                "experiments.train",
-                f"trainer.steps={steps}",
-                f"hydra.run.dir={run_dir(i)}",
-                *overrides,
-            ]
-            return Process(argv, summary, env)
-
-        hand = lambda i: [
-            sys.executable,
-            "-m",
-            "experiments.bench.handwritten_train",
-            f"--steps={steps}",
-        ]
-        last_line = lambda stdout, i: json.loads(stdout.strip().splitlines()[-1])
-        processes = {
-            "hand": Process(hand, last_line, env),
-            "hand_again": Process(hand, last_line, env),
-            "jdo, checkpoint=none": cli("checkpoint=none"),
-            "jdo, default checkpointing": cli(),
-        }
-        medians = interleaved_medians(
+        processes = run_processes(steps, env, tmp, variants)
+        times = interleaved_times(
             processes, rounds=rounds, calls=1, block=lambda r: r, warmup=False
         )
-    best = {name: min(m) for name, m in medians.items()}
+    wall = {name: min_of_medians(t) for name, t in times.items()}
+    # One run per round: the minimum over runs is the minimum of per-round medians.
     figures = {
-        name: {key: min(r[key] for r in p.reports) for key in ("train_s", "compile_s")}
+        name: {key: min(r.get(key, math.nan) for r in p.reports) for key in FIGURES}
         for name, p in processes.items()
     }
-    return [
-        {
-            "variant": name,
-            "wall_s": best[name],
-            "ratio": best[name] / best["hand"],
-            "train_s": figures[name]["train_s"],
-            "train_ratio": figures[name]["train_s"] / figures["hand"]["train_s"],
-            "steps_per_s": steps / figures[name]["train_s"],
-            "compile_s": figures[name]["compile_s"],
-        }
-        for name in processes
-    ]
+    rows = []
+    for name in processes:
+        row = {"variant": name, "wall_s": wall[name], "ratio": wall[name] / wall["hand"]}
+        for key in FIGURES:
+            row[key] = figures[name][key]
+            row[f"{key}_ratio"] = figures[name][key] / figures["hand"][key]
+        row["steps_per_s"] = steps / row["train_s"]
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,28 +386,33 @@ def run_rows(rounds: int, steps: int, env: dict) -> list[dict]:
 
 def chunk_table(rows) -> list[str]:
     lines = [
-        "| lifting | variant | hand-written (ms/call) | variant (ms/call) | ÷ hand-written |",
-        "|---|---|---:|---:|---:|",
+        "| lifting | variant | hand-written (ms/call) | variant (ms/call) | ÷ hand-written "
+        "| ÷ hand-written, fastest calls |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         name = "A/A control (hand-written again)" if r["variant"] == "hand_again" else r["variant"]
         lines.append(
-            f"| {r['lifting']} | {name} | {r['hand_ms']:.2f} | {r['ms']:.2f} | {r['ratio']:.3f} |"
+            f"| {r['lifting']} | {name} | {r['hand_ms']:.2f} | {r['ms']:.2f} | "
+            f"{r['ratio']:.3f} | {r['ratio_fastest']:.3f} |"
         )
     return lines
 
 
 def run_table(rows) -> list[str]:
     lines = [
-        "| program | wall s | ÷ hand-written | train_s | ÷ hand-written | steps/s | compile_s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| program | wall s | ÷ hand-written | CPU s | ÷ hand-written | train_s | ÷ hand-written "
+        "| steps/s | compile_s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    names = {"hand": "hand-written script", "hand_again": "A/A control (the script again)"}
+    cell = lambda value, digits: "–" if math.isnan(value) else f"{value:.{digits}f}"
     for r in rows:
-        name = {"hand": "hand-written script", "hand_again": "A/A control (the script again)"}
         lines.append(
-            f"| {name.get(r['variant'], r['variant'])} | {r['wall_s']:.2f} | "
-            f"{r['ratio']:.3f} | {r['train_s']:.3f} | {r['train_ratio']:.3f} | "
-            f"{r['steps_per_s']:.0f} | {r['compile_s']:.2f} |"
+            f"| {names.get(r['variant'], r['variant'])} | {r['wall_s']:.2f} | {r['ratio']:.3f} | "
+            f"{r['cpu_s']:.2f} | {r['cpu_s_ratio']:.3f} | {cell(r['train_s'], 3)} | "
+            f"{cell(r['train_s_ratio'], 3)} | {cell(r['steps_per_s'], 0)} | "
+            f"{cell(r['compile_s'], 2)} |"
         )
     return lines
 
@@ -397,7 +428,9 @@ def report(args, chunk, run, load_before: str) -> str:
         "",
         f"Machine: {load_before} at the start, {load_line().split(', ', 1)[1]} at the "
         f"end; jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}.",
-        "Minimum over rounds of per-round medians; rounds interleave every variant.",
+        "Ratios: the minimum over rounds of per-round medians (rounds interleave every "
+        "variant, order reversed every other round); on a loaded machine the fastest calls "
+        "(minimum of all) are the less disturbed figure.",
     ]
     if chunk:
         difference = max(r["loss_diff"] for r in chunk)
@@ -418,8 +451,9 @@ def report(args, chunk, run, load_before: str) -> str:
             "",
             f"{args.run_rounds} rounds, one run of each per round. wall s: the subprocess "
             "from start to exit (interpreter, imports, data, compile, training, eval, "
-            "checkpoint); train_s / compile_s: as each program reports them (the CLI's "
-            "summary.json).",
+            "checkpoint); CPU s: its user + system CPU seconds (all threads; less disturbed "
+            "by other processes than wall time); train_s / compile_s: as each program "
+            "reports them (the CLI's summary.json), the minimum over runs.",
             "",
             *run_table(run),
         ]
@@ -437,7 +471,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--variants",
         action="store_true",
-        help="diagnostic chunk rows: no state check, no guard, hand fori_loop",
+        help="diagnostic rows: the chunk without the state check, without the guard, a hand "
+        "fori_loop; the whole run's imports alone",
     )
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
@@ -451,7 +486,7 @@ def main(argv=None) -> dict:
         if "chunk" in parts
         else []
     )
-    run = run_rows(args.run_rounds, args.steps, env) if "run" in parts else []
+    run = run_rows(args.run_rounds, args.steps, env, args.variants) if "run" in parts else []
     text = report(args, chunk, run, load_before)
     print(text)
     with open(args.out, "w", encoding="utf-8") as f:
