@@ -2,8 +2,9 @@
 
     nice python -m experiments.bench.overhead --rounds 10 --run-rounds 5
 
-(quick check: ``--rounds 2 --run-rounds 2``; ``--variants`` adds diagnostic rows to the chunk
-table; ``--parts chunk`` or ``--parts run`` runs one part.) Writes
+(quick check: ``--rounds 2 --run-rounds 2``; ``--variants`` adds diagnostic rows: the chunk
+without the state check, without the guard, a hand-written ``fori_loop``; the imports alone;
+``--parts chunk`` or ``--parts run`` runs one part.) Writes
 ``experiments/bench/results/overhead.md`` (``--out``) and prints it.
 
 **Chunk** (8 simulated CPU devices, in this process): the runner's compiled chunk of K=50 steps
@@ -22,7 +23,8 @@ the first call's per-step losses of both are compared: they must agree (same wor
 and with the default checkpointing (a fresh run directory each time), against
 :mod:`experiments.bench.handwritten_train` (plain JAX + optax: the same data, split, model,
 optimizer, K=50 steps per ``lax.scan`` call, the averaged model evaluated every 250 steps). Also
-the training seconds each reports (the summary's ``train_s`` and ``steps_per_s``).
+each subprocess's CPU seconds, and the training seconds each reports (the summary's ``train_s``
+and ``steps_per_s``).
 
 Ratios are jdo ÷ hand-written of the minimum over rounds of per-round medians; the rounds
 interleave all variants (order reversed every other round), with an A/A control (the
