@@ -40,3 +40,58 @@ def interleaved_min(
                 block(fn())
                 best[name] = min(best[name], time.perf_counter() - t0)
     return best
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    rounds: int = 10,
+    calls: int = 10,
+    block=None,
+    warmup: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[list[float]]]:
+    """Seconds of every call of each fn, by round: ``{name: [[call seconds] per round]}``.
+
+    In each round every fn runs ``calls`` times in a row, the fns one after the other, in
+    forward order on even rounds and reversed on odd ones (so no fn always runs right after
+    the same neighbour). Each call is waited on (``block``; default
+    ``jax.block_until_ready`` of its result). ``clock``: wall time by default;
+    ``time.process_time`` counts this process's CPU seconds (all threads).
+    """
+    if block is None:
+        import jax
+
+        block = jax.block_until_ready
+    if warmup:
+        for fn in fns.values():
+            block(fn())
+    times: dict[str, list[list[float]]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            seconds = []
+            for _ in range(calls):
+                t0 = clock()
+                block(fns[name]())
+                seconds.append(clock() - t0)
+            times[name].append(seconds)
+    return times
+
+
+def min_of_medians(times: list[list[float]]) -> float:
+    """The minimum over rounds of the per-round medians: the median drops a call that a burst
+    of load hit, the minimum over rounds the rounds a long one hit."""
+    import statistics
+
+    return min(statistics.median(r) for r in times)
+
+
+def min_of_mins(times: list[list[float]]) -> float:
+    """The fastest call of all rounds: on a heavily loaded machine the least disturbed one."""
+    return min(min(r) for r in times)
+
+
+def load_line() -> str:
+    """The machine's CPU count and 1/5/15-minute load averages, for a result's header."""
+    one, five, fifteen = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
