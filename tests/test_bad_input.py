@@ -49,7 +49,7 @@ CASES = [
     Case(
         ("cpu_devices=0",),
         2,
-        "error: cpu_devices: must be a positive integer or null, got 0",
+        "error: cpu_devices: must be a positive integer, auto or null, got 0",
         cli=True,
     ),
     Case(
