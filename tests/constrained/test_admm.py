@@ -143,7 +143,7 @@ def test_bad_arguments():
             lambda: jdo.constrained.consensus_admm(loss_fn, rho=0.0),
             checks.InvalidArgument,
             "rho",
-            "must be positive, got 0.0",
+            "must be a positive number, got 0.0",
         ),
         (
             lambda: jdo.constrained.consensus_admm(loss_fn, alpha=2.0),
@@ -173,7 +173,7 @@ def test_bad_arguments():
             lambda: jdo.constrained.decentralized_admm(loss_fn, None, T.ring(W), c=-1),
             checks.InvalidArgument,
             "c",
-            "must be positive, got -1",
+            "must be a positive number, got -1",
         ),
     ]
     for make, kind, argument, message in cases:

@@ -29,7 +29,7 @@ def test_dirichlet_skew_grows_as_alpha_shrinks():
 
     assert classes_per_worker(0.05) < classes_per_worker(100.0)
     assert classes_per_worker(100.0) == 10
-    with pytest.raises(checks.InvalidArgument, match="alpha must be positive, got 0.0"):
+    with pytest.raises(checks.InvalidArgument, match="alpha must be a positive number, got 0.0"):
         partition.dirichlet(labels, 8, 0.0)
 
 

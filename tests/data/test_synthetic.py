@@ -46,5 +46,5 @@ def test_heterogeneous_groups_have_different_local_optima():
 
 
 def test_logistic_needs_l2():
-    with pytest.raises(checks.InvalidArgument, match="l2 must be positive, got 0.0"):
+    with pytest.raises(checks.InvalidArgument, match="l2 must be a positive number, got 0.0"):
         data.logistic_regression(l2=0.0)
