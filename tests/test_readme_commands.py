@@ -3,7 +3,7 @@ does not diverge.
 
 The README is parsed at test time (code blocks and inline code), so a command added to it is
 tested without touching this file. Each runs with ``trainer.steps=100`` (logged at 50 and 100,
-no checkpoints; RL tasks 20 updates logged at 10 and 20) in-process through Hydra's compose
+no checkpoints; RL and MNIST 20 steps logged at 10 and 20) in-process through Hydra's compose
 and :func:`jdo.train.run`; ``--multirun`` sweeps run as the CLI in a subprocess. A command
 that names a data directory or file gets small ones written by ``tests/helpers.py``.
 Commands for a SLURM cluster (``hydra/launcher=slurm``) cannot run here and are skipped.
@@ -23,9 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.helpers import write_mnist_dir, write_npz
+from tests.helpers import write_idx
 
 ROOT = Path(__file__).parent.parent
 PREFIX = "python -m experiments.train"
@@ -37,7 +38,7 @@ REDUCED = {
     "checkpoint": "none",
 }
 RUN_DIRS = ("hydra.run.dir", "hydra.sweep.dir")
-RL_STEPS = ("trainer.steps=20", "trainer.log_every=10", "trainer.eval_every=10")
+HEAVY = ("trainer.steps=20", "trainer.log_every=10", "trainer.eval_every=10")
 
 pytestmark = pytest.mark.slow  # ~20 commands, a few of them RL or sweeps
 
@@ -75,14 +76,39 @@ def _prepare(args: str, tmp_path: Path) -> tuple[list[str], bool]:
         if _key(token) in RUN_DIRS:
             continue  # each run gets its own directory under tmp_path
         if _key(token) == "task.data.directory":
-            token = f"task.data.directory={write_mnist_dir(str(tmp_path / 'mnist'))}"
+            token = f"task.data.directory={_mnist_dir(tmp_path / 'mnist')}"
         if _key(token) == "task.data.path":
-            token = f"task.data.path={write_npz(str(tmp_path / 'data.npz'))}"
+            token = f"task.data.path={_npz(tmp_path / 'data.npz')}"
         out.append(token)
     if "task=npz" in out and not any(_key(t) == "task.data.path" for t in out):
-        out.append(f"task.data.path={write_npz(str(tmp_path / 'data.npz'))}")
+        out.append(f"task.data.path={_npz(tmp_path / 'data.npz')}")
     out += [f"{k}={v}" for k, v in REDUCED.items()]
     return out, multirun
+
+
+def _images(n: int, shape, seed: int):
+    """Learnable images: class c is noise around brightness 20 c, so a few steps lower the
+    loss (on pure noise a falling loss would prove nothing)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    noise = rng.integers(0, 40, size=(n, *shape))
+    return (noise + 20 * labels.reshape(-1, *[1] * len(shape))).astype(np.uint8), labels
+
+
+def _mnist_dir(directory: Path) -> str:
+    """The four MNIST IDX files (written by ``tests/helpers.py``'s ``write_idx``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 256), ("t10k", 64)):
+        images, labels = _images(n, (28, 28), seed=len(split))
+        write_idx(str(directory / f"{split}-images-idx3-ubyte"), images)
+        write_idx(str(directory / f"{split}-labels-idx1-ubyte"), labels.astype(np.uint8))
+    return str(directory)
+
+
+def _npz(path: Path) -> str:
+    (x_train, y_train), (x_test, y_test) = _images(256, (32, 32, 3), 0), _images(64, (32, 32, 3), 1)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return str(path)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -124,8 +150,10 @@ def test_readme_command_runs_and_does_not_diverge(args, tmp_path):
 
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-        if cfg.task.get("kind") == "rl":  # an RL update is a whole rollout: fewer of them
-            cfg = compose(config_name="config", overrides=[*overrides, *RL_STEPS])
+        data = cfg.task.get("data") or {}
+        heavy = cfg.task.get("kind") == "rl" or "mnist" in str(data.get("_target_"))
+        if heavy:  # an RL update is a whole rollout, an MNIST CNN step 28x28 convolutions
+            cfg = compose(config_name="config", overrides=[*overrides, *HEAVY])
     run_dir = tmp_path / "run"
     summary = run(cfg, output_dir=str(run_dir))
     assert _finite(summary["train/loss"]), summary
