@@ -38,7 +38,13 @@ REDUCED = {
     "checkpoint": "none",
 }
 RUN_DIRS = ("hydra.run.dir", "hydra.sweep.dir")
-HEAVY = ("trainer.steps=20", "trainer.log_every=10", "trainer.eval_every=10")
+HEAVY = (
+    "trainer.steps=20",
+    "trainer.log_every=10",
+    "trainer.eval_every=10",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=64",
+)
 
 pytestmark = pytest.mark.slow  # ~20 commands, a few of them RL or sweeps
 
