@@ -14,7 +14,9 @@ LIFTINGS = ("vmap", "shard_map")
 InAxes = int | None | Sequence[int | None]
 
 
-def _axes(in_axes: InAxes, nargs: int) -> tuple[int | None, ...]:
+def normalize_in_axes(in_axes: InAxes, nargs: int) -> tuple[int | None, ...]:
+    """``in_axes`` as one entry per argument (each ``0``: per worker, or ``None``: shared);
+    raises ``ValueError`` on a wrong count or entry."""
     axes = tuple(in_axes) if isinstance(in_axes, Sequence) else (in_axes,) * nargs
     if len(axes) != nargs:
         raise ValueError(f"in_axes has {len(axes)} entries for {nargs} arguments")
@@ -34,7 +36,7 @@ def shard_map_workers(
     """
 
     def lifted(*args):
-        axes = _axes(in_axes, len(args))
+        axes = normalize_in_axes(in_axes, len(args))
 
         def block(*blocks):
             local = [

@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.lifting import InAxes, _axes, shard_map_workers
+from jdo.lifting import InAxes, normalize_in_axes, shard_map_workers
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 
@@ -222,7 +222,7 @@ def worker_bytes(
     optimisation, so the figure is the same whether the run itself uses ``vmap`` or
     ``shard_map``.
     """
-    axes = _axes(in_axes, len(args))
+    axes = normalize_in_axes(in_axes, len(args))
     mesh = AbstractMesh((num_workers,), (axis_name,), axis_types=(AxisType.Explicit,))
 
     def global_spec(x, axis):

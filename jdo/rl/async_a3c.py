@@ -178,11 +178,18 @@ _mean_return = jax.jit(lambda stats: episode_stats_metrics(stats)["episode_retur
 
 class _Learner:
     """Applies the actors' gradients as they arrive (or, ``ordered``, in pull order), drops
-    those staler than ``max_staleness``, and keeps the run's records."""
+    those staler than ``max_staleness``, and keeps the run's records; owns the
+    :class:`~jdo.rl.host.ParamsServer` the actors pull from."""
 
-    def __init__(self, server, step, params, opt_state, *, max_staleness, ordered, callback):
-        self.server, self.step, self.params, self.opt_state = server, step, params, opt_state
-        self.max_staleness, self.ordered, self.callback = max_staleness, ordered, callback
+    def __init__(self, step, params, opt_state, num_actors, max_staleness, on_stale, callback):
+        # "wait": pulls wait while max_staleness + 1 pulled gradients are unapplied, and the
+        # gradients are applied in pull order
+        self.ordered = max_staleness is not None and on_stale == "wait"
+        self.server = host.ParamsServer(
+            params, num_actors, max_in_flight=max_staleness + 1 if self.ordered else None
+        )
+        self.step, self.params, self.opt_state = step, params, opt_state
+        self.max_staleness, self.callback = max_staleness, callback
         self.pending: dict[int, host.Item] = {}  # ordered: pushes that came before their turn
         self.next_ticket = 0
         self.history: list[dict] = []
@@ -237,6 +244,52 @@ class _Learner:
     def staleness_histogram(self) -> np.ndarray:
         size = max(self.histogram, default=-1) + 1
         return np.array([self.histogram[s] for s in range(size)], np.int64)
+
+    def result(self, target_return, wall_s: float, compile_s: float) -> dict[str, Any]:
+        """:func:`async_a3c`'s return value."""
+        return {
+            "params": self.params,
+            "opt_state": self.opt_state,
+            "history": self.history,
+            "updates": len(self.history),
+            "env_steps": self.env_steps,
+            "gradients": self.received,
+            "wall_s": wall_s,
+            "compile_s": compile_s,
+            "dropped": self.dropped,
+            "staleness_histogram": self.staleness_histogram(),
+            "episode_return": self.mean_return(),
+            "reached_target": self.reached(target_return),
+        }
+
+
+def _compile(actor, optimizer, max_grad_norm, params, seed):
+    """``(step, opt_state, compile_s)``: the learner's step and initial optimizer state, with
+    both jitted functions compiled before the clock starts (once, not once per thread) on the
+    spare ``actor``, which does not run afterwards."""
+    t_compile = time.perf_counter()
+    tx, step = _learner_step(optimizer, max_grad_norm)
+    opt_state = tx.init(params)
+    warm = actor(params, jax.random.key(seed))
+    jax.block_until_ready(step(params, opt_state, warm.grads))
+    return step, opt_state, time.perf_counter() - t_compile
+
+
+def _run(actors, learner: _Learner, seed, max_updates, target_return, max_seconds) -> float:
+    """Runs one thread per actor, feeding their gradients to ``learner`` until it is done or
+    ``max_seconds`` have passed; returns the wall time."""
+    produce = lambda i, p, key: actors[i](p, key)
+    keys = [jax.random.fold_in(jax.random.key(seed), i) for i in range(len(actors))]
+    t0 = time.perf_counter()
+    with host.ActorThreads(produce, learner.server, keys, name="jdo-a3c-actor") as threads:
+        done = False
+        while not done:
+            left = None if max_seconds is None else max_seconds - (time.perf_counter() - t0)
+            if left is not None and left <= 0:
+                break
+            item = threads.get(timeout=left)
+            done = item is not None and learner.receive(item, max_updates, target_return)
+    return time.perf_counter() - t0
 
 
 def _check(
@@ -341,14 +394,13 @@ def async_a3c(
 
     Returns:
       ``{"params", "opt_state", "history", "updates", "env_steps", "gradients", "wall_s" (after
-      compilation), "compile_s", "dropped",
-      "staleness_histogram", "episode_return", "reached_target"}``. ``staleness_histogram[s]``
-      counts the applied gradients of staleness ``s``; ``gradients`` counts those received
-      (applied, dropped, or waiting for their turn at the end); ``env_steps`` counts the env
-      steps behind them (masked reset transitions of host envs excluded); ``history`` holds
-      one metrics dict per applied update (``loss``, loss terms, ``staleness``,
-      ``episode_return`` (mean of the last 100 finished episodes, 0 before the first),
-      ``env_steps``, ``dropped``).
+      compilation), "compile_s", "dropped", "staleness_histogram", "episode_return",
+      "reached_target"}``. ``staleness_histogram[s]`` counts the applied gradients of staleness
+      ``s``; ``gradients`` counts those received (applied, dropped, or waiting for their turn
+      at the end); ``env_steps`` the env steps behind them (masked reset transitions of host
+      envs excluded); ``history`` holds one metrics dict per applied update (``loss``, loss
+      terms, ``staleness``, ``episode_return`` (mean of the last 100 finished episodes, 0
+      before the first), ``env_steps``, ``dropped``).
     """
     _check(
         env,
@@ -365,53 +417,10 @@ def async_a3c(
     loss_args = (gamma, gae_lambda, value_coef, entropy_coef)
     actors, owned = _make_actors(env, apply, num_actors, num_steps, loss_args, seed)
     try:
-        # Compile before the clock starts (once, not once per thread) on the spare actor.
-        t_compile = time.perf_counter()
-        tx, step = _learner_step(optimizer, max_grad_norm)
-        opt_state = tx.init(params)
-        warm = actors.pop()(params, jax.random.key(seed))
-        jax.block_until_ready(step(params, opt_state, warm.grads))
-        compile_s = time.perf_counter() - t_compile
-
-        wait = max_staleness is not None and on_stale == "wait"
-        server = host.ParamsServer(
-            params, num_actors, max_in_flight=max_staleness + 1 if wait else None
-        )
-        learner = _Learner(
-            server,
-            step,
-            params,
-            opt_state,
-            max_staleness=max_staleness,
-            ordered=wait,
-            callback=callback,
-        )
-        produce = lambda i, p, key: actors[i](p, key)
-        keys = [jax.random.fold_in(jax.random.key(seed), i) for i in range(num_actors)]
-        t0 = time.perf_counter()
-        with host.ActorThreads(produce, server, keys, name="jdo-a3c-actor") as threads:
-            done = False
-            while not done:
-                left = None if max_seconds is None else max_seconds - (time.perf_counter() - t0)
-                if left is not None and left <= 0:
-                    break
-                item = threads.get(timeout=left)
-                done = item is not None and learner.receive(item, max_updates, target_return)
-        wall_s = time.perf_counter() - t0
+        step, opt_state, compile_s = _compile(actors.pop(), optimizer, max_grad_norm, params, seed)
+        learner = _Learner(step, params, opt_state, num_actors, max_staleness, on_stale, callback)
+        wall_s = _run(actors, learner, seed, max_updates, target_return, max_seconds)
     finally:
         for e in owned:
             e.close()
-    return {
-        "params": learner.params,
-        "opt_state": learner.opt_state,
-        "history": learner.history,
-        "updates": len(learner.history),
-        "env_steps": learner.env_steps,
-        "gradients": learner.received,
-        "wall_s": wall_s,
-        "compile_s": compile_s,
-        "dropped": learner.dropped,
-        "staleness_histogram": learner.staleness_histogram(),
-        "episode_return": learner.mean_return(),
-        "reached_target": learner.reached(target_return),
-    }
+    return learner.result(target_return, wall_s, compile_s)

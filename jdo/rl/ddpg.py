@@ -11,6 +11,7 @@ one learner (Nair et al. 2015) without a central buffer to ship transitions to.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -128,49 +129,156 @@ class DDPGState(NamedTuple):
     step: jax.Array  # int32: algorithm steps so far
 
 
-def _check(
-    env,
-    optimizer,
-    actor_optimizer,
-    buffer_size,
-    batch_size,
-    num_steps,
-    updates_per_step,
-    learning_starts,
-    gamma,
-    tau,
-    exploration_noise,
-) -> None:
+class _Config(NamedTuple):
+    """:func:`ddpg`'s arguments (``actor_optimizer`` filled in)."""
+
+    env: Env
+    apply: Callable
+    optimizer: optax.GradientTransformation
+    actor_optimizer: optax.GradientTransformation
+    buffer_size: int
+    batch_size: int
+    num_steps: int
+    updates_per_step: int
+    learning_starts: int
+    gamma: float
+    tau: float
+    exploration_noise: float
+    axis_name: str
+
+
+def _check(c: _Config) -> None:
     """:func:`ddpg`'s argument checks (each names its parameter)."""
+    env = c.env
     check_vector_env(env)
     if env.action_space.discrete:
         raise checks.InvalidArgument(
             "env", f"must have continuous actions; {env.name} has discrete ones"
         )
-    checks.optimizer("optimizer", optimizer)
-    checks.optimizer("actor_optimizer", actor_optimizer)
-    for name, value in (
-        ("buffer_size", buffer_size),
-        ("batch_size", batch_size),
-        ("num_steps", num_steps),
-        ("updates_per_step", updates_per_step),
-    ):
-        checks.positive_int(name, value)
-    checks.non_negative_int("learning_starts", learning_starts)
-    if learning_starts > buffer_size:
+    checks.optimizer("optimizer", c.optimizer)
+    checks.optimizer("actor_optimizer", c.actor_optimizer)
+    for name in ("buffer_size", "batch_size", "num_steps", "updates_per_step"):
+        checks.positive_int(name, getattr(c, name))
+    checks.non_negative_int("learning_starts", c.learning_starts)
+    if c.learning_starts > c.buffer_size:
         raise checks.InvalidArgument(
-            "learning_starts", f"must be <= buffer_size ({buffer_size}), got {learning_starts}"
+            "learning_starts",
+            f"must be <= buffer_size ({c.buffer_size}), got {c.learning_starts}",
         )
-    if num_steps * env.num_envs > buffer_size:
+    if c.num_steps * env.num_envs > c.buffer_size:
         raise checks.InvalidArgument(
             "buffer_size",
             f"must hold one step's num_steps · num_envs "
-            f"= {num_steps * env.num_envs} transitions, got "
-            f"{buffer_size}",
+            f"= {c.num_steps * env.num_envs} transitions, got "
+            f"{c.buffer_size}",
         )
-    checks.probability("gamma", gamma)
-    checks.number("tau", tau, low=0, high=1, low_open=True)
-    checks.non_negative("exploration_noise", exploration_noise)
+    checks.probability("gamma", c.gamma)
+    checks.number("tau", c.tau, low=0, high=1, low_open=True)
+    checks.non_negative("exploration_noise", c.exploration_noise)
+
+
+def _action_bounds(c: _Config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(low, high, noise_scale)``: the action bounds and the exploration noise's σ."""
+    space = c.env.action_space
+    low = jnp.asarray(space.low, jnp.float32)
+    high = jnp.asarray(space.high, jnp.float32)
+    return low, high, c.exploration_noise * (high - low) / 2
+
+
+def _init(c: _Config, params, key) -> DDPGState:
+    obs, env_state = c.env.reset(key)
+    opt_state = (c.actor_optimizer.init(params["actor"]), c.optimizer.init(params["critic"]))
+    buffer = replay_init(c.buffer_size, c.env.observation_shape, c.env.action_space.size)
+    target = jax.tree.map(jnp.array, params)  # a copy, not an alias (donation)
+    step = jnp.zeros((), jnp.int32)
+    return DDPGState(params, target, opt_state, buffer, env_state, obs, episode_stats_init(), step)
+
+
+def _act(apply, bounds, params, obs, key, explore_randomly):
+    low, high, noise_scale = bounds
+    noise_key, uniform_key = jax.random.split(key)
+    mu, _ = apply(params, obs)
+    noisy = mu + noise_scale * jax.random.normal(noise_key, mu.shape, mu.dtype)
+    uniform = jax.random.uniform(uniform_key, mu.shape, mu.dtype, low, high)
+    return jnp.clip(jnp.where(explore_randomly, uniform, noisy), low, high)
+
+
+def _critic_loss(apply, gamma, critic_params, params, target, batch):
+    y = jax.lax.stop_gradient(critic_target(apply, target, batch, gamma))
+    q = apply({**params, "critic": critic_params}, (batch["obs"], batch["action"]))
+    return jnp.mean(jnp.square(q - y)), jnp.mean(q)
+
+
+def _actor_loss(apply, actor_params, critic_params, obs):
+    return -jnp.mean(apply({"actor": actor_params, "critic": critic_params}, obs)[1])
+
+
+def _update(c: _Config, buffer, carry, key):
+    """One gradient update (step 2 of :func:`ddpg`) on a minibatch from ``buffer``."""
+    params, target, (actor_opt, critic_opt) = carry
+    batch = replay_sample(buffer, key, c.batch_size)
+    # 2a. critic
+    (q_loss, q_mean), g_q = jax.value_and_grad(_critic_loss, argnums=2, has_aux=True)(
+        c.apply, c.gamma, params["critic"], params, target, batch
+    )
+    g_q = jax.lax.pmean(g_q, c.axis_name)
+    u_q, critic_opt = c.optimizer.update(g_q, critic_opt, params["critic"])
+    critic = optax.apply_updates(params["critic"], u_q)
+    # 2b. actor, through the updated critic
+    pi_loss, g_mu = jax.value_and_grad(_actor_loss, argnums=1)(
+        c.apply, params["actor"], critic, batch["obs"]
+    )
+    g_mu = jax.lax.pmean(g_mu, c.axis_name)
+    u_mu, actor_opt = c.actor_optimizer.update(g_mu, actor_opt, params["actor"])
+    params = {"actor": optax.apply_updates(params["actor"], u_mu), "critic": critic}
+    # 2c. targets
+    target = polyak(target, params, c.tau)
+    metrics = {"loss": q_loss, "actor_loss": pi_loss, "q_mean": q_mean}
+    return (params, target, (actor_opt, critic_opt)), metrics
+
+
+def _env_step(c: _Config, bounds, params, carry, key):
+    """One env step of every env copy, stored in the buffer (step 1 of :func:`ddpg`)."""
+    env_state, obs, buffer, episodes = carry
+    a_key, e_key = jax.random.split(key)
+    action = _act(c.apply, bounds, params, obs, a_key, buffer.size < c.learning_starts)
+    next_obs, env_state, reward, terminated, _, info = c.env.step(e_key, env_state, action)
+    buffer = replay_add(buffer, obs, action, reward, info["final_observation"], terminated)
+    episodes = episode_stats_update(
+        episodes, info["done"], info["episode_return"], info["episode_length"]
+    )
+    return (env_state, next_obs, buffer, episodes), None
+
+
+def _step(c: _Config, bounds, state: DDPGState, key):
+    act_key, learn_key = jax.random.split(key)
+
+    # 1. act and store
+    env_step = functools.partial(_env_step, c, bounds, state.params)
+    carry = (state.env_state, state.obs, state.buffer, state.episodes)
+    (env_state, obs, buffer, episodes), _ = jax.lax.scan(
+        env_step, carry, jax.random.split(act_key, c.num_steps)
+    )
+
+    # 2. learn (the same on every worker: the shards fill at the same rate)
+    learner = (state.params, state.target, state.opt_state)
+    new, metrics = jax.lax.scan(
+        lambda carry, k: _update(c, buffer, carry, k),
+        learner,
+        jax.random.split(learn_key, c.updates_per_step),
+    )
+    ready = buffer.size >= c.learning_starts
+    params, target, opt_state = jax.tree.map(lambda n, o: jnp.where(ready, n, o), new, learner)
+    metrics = {k: jnp.where(ready, jnp.mean(v), 0.0) for k, v in metrics.items()}
+    new_step = state.step + 1
+    per_step = c.num_steps * c.env.num_envs * jax.lax.psum(1, c.axis_name)  # static
+    metrics = {
+        **metrics,
+        **episode_stats_metrics(episodes),
+        "env_steps": new_step.astype(jnp.float32) * per_step,
+    }
+    state = DDPGState(params, target, opt_state, buffer, env_state, obs, episodes, new_step)
+    return state, metrics
 
 
 def ddpg(
@@ -235,11 +343,11 @@ def ddpg(
       ``params = {"actor", "critic"}``); metrics ``loss`` (critic), ``actor_loss``, ``q_mean``,
       ``episode_return``, ``episode_length``, ``episodes``, ``env_steps`` (all workers).
     """
-    actor_optimizer = optimizer if actor_optimizer is None else actor_optimizer
-    _check(
+    c = _Config(
         env,
+        apply,
         optimizer,
-        actor_optimizer,
+        optimizer if actor_optimizer is None else actor_optimizer,
         buffer_size,
         batch_size,
         num_steps,
@@ -248,96 +356,16 @@ def ddpg(
         gamma,
         tau,
         exploration_noise,
+        axis_name,
     )
-
-    space = env.action_space
-    low = jnp.asarray(space.low, jnp.float32)
-    high = jnp.asarray(space.high, jnp.float32)
-    noise_scale = exploration_noise * (high - low) / 2
+    _check(c)
+    bounds = _action_bounds(c)
 
     def init(params, key):
-        obs, env_state = env.reset(key)
-        opt_state = (actor_optimizer.init(params["actor"]), optimizer.init(params["critic"]))
-        buffer = replay_init(buffer_size, env.observation_shape, space.size)
-        target = jax.tree.map(jnp.array, params)  # a copy, not an alias (donation)
-        return DDPGState(params, target, opt_state, buffer, env_state, obs, episode_stats_init(),
-                         jnp.zeros((), jnp.int32))  # fmt: skip
-
-    def act(params, obs, key, explore_randomly):
-        noise_key, uniform_key = jax.random.split(key)
-        mu, _ = apply(params, obs)
-        noisy = mu + noise_scale * jax.random.normal(noise_key, mu.shape, mu.dtype)
-        uniform = jax.random.uniform(uniform_key, mu.shape, mu.dtype, low, high)
-        return jnp.clip(jnp.where(explore_randomly, uniform, noisy), low, high)
-
-    def critic_loss(critic_params, params, target, batch):
-        y = jax.lax.stop_gradient(critic_target(apply, target, batch, gamma))
-        q = apply({**params, "critic": critic_params}, (batch["obs"], batch["action"]))
-        return jnp.mean(jnp.square(q - y)), jnp.mean(q)
-
-    def actor_loss(actor_params, critic_params, obs):
-        return -jnp.mean(apply({"actor": actor_params, "critic": critic_params}, obs)[1])
-
-    def update(buffer, carry, key):
-        params, target, (actor_opt, critic_opt) = carry
-        batch = replay_sample(buffer, key, batch_size)
-        # 2a. critic
-        (q_loss, q_mean), g_q = jax.value_and_grad(critic_loss, has_aux=True)(
-            params["critic"], params, target, batch
-        )
-        g_q = jax.lax.pmean(g_q, axis_name)
-        u_q, critic_opt = optimizer.update(g_q, critic_opt, params["critic"])
-        critic = optax.apply_updates(params["critic"], u_q)
-        # 2b. actor, through the updated critic
-        pi_loss, g_mu = jax.value_and_grad(actor_loss)(params["actor"], critic, batch["obs"])
-        g_mu = jax.lax.pmean(g_mu, axis_name)
-        u_mu, actor_opt = actor_optimizer.update(g_mu, actor_opt, params["actor"])
-        params = {"actor": optax.apply_updates(params["actor"], u_mu), "critic": critic}
-        # 2c. targets
-        target = polyak(target, params, tau)
-        metrics = {"loss": q_loss, "actor_loss": pi_loss, "q_mean": q_mean}
-        return (params, target, (actor_opt, critic_opt)), metrics
+        return _init(c, params, key)
 
     def step(state, batch, key):
         del batch  # off-policy RL makes its own data
-        act_key, learn_key = jax.random.split(key)
-
-        # 1. act and store
-        def env_step(carry, key):
-            env_state, obs, buffer, episodes = carry
-            a_key, e_key = jax.random.split(key)
-            action = act(state.params, obs, a_key, buffer.size < learning_starts)
-            next_obs, env_state, reward, terminated, _, info = env.step(e_key, env_state, action)
-            buffer = replay_add(buffer, obs, action, reward, info["final_observation"],
-                                terminated)  # fmt: skip
-            episodes = episode_stats_update(
-                episodes, info["done"], info["episode_return"], info["episode_length"]
-            )
-            return (env_state, next_obs, buffer, episodes), None
-
-        carry = (state.env_state, state.obs, state.buffer, state.episodes)
-        (env_state, obs, buffer, episodes), _ = jax.lax.scan(
-            env_step, carry, jax.random.split(act_key, num_steps)
-        )
-
-        # 2. learn (the same on every worker: the shards fill at the same rate)
-        learner = (state.params, state.target, state.opt_state)
-        new, metrics = jax.lax.scan(
-            lambda c, k: update(buffer, c, k),
-            learner,
-            jax.random.split(learn_key, updates_per_step),
-        )
-        ready = buffer.size >= learning_starts
-        params, target, opt_state = jax.tree.map(lambda n, o: jnp.where(ready, n, o), new, learner)
-        metrics = {k: jnp.where(ready, jnp.mean(v), 0.0) for k, v in metrics.items()}
-        new_step = state.step + 1
-        per_step = num_steps * env.num_envs * jax.lax.psum(1, axis_name)  # static
-        metrics = {
-            **metrics,
-            **episode_stats_metrics(episodes),
-            "env_steps": new_step.astype(jnp.float32) * per_step,
-        }
-        state = DDPGState(params, target, opt_state, buffer, env_state, obs, episodes, new_step)
-        return state, metrics
+        return _step(c, bounds, state, key)
 
     return Algorithm(init, step)

@@ -559,6 +559,53 @@ def _check_sebulba(
     return total
 
 
+def _on_device(params, device: jax.Device | None):
+    """``params`` copied to ``device`` (None: as they are)."""
+    return params if device is None else jax.device_put(params, device)
+
+
+def _sebulba_actors(envs, apply, policy, seed, num_steps):
+    """:func:`sebulba`'s actors (one :class:`HostActor` per vector env), their ``produce``
+    for :class:`ActorThreads` (a rollout and the episodes it finished) and their keys."""
+    act = acting_policy(apply, policy)
+    actors = [HostActor(e, act, seed=seed + 10_000 * i) for i, e in enumerate(envs)]
+
+    def produce(i, p, key):
+        rollout = actors[i].rollout(p, key, num_steps)
+        return rollout, actors[i].last_episodes
+
+    key = jax.random.key(seed)
+    keys = [jax.random.fold_in(key, i) for i in range(len(actors))]
+    return actors, produce, keys
+
+
+def _sebulba_learn(threads, server, update, params, opt_state, num_updates, actor_device, callback):
+    """:func:`sebulba`'s learner loop: each update takes one rollout per actor (in actor
+    order), learns on their concatenation and publishes the new params; returns
+    ``{"params", "opt_state", "history", "env_steps"}``."""
+    history, stats, env_steps = [], episode_stats_init(), 0
+    for u in range(num_updates):
+        # one item per actor (one thread each), in actor order
+        items = sorted((threads.get() for _ in threads.threads), key=lambda it: it.actor)
+        version = server.version
+        for it in items:  # each actor may roll out again (with this version) meanwhile
+            server.consumed(it.actor)
+            stats = _merge(stats, it.payload[1])
+            env_steps += int(it.payload[0].valid.sum())
+        rollouts = [it.payload[0] for it in items]
+        batch = Rollout(*(np.concatenate(f, axis=1) for f in zip(*rollouts, strict=True)))
+        params, opt_state, metrics = update(params, opt_state, batch)
+        server.publish(_on_device(params, actor_device))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["episode_return"] = float(episode_stats_metrics(stats)["episode_return"])
+        metrics["env_steps"] = float(env_steps)  # learned from (valid) so far
+        metrics["policy_lag"] = float(np.mean([version - it.version for it in items]))
+        history.append(metrics)
+        if callback is not None:
+            callback(u, metrics)
+    return {"params": params, "opt_state": opt_state, "history": history, "env_steps": env_steps}
+
+
 def sebulba(
     envs: Sequence[gym.vector.VectorEnv],
     apply: Callable,
@@ -642,44 +689,16 @@ def sebulba(
         apply, policy, optimizer, gamma=gamma, gae_lambda=gae_lambda, value_coef=value_coef,
         entropy_coef=entropy_coef, learner_workers=learner_workers, lifting=lifting, mesh=mesh,
     )  # fmt: skip
-    to_actors = (lambda p: jax.device_put(p, actor_device)) if actor_device is not None else None
-    on_actors = (lambda p: p) if to_actors is None else to_actors
-    act = acting_policy(apply, policy)
-    actors = [HostActor(e, act, seed=seed + 10_000 * i) for i, e in enumerate(envs)]
-    server = ParamsServer(on_actors(params), len(actors))
-
-    def produce(i, p, key):
-        rollout = actors[i].rollout(p, key, num_steps)
-        return rollout, actors[i].last_episodes
-
-    key = jax.random.key(seed)
-    keys = [jax.random.fold_in(key, i) for i in range(len(actors))]
-    opt_state, history, stats, env_steps = optimizer.init(params), [], episode_stats_init(), 0
+    actors, produce, keys = _sebulba_actors(envs, apply, policy, seed, num_steps)
+    server = ParamsServer(_on_device(params, actor_device), len(actors))
+    opt_state = optimizer.init(params)
     t0 = time.perf_counter()
     with ActorThreads(produce, server, keys, queue_size=queue_size or len(actors)) as threads:
-        for u in range(num_updates):
-            items = sorted((threads.get() for _ in actors), key=lambda it: it.actor)
-            version = server.version
-            for it in items:  # each actor may roll out again (with this version) meanwhile
-                server.consumed(it.actor)
-                stats = _merge(stats, it.payload[1])
-                env_steps += int(it.payload[0].valid.sum())
-            rollouts = [it.payload[0] for it in items]
-            batch = Rollout(*(np.concatenate(f, axis=1) for f in zip(*rollouts, strict=True)))
-            params, opt_state, metrics = update(params, opt_state, batch)
-            server.publish(on_actors(params))
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            metrics["episode_return"] = float(episode_stats_metrics(stats)["episode_return"])
-            metrics["env_steps"] = float(env_steps)  # learned from (valid) so far
-            metrics["policy_lag"] = float(np.mean([version - it.version for it in items]))
-            history.append(metrics)
-            if callback is not None:
-                callback(u, metrics)
+        out = _sebulba_learn(
+            threads, server, update, params, opt_state, num_updates, actor_device, callback
+        )
     return {
-        "params": params,
-        "opt_state": opt_state,
-        "history": history,
-        "env_steps": env_steps,
+        **out,
         "wall_s": time.perf_counter() - t0,
         "actor_devices": set().union(*(a.devices for a in actors)),
     }

@@ -27,6 +27,113 @@ def _fragments(num_leaves: int, fragments: int) -> list[list[int]]:
             for f in range(fragments)]  # fmt: skip
 
 
+def _check_diloco(
+    inner, outer, sync_every, fragments, delay, mixing, compressor, participation, prox, seed
+) -> tuple[optax.GradientTransformation, Compressor | None]:
+    """:func:`diloco`'s argument checks (each names its parameter); returns the outer optimizer
+    (the default filled in) and the compressor (None for the identity)."""
+    checks.optimizer("inner", inner)
+    if outer is not None:
+        checks.optimizer("outer", outer)
+    outer = outer if outer is not None else optax.sgd(0.7, momentum=0.9, nesterov=True)
+    checks.positive_int("sync_every", sync_every)
+    checks.positive_int("fragments", fragments)
+    checks.non_negative_int("delay", delay)
+    if delay >= sync_every:
+        raise checks.InvalidArgument(
+            "delay", f"must be in [0, sync_every) = [0, {sync_every}), got {delay}"
+        )
+    checks.number("mixing", mixing, low=0, high=1, high_open=True)
+    if compressor is not None and type(check_compressor("compressor", compressor)) is Compressor:
+        compressor = None  # the identity: the plain all-reduce, not an all-gather of payloads
+    checks.probability("participation", participation, allow_zero=False)
+    checks.non_negative("prox", prox)
+    checks.integer("seed", seed)
+    return outer, compressor
+
+
+def _init(inner, outer, fragments: int, params) -> DiLoCoState:
+    leaves = jax.tree.leaves(params)
+    groups = _fragments(len(leaves), fragments)
+    if any(not g for g in groups):
+        raise checks.InvalidArgument(
+            "fragments",
+            f"must be at most the number of parameter leaves ({len(leaves)}), got {fragments}",
+        )
+    outer_states = tuple(outer.init([leaves[i] for i in g]) for g in groups)
+    return DiLoCoState(inner.init(params), outer_states, params, jnp.zeros((), jnp.int32))
+
+
+class _Outer(NamedTuple):
+    """What the outer (sync) side of :func:`diloco` needs: its checked arguments."""
+
+    outer: optax.GradientTransformation
+    sync_every: int
+    fragments: int
+    delay: int
+    mixing: float
+    compressor: Compressor | None
+    participation: float
+    seed: int
+    axis_name: str
+
+
+def _participants(cfg: _Outer, round_, fragment):
+    """This round's mask over all workers (the same on every worker) and its size."""
+    n = jax.lax.axis_size(cfg.axis_name)
+    k = max(1, round(cfg.participation * n))
+    if k == n:
+        return jnp.ones((n,), jnp.float32), n
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), fragment), round_)
+    rank = jnp.argsort(jax.random.permutation(key, n))  # rank[j]: j's position
+    return (rank < k).astype(jnp.float32), k
+
+
+def _averaged_delta(cfg: _Outer, anchor, local, round_, fragment):
+    """(1/|S|) Σ_{i∈S} (θ − x_i) over the participating workers."""
+    mask, k = _participants(cfg, round_, fragment)
+    delta = jax.tree.map(jnp.subtract, anchor, local)
+    axis_name, compressor = cfg.axis_name, cfg.compressor
+    if compressor is None:
+        me = mask[jax.lax.axis_index(axis_name)]
+        return jax.tree.map(lambda d: jax.lax.psum(d * me, axis_name) / k, delta)
+    key = worker_key(cfg.seed, round_ * cfg.fragments + fragment, axis_name)
+    payloads = compress_tree(compressor, delta, key)
+    decode = lambda p: decompress_tree(compressor, p, delta)
+    return gather_mean(payloads, decode, axis_name, weights=mask / k)
+
+
+def _outer_steps(cfg: _Outer, local: list, anchor: list, outer_states: list, done):
+    """After inner step ``done``: the outer step of each fragment whose sync falls on it and
+    the merge of each fragment whose delay ends on it. Takes and returns the leaf lists
+    ``(local, anchor, outer_states)`` (new lists)."""
+    local, anchor, outer_states = list(local), list(anchor), list(outer_states)
+    sync_every, fragments, axis_name = cfg.sync_every, cfg.fragments, cfg.axis_name
+    for f, group in enumerate(_fragments(len(local), fragments)):
+        offset = f * sync_every // fragments
+        since = done - offset  # steps since this fragment's schedule began
+        round_ = since // sync_every
+
+        def sync(carry, f=f, group=group, round_=round_):
+            anchor_f, outer_f = carry
+            local_f = [local[i] for i in group]
+            delta = _averaged_delta(cfg, anchor_f, local_f, round_, f)
+            step, outer_f = cfg.outer.update(delta, outer_f, anchor_f)
+            return varying((optax.apply_updates(anchor_f, step), outer_f), axis_name)
+
+        is_sync = (since > 0) & (since % sync_every == 0)
+        carry = ([anchor[i] for i in group], outer_states[f])
+        new_anchor_f, outer_states[f] = jax.lax.cond(
+            is_sync, sync, lambda c: varying(c, axis_name), carry
+        )
+        is_merge = (since - cfg.delay > 0) & ((since - cfg.delay) % sync_every == 0)
+        for j, i in enumerate(group):
+            anchor[i] = new_anchor_f[j]
+            merged = cfg.mixing * local[i] + (1.0 - cfg.mixing) * anchor[i]
+            local[i] = jnp.where(is_merge, merged.astype(local[i].dtype), local[i])
+    return local, anchor, outer_states
+
+
 def diloco(
     inner: optax.GradientTransformation,
     outer: optax.GradientTransformation | None = None,
@@ -68,56 +175,15 @@ def diloco(
     ``outer=optax.sgd(1.0)`` this is the all-reduce of the inner updates. Works in
     ``shard_map`` (no ``optax.MultiSteps``, jax issue 23693).
     """
-    checks.optimizer("inner", inner)
-    if outer is not None:
-        checks.optimizer("outer", outer)
-    outer = outer if outer is not None else optax.sgd(0.7, momentum=0.9, nesterov=True)
-    checks.positive_int("sync_every", sync_every)
-    checks.positive_int("fragments", fragments)
-    checks.non_negative_int("delay", delay)
-    if delay >= sync_every:
-        raise checks.InvalidArgument(
-            "delay", f"must be in [0, sync_every) = [0, {sync_every}), got {delay}"
-        )
-    checks.number("mixing", mixing, low=0, high=1, high_open=True)
-    if compressor is not None and type(check_compressor("compressor", compressor)) is Compressor:
-        compressor = None  # the identity: the plain all-reduce, not an all-gather of payloads
-    checks.probability("participation", participation, allow_zero=False)
-    checks.non_negative("prox", prox)
-    checks.integer("seed", seed)
+    outer, compressor = _check_diloco(
+        inner, outer, sync_every, fragments, delay, mixing, compressor, participation, prox, seed
+    )
+    cfg = _Outer(
+        outer, sync_every, fragments, delay, mixing, compressor, participation, seed, axis_name
+    )
 
     def init_fn(params):
-        leaves = jax.tree.leaves(params)
-        groups = _fragments(len(leaves), fragments)
-        if any(not g for g in groups):
-            raise checks.InvalidArgument(
-                "fragments",
-                f"must be at most the number of parameter leaves ({len(leaves)}), got {fragments}",
-            )
-        outer_states = tuple(outer.init([leaves[i] for i in g]) for g in groups)
-        return DiLoCoState(inner.init(params), outer_states, params, jnp.zeros((), jnp.int32))
-
-    def participants(round_, fragment):
-        """This round's mask over all workers (the same on every worker) and its size."""
-        n = jax.lax.axis_size(axis_name)
-        k = max(1, round(participation * n))
-        if k == n:
-            return jnp.ones((n,), jnp.float32), n
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), fragment), round_)
-        rank = jnp.argsort(jax.random.permutation(key, n))  # rank[j]: j's position
-        return (rank < k).astype(jnp.float32), k
-
-    def averaged_delta(anchor, local, round_, fragment):
-        """(1/|S|) Σ_{i∈S} (θ − x_i) over the participating workers."""
-        mask, k = participants(round_, fragment)
-        delta = jax.tree.map(jnp.subtract, anchor, local)
-        if compressor is None:
-            me = mask[jax.lax.axis_index(axis_name)]
-            return jax.tree.map(lambda d: jax.lax.psum(d * me, axis_name) / k, delta)
-        key = worker_key(seed, round_ * fragments + fragment, axis_name)
-        payloads = compress_tree(compressor, delta, key)
-        decode = lambda p: decompress_tree(compressor, p, delta)
-        return gather_mean(payloads, decode, axis_name, weights=mask / k)
+        return _init(inner, outer, fragments, params)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -130,30 +196,7 @@ def diloco(
         inner_updates, inner_state = inner.update(updates, state.inner, params)
         local = jax.tree.leaves(optax.apply_updates(params, inner_updates))
         anchor, treedef = jax.tree.flatten(state.anchor)
-        done = state.count + 1
-        outer_states = list(state.outer)
-        for f, group in enumerate(_fragments(len(local), fragments)):
-            offset = f * sync_every // fragments
-            since = done - offset  # steps since this fragment's schedule began
-            round_ = since // sync_every
-
-            def sync(carry, f=f, group=group, round_=round_):
-                anchor_f, outer_f = carry
-                local_f = [local[i] for i in group]
-                delta = averaged_delta(anchor_f, local_f, round_, f)
-                step, outer_f = outer.update(delta, outer_f, anchor_f)
-                return varying((optax.apply_updates(anchor_f, step), outer_f), axis_name)
-
-            is_sync = (since > 0) & (since % sync_every == 0)
-            carry = ([anchor[i] for i in group], outer_states[f])
-            new_anchor_f, outer_states[f] = jax.lax.cond(
-                is_sync, sync, lambda c: varying(c, axis_name), carry
-            )
-            is_merge = (since - delay > 0) & ((since - delay) % sync_every == 0)
-            for j, i in enumerate(group):
-                anchor[i] = new_anchor_f[j]
-                merged = mixing * local[i] + (1.0 - mixing) * anchor[i]
-                local[i] = jnp.where(is_merge, merged.astype(local[i].dtype), local[i])
+        local, anchor, outer_states = _outer_steps(cfg, local, anchor, state.outer, state.count + 1)
         new_params = treedef.unflatten(local)
         out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
         new_state = DiLoCoState(inner_state, tuple(outer_states), treedef.unflatten(anchor),
