@@ -38,11 +38,28 @@ from jdo.lifting import InAxes, normalize_in_axes, shard_map_workers
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 
 _DTYPE_BYTES = {
-    "pred": 1, "s2": 0.25, "u2": 0.25, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1,
-    "s16": 2, "u16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
-    "f16": 2, "bf16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16,
-    "f4e2m1fn": 0.5, "f8e8m0fnu": 1,
-}  # fmt: skip
+    "pred": 1,
+    "s2": 0.25,
+    "u2": 0.25,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "s32": 4,
+    "u32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f16": 2,
+    "bf16": 2,
+    "f32": 4,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+    "f4e2m1fn": 0.5,
+    "f8e8m0fnu": 1,
+}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _HEADER = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\)\s*->\s*.*)?\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
@@ -175,8 +192,10 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
             if opcode == "while":
                 times = _trip_count(computations, attrs)
                 if times is None:
-                    warnings.warn("a while loop with an unknown trip count: its collectives "
-                                  "are counted once", stacklevel=3)  # fmt: skip
+                    warnings.warn(
+                        "a while loop with an unknown trip count: its collectives are counted once",
+                        stacklevel=3,
+                    )
                     times = 1
             for callee in _CALLS.findall(attrs):
                 total += cost(callee) * times

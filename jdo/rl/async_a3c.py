@@ -315,8 +315,11 @@ def _check(
             "env", f"must be a vector env (jdo.rl.make_vec_env), got the single env {env.name}"
         )
     checks.optimizer("optimizer", optimizer)
-    for name, value in (("num_actors", num_actors), ("num_steps", num_steps),
-                        ("max_updates", max_updates)):  # fmt: skip
+    for name, value in (
+        ("num_actors", num_actors),
+        ("num_steps", num_steps),
+        ("max_updates", max_updates),
+    ):
         checks.positive_int(name, value)
     if max_staleness is not None:
         checks.non_negative_int("max_staleness", max_staleness)

@@ -52,9 +52,14 @@ def replay_init(capacity: int, obs_shape: Sequence[int], action_size: int) -> Re
     c, obs_shape = checks.positive_int("capacity", capacity), tuple(obs_shape)
     zeros = lambda *s: jnp.zeros(s, jnp.float32)
     return ReplayBuffer(
-        zeros(c, *obs_shape), zeros(c, action_size), zeros(c), zeros(c, *obs_shape),
-        jnp.zeros((c,), bool), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-    )  # fmt: skip
+        zeros(c, *obs_shape),
+        zeros(c, action_size),
+        zeros(c),
+        zeros(c, *obs_shape),
+        jnp.zeros((c,), bool),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
 
 
 def replay_add(buf: ReplayBuffer, obs, action, reward, next_obs, terminated) -> ReplayBuffer:

@@ -686,9 +686,17 @@ def sebulba(
     )
     policy = make_policy(as_action_space(envs[0].single_action_space))
     update = make_learner_update(
-        apply, policy, optimizer, gamma=gamma, gae_lambda=gae_lambda, value_coef=value_coef,
-        entropy_coef=entropy_coef, learner_workers=learner_workers, lifting=lifting, mesh=mesh,
-    )  # fmt: skip
+        apply,
+        policy,
+        optimizer,
+        gamma=gamma,
+        gae_lambda=gae_lambda,
+        value_coef=value_coef,
+        entropy_coef=entropy_coef,
+        learner_workers=learner_workers,
+        lifting=lifting,
+        mesh=mesh,
+    )
     actors, produce, keys = _sebulba_actors(envs, apply, policy, seed, num_steps)
     server = ParamsServer(_on_device(params, actor_device), len(actors))
     opt_state = optimizer.init(params)

@@ -23,8 +23,9 @@ class DiLoCoState(NamedTuple):
 
 
 def _fragments(num_leaves: int, fragments: int) -> list[list[int]]:
-    return [[i for i in range(num_leaves) if i * fragments // num_leaves == f]
-            for f in range(fragments)]  # fmt: skip
+    return [
+        [i for i in range(num_leaves) if i * fragments // num_leaves == f] for f in range(fragments)
+    ]
 
 
 def _check_diloco(
@@ -191,16 +192,18 @@ def diloco(
                 "params", "is required by diloco: call update(updates, state, params)"
             )
         if prox:
-            updates = jax.tree.map(lambda g, x, a: g + prox * (x - a), updates, params,
-                                   state.anchor)  # fmt: skip
+            updates = jax.tree.map(
+                lambda g, x, a: g + prox * (x - a), updates, params, state.anchor
+            )
         inner_updates, inner_state = inner.update(updates, state.inner, params)
         local = jax.tree.leaves(optax.apply_updates(params, inner_updates))
         anchor, treedef = jax.tree.flatten(state.anchor)
         local, anchor, outer_states = _outer_steps(cfg, local, anchor, state.outer, state.count + 1)
         new_params = treedef.unflatten(local)
         out = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new_params, params)
-        new_state = DiLoCoState(inner_state, tuple(outer_states), treedef.unflatten(anchor),
-                                state.count + 1)  # fmt: skip
+        new_state = DiLoCoState(
+            inner_state, tuple(outer_states), treedef.unflatten(anchor), state.count + 1
+        )
         return out, new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
