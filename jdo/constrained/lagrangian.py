@@ -78,6 +78,22 @@ def _penalty(lam, mu, g, h, rho, kind):
     return jnp.sum(ineq) + jnp.sum(mu * h) + 0.5 * rho * jnp.sum(h**2)
 
 
+def _check(loss_fn, optimizer, ineq, eq, method, dual_lr, rho, update_every, num_ineq, num_eq):
+    checks.function("loss_fn", loss_fn)
+    checks.optimizer("optimizer", optimizer)
+    for name, fn in (("ineq", ineq), ("eq", eq)):
+        if fn is not None:
+            checks.function(name, fn)
+    checks.one_of("method", method, METHODS)
+    if dual_lr is not None:
+        checks.non_negative("dual_lr", dual_lr)
+    checks.non_negative("rho", rho)
+    checks.positive_int("inner_steps", update_every)
+    for name, count in (("num_ineq", num_ineq), ("num_eq", num_eq)):
+        if count is not None:
+            checks.non_negative_int(name, count)
+
+
 def _make(
     loss_fn,
     optimizer,
@@ -96,19 +112,7 @@ def _make(
     num_eq=None,
     shared=True,
 ):
-    checks.function("loss_fn", loss_fn)
-    checks.optimizer("optimizer", optimizer)
-    for name, fn in (("ineq", ineq), ("eq", eq)):
-        if fn is not None:
-            checks.function(name, fn)
-    checks.one_of("method", method, METHODS)
-    if dual_lr is not None:
-        checks.non_negative("dual_lr", dual_lr)
-    checks.non_negative("rho", rho)
-    checks.positive_int("inner_steps", update_every)
-    for name, count in (("num_ineq", num_ineq), ("num_eq", num_eq)):
-        if count is not None:
-            checks.non_negative_int(name, count)
+    _check(loss_fn, optimizer, ineq, eq, method, dual_lr, rho, update_every, num_ineq, num_eq)
 
     def lagrangian(params, lam, mu, rho_t, batch, key):
         loss, metrics = loss_fn(params, batch, key)
