@@ -9,7 +9,7 @@ without the state check, without the guard, a hand-written ``fori_loop``; the im
 
 **Chunk** (8 simulated CPU devices, in this process): the runner's compiled chunk of K=50 steps
 of the default experiment, obtained as ``fit`` obtains it — the composed Hydra config
-(``jdo/conf``), :func:`jdo.train.build.build`, the non-finite guard, ``make_program``,
+(``jdo/conf``), :func:`jdo.train.builder.build`, the non-finite guard, ``make_program``,
 ``program.init`` (no restore), ``compile_program`` — called as
 ``program.chunk(state, data, key, step0, n=K)``, against a hand-written ``jax.jit`` of a
 ``lax.scan`` over K steps doing the same work: the same MLP params, per-worker batches drawn
@@ -97,7 +97,7 @@ def jdo_setup(cfg, guard: bool = True, check_state: bool = True):
     private ``_program``/``restore_or_init``/``_compile`` phases, written out); ``guard`` and
     ``check_state`` off only for the diagnostic variants."""
     import jax
-    from jdo.train.build import build
+    from jdo.train.builder import build
 
     from jdo.train.guard import guard_nonfinite
     from jdo.train.mesh import lifting_of
