@@ -145,7 +145,8 @@ def make_program(
         init=jax.jit(lift_(algo.init, in_axes=(None, 0)), out_shardings=per_worker),
         init_per_worker=jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker),
         params_of=jax.jit(jax.vmap(algo.params)),
-        chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, per_worker, per_worker)),
+        # metrics and flags replicated: every process of a multi-process run reads them all
+        chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)),
     )
 
 
@@ -197,7 +198,7 @@ def make_state_evaluate(exp: Experiment, program: Program, eval_batch_size: int)
     evaluate_params = make_evaluate(exp, eval_batch_size)
     per_worker = exp.evaluate_worker
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=program.replicated)
     def evaluate(state, key):
         out = evaluate_params(program.params_of(state))
         if per_worker is not None:
