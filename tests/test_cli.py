@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CONF
 from tests.helpers import run_cli
 
@@ -20,6 +22,7 @@ def test_run_writes_config_metrics_summary_and_prints_a_table(tmp_path):
     assert "eval/avg_model/accuracy" in log and "bytes/step" in log
 
 
+@pytest.mark.slow
 def test_multirun_sweep(tmp_path):
     out = run_cli("--multirun", "debug=smoke", "workers=1,4", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr

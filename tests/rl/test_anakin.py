@@ -22,6 +22,7 @@ SMALL = {
 }
 
 
+@pytest.mark.slow
 def test_seeds_vmapped_equal_seeds_run_one_by_one():
     train = make_train(SMALL)
     keys = jax.random.split(jax.random.key(0), 2)

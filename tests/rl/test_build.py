@@ -56,6 +56,7 @@ def test_rl_configs_run_through_the_runner(algorithm, extra, make_cfg, tmp_path)
         np.testing.assert_allclose(lines[-1]["train/staleness"], lags.mean(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_runs_ppo_on_cartpole_over_a_ring(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(

@@ -154,6 +154,7 @@ def test_a_diverging_loss_stops_the_run_naming_the_knob(make_cfg, tmp_path):
     assert not isinstance(err.value, DivergenceError)
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_directories(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     command = [
