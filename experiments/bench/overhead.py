@@ -97,8 +97,8 @@ def jdo_setup(cfg, guard: bool = True, check_state: bool = True):
     private ``_program``/``restore_or_init``/``_compile`` phases, written out); ``guard`` and
     ``check_state`` off only for the diagnostic variants."""
     import jax
-    from jdo.train.builder import build
 
+    from jdo.train.builder import build
     from jdo.train.guard import guard_nonfinite
     from jdo.train.mesh import lifting_of
     from jdo.train.program import compile_program, make_program, place
