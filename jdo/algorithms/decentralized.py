@@ -11,6 +11,7 @@ import optax
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
+from jdo.comm.control import cond
 from jdo.comm.gossip import mix, mix_rounds
 from jdo.topology import Topology, check_topology
 from jdo.transforms.gossip import gossip
@@ -80,7 +81,7 @@ def dpsgd(
         if variant == "atc":  # 3. (ATC: the chain's gossip transform already mixed)
             params = optax.apply_updates(state.params, updates)
         else:  # 3. CTA: mix the old params, add the local update
-            mixed = jax.lax.cond(
+            mixed = cond(
                 state.step % gossip_every == 0,
                 lambda x: mix_rounds(
                     x, topology, state.step // gossip_every, gossip_rounds, axis_name

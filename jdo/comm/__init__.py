@@ -10,6 +10,7 @@ from jdo.comm.collectives import (
     varying,
     worker_index,
 )
+from jdo.comm.control import cond, fori_loop, scan, switch
 from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
 from jdo.comm.gossip import (
     gossip_average,
@@ -24,6 +25,8 @@ from jdo.comm.gossip import (
 __all__ = [
     "KINDS",
     "collective_bytes",
+    "cond",
+    "fori_loop",
     "gather_mean",
     "gossip_average",
     "group_mean",
@@ -36,8 +39,10 @@ __all__ = [
     "neighbour_sum",
     "num_workers",
     "push_sum_average",
+    "scan",
     "sum",
     "sum_reference",
+    "switch",
     "varying",
     "worker_bytes",
     "worker_index",

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdo._axis import WORKERS
+from jdo._axis import WORKERS, varying
+from jdo.system import clock
 
 
 def worker_index(axis_name: str = WORKERS) -> jax.Array:
@@ -24,44 +25,24 @@ def num_workers(axis_name: str = WORKERS) -> int:
 
 
 def mean(x, axis_name: str = WORKERS):
-    """All-reduce mean of a pytree: every worker gets ``(1/W) Σ_j x_j``."""
+    """All-reduce mean of a pytree: every worker gets ``(1/W) Σ_j x_j`` (one all-reduce: a
+    barrier for the clock, :mod:`jdo.system.clock`)."""
+    clock.barrier("all-reduce", clock.tree_bytes(x), axis_name)
     return jax.lax.pmean(x, axis_name)
 
 
 def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
-    """All-reduce sum of a pytree: every worker gets ``Σ_j x_j``."""
+    """All-reduce sum of a pytree: every worker gets ``Σ_j x_j`` (one all-reduce)."""
+    clock.barrier("all-reduce", clock.tree_bytes(x), axis_name)
     return jax.lax.psum(x, axis_name)
-
-
-def _varying_axes(aval) -> frozenset:
-    """The manual mesh axes an abstract value varies over (``.vma``; jax 0.10 keeps it in
-    ``.manual_axis_type.varying``)."""
-    if hasattr(aval, "vma"):
-        return frozenset(aval.vma)
-    manual = getattr(aval, "manual_axis_type", None)
-    return frozenset(getattr(manual, "varying", ()))
-
-
-def varying(x, axis_name: str = WORKERS):
-    """Types a pytree as varying over ``axis_name`` under ``shard_map`` (``lax.pcast``), so a
-    loop carry that enters per-worker leaves per-worker even when its new value came from an
-    all-reduce (which shard_map types as invariant). Moves no data; a no-op outside
-    ``shard_map`` (``vmap`` tracks no such types)."""
-    if axis_name not in jax.sharding.get_abstract_mesh().manual_axes:
-        return x
-
-    def one(a):
-        if axis_name in _varying_axes(jax.typeof(a)):
-            return a
-        return jax.lax.pcast(a, axis_name, to="varying")
-
-    return jax.tree.map(one, x)
 
 
 def gather_mean(payloads, decode, axis_name: str = WORKERS, weights=None):
     """The all-reduce of compressed values: all-gathers every worker's ``payloads`` (what
     travels) and returns ``Σ_j weights_j · decode(payload_j)`` (the plain mean without
     ``weights``, a ``[W]`` vector the same on every worker)."""
+    n = jax.lax.axis_size(axis_name)
+    clock.barrier("all-gather", n * clock.tree_bytes(payloads), axis_name)
     decoded = jax.vmap(decode)(jax.lax.all_gather(payloads, axis_name))  # every leaf [W, ...]
     if weights is None:
         return jax.tree.map(lambda d: d.mean(axis=0), decoded)

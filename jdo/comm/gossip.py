@@ -17,7 +17,8 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.comm.collectives import gather_mean, varying
+from jdo.comm.collectives import gather_mean, mean, varying
+from jdo.system import clock
 from jdo.topology import Schedule, Topology, make_schedule
 
 
@@ -38,6 +39,7 @@ def _apply(schedule: Schedule, x, axis_name: str, decode):
         return jnp.asarray(np.asarray(values), like.dtype)[me]
 
     out = jax.tree.map(lambda a: weight(schedule.self_weights, a) * a, decode(x))
+    clock.exchange([perm for perm, _ in schedule.rounds], clock.tree_bytes(x), axis_name)
     for perm, weights in schedule.rounds:
         received = decode(jax.lax.ppermute(x, axis_name, perm))
         out = jax.tree.map(lambda o, r, w=weights: o + weight(w, r) * r, out, received)
@@ -61,14 +63,14 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None)
     if topology.is_complete:  # typed per-worker again, like the result of any other graph
         if decode is not None:
             return varying(gather_mean(x, decode, axis_name), axis_name)
-        return varying(jax.lax.pmean(x, axis_name), axis_name)
+        return varying(mean(x, axis_name), axis_name)
     decode = decode or (lambda v: v)
     branches = [
         functools.partial(_apply, s, axis_name=axis_name, decode=decode) for s in topology.schedules
     ]
     if len(branches) == 1:
         return branches[0](x)
-    return jax.lax.switch(jnp.asarray(step, jnp.int32) % len(branches), branches, x)
+    return clock.switch(jnp.asarray(step, jnp.int32) % len(branches), branches, x)
 
 
 def mix_rounds(x, topology: Topology, step=0, rounds: int = 1, axis_name: str = WORKERS):
@@ -95,7 +97,7 @@ def group_mean(x, group_size: int, axis_name: str = WORKERS):
     if n % group_size:
         raise checks.InvalidArgument("group_size", f"must divide the {n} workers, got {group_size}")
     if group_size == n:
-        return varying(jax.lax.pmean(x, axis_name), axis_name)
+        return varying(mean(x, axis_name), axis_name)
     block = np.kron(np.eye(n // group_size), np.full((group_size, group_size), 1.0 / group_size))
     return _apply(make_schedule(block), x, axis_name, lambda v: v)
 
@@ -103,7 +105,7 @@ def group_mean(x, group_size: int, axis_name: str = WORKERS):
 def gossip_average(x, topology: Topology, steps: int, axis_name: str = WORKERS):
     """Plain consensus averaging: ``steps`` gossip steps ``x ← W(t) x``, t = 0..steps−1
     (in a ``fori_loop``). Tends to the workers' average for a doubly stochastic topology."""
-    return jax.lax.fori_loop(0, steps, lambda t, v: mix(v, topology, t, axis_name), x)
+    return clock.fori_loop(0, steps, lambda t, v: mix(v, topology, t, axis_name), x)
 
 
 def push_sum_average(x, topology: Topology, steps: int, axis_name: str = WORKERS):
@@ -112,7 +114,7 @@ def push_sum_average(x, topology: Topology, steps: int, axis_name: str = WORKERS
     column-stochastic (e.g. directed, time-varying) topology, where plain gossip does not."""
     weight = varying(jnp.ones((), jnp.float32), axis_name)
     body = lambda t, carry: mix(carry, topology, t, axis_name)
-    num, weight = jax.lax.fori_loop(0, steps, body, (x, weight))
+    num, weight = clock.fori_loop(0, steps, body, (x, weight))
     return jax.tree.map(lambda a: a / weight.astype(a.dtype), num)
 
 

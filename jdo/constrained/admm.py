@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import mean, varying
 from jdo.comm.gossip import neighbour_sum
 from jdo.constrained import prox as proxes
 from jdo.topology import Topology, check_topology
@@ -184,8 +184,8 @@ def consensus_admm(
         x = solve(loss_fn, state.x, v, rho_t, batch, key)
         # 2. over-relaxation and the consensus z-update (one all-reduce)
         x_hat = jax.tree.map(lambda a, z: alpha * a + (1 - alpha) * z, x, state.z)
-        mean = jax.lax.pmean(jax.tree.map(jnp.add, x_hat, state.u), axis_name)
-        z = proxes.tree(prox, mean, 1.0 / (n * rho_t))
+        averaged = mean(jax.tree.map(jnp.add, x_hat, state.u), axis_name)
+        z = proxes.tree(prox, averaged, 1.0 / (n * rho_t))
         # 3. dual update
         u = jax.tree.map(lambda a, b, c: a + b - c, state.u, x_hat, z)
         # 4. residuals and the stopping rule (Boyd §3.3, §7.1)

@@ -22,7 +22,7 @@ import optax
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import mean, varying
 
 ConstraintFn = Callable[[Any, Any], jax.Array]
 METHODS = ("simultaneous", "alternating", "extragradient")
@@ -131,7 +131,7 @@ def _make(
 
     def primal_grad(params, lam, mu, rho_t, batch, key):
         grads, aux = jax.grad(lagrangian, has_aux=True)(params, lam, mu, rho_t, batch, key)
-        return jax.lax.pmean(grads, axis_name), aux
+        return mean(grads, axis_name), aux
 
     def dual_ascent(params, lam, mu, rho_t, batch):
         g = _values(ineq, params, batch, axis_name, shared)

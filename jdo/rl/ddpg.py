@@ -22,6 +22,8 @@ import optax
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
+from jdo.comm.collectives import mean
+from jdo.comm.control import scan
 from jdo.rl.envs import Env, check_vector_env
 from jdo.rl.rollout import (
     EpisodeStats,
@@ -226,14 +228,14 @@ def _update(c: _Config, buffer, carry, key):
     (q_loss, q_mean), g_q = jax.value_and_grad(_critic_loss, argnums=2, has_aux=True)(
         c.apply, c.gamma, params["critic"], params, target, batch
     )
-    g_q = jax.lax.pmean(g_q, c.axis_name)
+    g_q = mean(g_q, c.axis_name)
     u_q, critic_opt = c.optimizer.update(g_q, critic_opt, params["critic"])
     critic = optax.apply_updates(params["critic"], u_q)
     # 2b. actor, through the updated critic
     pi_loss, g_mu = jax.value_and_grad(_actor_loss, argnums=1)(
         c.apply, params["actor"], critic, batch["obs"]
     )
-    g_mu = jax.lax.pmean(g_mu, c.axis_name)
+    g_mu = mean(g_mu, c.axis_name)
     u_mu, actor_opt = c.actor_optimizer.update(g_mu, actor_opt, params["actor"])
     params = {"actor": optax.apply_updates(params["actor"], u_mu), "critic": critic}
     # 2c. targets
@@ -267,7 +269,7 @@ def _step(c: _Config, bounds, state: DDPGState, key):
 
     # 2. learn (the same on every worker: the shards fill at the same rate)
     learner = (state.params, state.target, state.opt_state)
-    new, metrics = jax.lax.scan(
+    new, metrics = scan(
         lambda carry, k: _update(c, buffer, carry, k),
         learner,
         jax.random.split(learn_key, c.updates_per_step),

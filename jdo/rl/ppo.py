@@ -13,6 +13,8 @@ import optax
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm
+from jdo.comm.collectives import mean
+from jdo.comm.control import scan
 from jdo.rl.a2c import (
     ActorCriticState,
     check_common,
@@ -102,7 +104,7 @@ def make_ppo_update(
     def normalise(adv):
         m, m2 = jnp.mean(adv), jnp.mean(jnp.square(adv))
         if global_advantage_stats:
-            m, m2 = jax.lax.pmean((m, m2), axis_name)
+            m, m2 = mean((m, m2), axis_name)
         std = jnp.sqrt(jnp.maximum(m2 - jnp.square(m), 0.0))
         return (adv - m) / (std + 1e-8)
 
@@ -117,7 +119,7 @@ def make_ppo_update(
             return (optax.apply_updates(params, updates), opt_state), {"loss": value, **aux}
 
         flat_idx = indices.reshape(-1, indices.shape[-1])  # [epochs · minibatches, size]
-        (params, opt_state), metrics = jax.lax.scan(minibatch_step, (params, opt_state), flat_idx)
+        (params, opt_state), metrics = scan(minibatch_step, (params, opt_state), flat_idx)
         return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
     return update

@@ -52,6 +52,10 @@ SUMMARY_KEYS = (
     "eval_s",
     "checkpoint_s",
     "wall_s",
+    "time/total",
+    "time/compute",
+    "time/comm",
+    "time/wait",
 )
 
 

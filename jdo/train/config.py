@@ -56,6 +56,7 @@ TOP_KEYS = (
     "cpu_devices",
     "deterministic",
     "distributed",
+    "cluster",
 )
 # Keys a resumed run may change: how long and where it runs, not what it computes.
 RESUME_MAY_DIFFER = (

@@ -26,6 +26,7 @@ from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
 from jdo.lifting import lift
+from jdo.system.clock import unwrap
 from jdo.train.evaluate import make_evaluate
 from jdo.train.experiment import Experiment
 from jdo.train.guard import all_finite
@@ -170,7 +171,7 @@ def compile_program(
     count = lambda conditionals: comm.worker_bytes(
         functools.partial(worker_step, algo, batch_size),
         workers,
-        _one_worker(state),
+        _one_worker(unwrap(state)),  # the algorithm's own state: the clock is not traffic
         _one_worker(data),
         key,
         step0,
@@ -203,7 +204,7 @@ def make_state_evaluate(exp: Experiment, program: Program, eval_batch_size: int)
         out = evaluate_params(program.params_of(state))
         if per_worker is not None:
             keys = jax.random.split(key, jax.tree.leaves(state)[0].shape[0])
-            values = jax.vmap(per_worker)(state, keys)
+            values = jax.vmap(per_worker)(unwrap(state), keys)
             for name, v in values.items():
                 out[f"eval/{name}"] = jnp.mean(v)
                 out[f"eval/{name}_min"] = jnp.min(v)

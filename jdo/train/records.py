@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jdo.system import clock as sim_clock
+
 log = logging.getLogger("jdo")
 
 
@@ -26,7 +28,10 @@ def train_record(
     ``env_steps``) are read at the interval's end, not averaged. For algorithms that
     communicate on some steps only, ``bytes/step`` is a communicating step,
     ``bytes/step_quiet`` another step, and ``bytes/total`` the upper bound
-    ``bytes/step · step``."""
+    ``bytes/step · step``. A clocked run's ``clock`` metric (each ``[W, K, 9]``) gives the
+    simulated ``time/*`` at the interval's end (:func:`jdo.system.clock.times`)."""
+    clock = metrics.get("clock")
+    metrics = {k: v for k, v in metrics.items() if k != "clock"}
     if mask is not None and not np.any(mask):  # every step of the interval was skipped
         mask = None
         metrics = {k: np.full(np.shape(v), np.nan) for k, v in metrics.items()}
@@ -45,6 +50,8 @@ def train_record(
     }
     record.update({f"train/{k}": float(v.mean()) for k, v in per_worker.items()})
     record.update({f"train/{k}": v for k, v in totals.items()})
+    if clock is not None:
+        record.update(sim_clock.times(np.asarray(clock)[:, -1]))
     record["bytes/step"] = int(bytes_per_step)
     if quiet_bytes != bytes_per_step:
         record["bytes/step_quiet"] = int(quiet_bytes)
@@ -61,6 +68,7 @@ LINE_KEYS = (
     "consensus",
     "dist_to_opt",
     "steps_per_s",
+    "time/total",
 )
 
 

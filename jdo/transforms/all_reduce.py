@@ -9,6 +9,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo.comm import collectives
 
 
 def all_reduce(
@@ -35,7 +36,7 @@ def all_reduce(
       An ``optax.GradientTransformation``.
     """
     checks.one_of("op", op, ("mean", "sum"))
-    reduce = jax.lax.pmean if op == "mean" else jax.lax.psum
+    reduce = collectives.mean if op == "mean" else collectives.sum
 
     def init_fn(params):
         del params

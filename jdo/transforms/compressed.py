@@ -10,7 +10,8 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.comm.collectives import gather_mean, varying
+from jdo.comm.collectives import gather_mean, mean, varying
+from jdo.comm.control import cond
 from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
 
 ERROR_FEEDBACK = ("ef", "ef21", None)
@@ -95,10 +96,10 @@ def compressed_all_reduce(
         return gather_mean(payloads, decode(sent), axis_name), memory, state.estimate
 
     def dense(updates, state):
-        mean = jax.lax.pmean(updates, axis_name)
+        averaged = mean(updates, axis_name)
         if error_feedback == "ef21":  # the estimates start where the dense phase leaves them
-            return mean, updates, mean
-        return mean, state.memory, state.estimate
+            return averaged, updates, averaged
+        return averaged, state.memory, state.estimate
 
     def update_fn(updates, state, params=None):
         del params
@@ -107,7 +108,7 @@ def compressed_all_reduce(
         if warmup_steps == 0:
             out, memory, estimate = branch(compressed)(updates, state)
         else:
-            out, memory, estimate = jax.lax.cond(
+            out, memory, estimate = cond(
                 state.count < warmup_steps, branch(dense), branch(compressed), updates, state
             )
         return out, CompressedAllReduceState(state.count + 1, memory, estimate)

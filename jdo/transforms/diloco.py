@@ -10,7 +10,8 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.comm.collectives import gather_mean, varying
+from jdo.comm.collectives import gather_mean, sum, varying  # noqa: A004
+from jdo.comm.control import cond
 from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
 from jdo.transforms.compressed import worker_key
 
@@ -97,7 +98,8 @@ def _averaged_delta(cfg: _Outer, anchor, local, round_, fragment):
     axis_name, compressor = cfg.axis_name, cfg.compressor
     if compressor is None:
         me = mask[jax.lax.axis_index(axis_name)]
-        return jax.tree.map(lambda d: jax.lax.psum(d * me, axis_name) / k, delta)
+        total = sum(jax.tree.map(lambda d: d * me, delta), axis_name)  # one all-reduce
+        return jax.tree.map(lambda d: d / k, total)
     key = worker_key(cfg.seed, round_ * cfg.fragments + fragment, axis_name)
     payloads = compress_tree(compressor, delta, key)
     decode = lambda p: decompress_tree(compressor, p, delta)
@@ -124,7 +126,7 @@ def _outer_steps(cfg: _Outer, local: list, anchor: list, outer_states: list, don
 
         is_sync = (since > 0) & (since % sync_every == 0)
         carry = ([anchor[i] for i in group], outer_states[f])
-        new_anchor_f, outer_states[f] = jax.lax.cond(
+        new_anchor_f, outer_states[f] = cond(
             is_sync, sync, lambda c: varying(c, axis_name), carry
         )
         is_merge = (since - cfg.delay > 0) & ((since - cfg.delay) % sync_every == 0)

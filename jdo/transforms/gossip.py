@@ -10,6 +10,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo.comm.control import cond
 from jdo.comm.gossip import mix_rounds
 from jdo.topology import Topology, check_topology
 
@@ -67,7 +68,7 @@ def gossip(
         if every == 1:
             mixed = gossip_now(local)
         else:
-            mixed = jax.lax.cond(state.count % every == 0, gossip_now, lambda x: x, local)
+            mixed = cond(state.count % every == 0, gossip_now, lambda x: x, local)
         new_updates = jax.tree.map(lambda m, p: (m - p).astype(p.dtype), mixed, params)
         return new_updates, GossipState(state.count + 1)
 

@@ -10,7 +10,8 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import mean, varying
+from jdo.comm.control import cond, switch
 from jdo.comm.gossip import group_mean
 
 
@@ -32,15 +33,15 @@ def _averaging(
             )
         local = optax.apply_updates(params, updates)
         done = state.count + 1  # local steps taken, this one included
-        average = lambda x: varying(jax.lax.pmean(x, axis_name), axis_name)
+        average = lambda x: varying(mean(x, axis_name), axis_name)
         keep = lambda x: x
         if group_size is None:
             sync = (done % every == 0) | (state.count < start)
-            new = jax.lax.cond(sync, average, keep, local)
+            new = cond(sync, average, keep, local)
         else:
             branch = jnp.where(done % every == 0, 2, jnp.where(done % group_every == 0, 1, 0))
             in_group = lambda x: group_mean(x, group_size, axis_name)
-            new = jax.lax.switch(branch, [keep, in_group, average], local)
+            new = switch(branch, [keep, in_group, average], local)
         updates = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new, params)
         return updates, LocalSGDState(state.count + 1)
 

@@ -11,7 +11,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.comm.collectives import varying
+from jdo.comm.collectives import mean, varying
 
 
 class PowerSGDState(NamedTuple):
@@ -68,32 +68,40 @@ def powersgd(
         memory = jax.tree.map(jnp.zeros_like, params)
         return PowerSGDState(jax.tree.unflatten(treedef, qs), memory, jnp.zeros((), jnp.int32))
 
+    def matrices(leaves, qs, memory, count):
+        """Each compressible leaf (error added) as an [n, m] matrix, with its Q for this step."""
+        mats, step_qs = {}, {}
+        for leaf, (g, q, e) in enumerate(zip(leaves, qs, memory, strict=True)):
+            if q is None:
+                continue
+            mats[leaf] = (g + e if error_feedback else g).reshape(_matrix_shape(g.shape))
+            if not warm_start:  # a fresh random Q each step (same on every worker)
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), leaf), count)
+                q = jax.random.normal(key, q.shape, q.dtype)
+            step_qs[leaf] = q
+        return mats, step_qs
+
     def update_fn(updates, state, params=None):
         del params
         leaves, treedef = jax.tree.flatten(updates)
         qs = treedef.flatten_up_to(state.qs)
         memory = treedef.flatten_up_to(state.memory)
-        out, new_qs, new_memory = [], [], []
-        for leaf, (g, q, e) in enumerate(zip(leaves, qs, memory, strict=True)):
-            if q is None:
-                out.append(jax.lax.pmean(g, axis_name))
-                new_qs.append(None)
-                new_memory.append(e)
+        mats, step_qs = matrices(leaves, qs, memory, state.count)
+        dense = {i: g for i, (g, q) in enumerate(zip(leaves, qs, strict=True)) if q is None}
+        # all-reduce 1: every P = M Q ([n, r]) and the uncompressed leaves, in one call
+        ps, dense = mean(({i: mats[i] @ step_qs[i] for i in mats}, dense), axis_name)
+        ps = {i: jnp.linalg.qr(p)[0] for i, p in ps.items()}  # orthonormal columns
+        new_q = mean({i: mats[i].T @ ps[i] for i in mats}, axis_name)  # all-reduce 2: [m, r]
+        out, new_memory = [], list(memory)
+        for i, g in enumerate(leaves):
+            if i in dense:
+                out.append(dense[i])
                 continue
-            n, m = _matrix_shape(g.shape)
-            mat = (g + e if error_feedback else g).reshape(n, m)
-            if not warm_start:  # a fresh random Q each step (same on every worker)
-                key = jax.random.fold_in(
-                    jax.random.fold_in(jax.random.key(seed), leaf), state.count
-                )
-                q = jax.random.normal(key, q.shape, q.dtype)
-            p = jax.lax.pmean(mat @ q, axis_name)  # all-reduce 1: [n, r]
-            p, _ = jnp.linalg.qr(p)  # orthonormal columns
-            q_new = jax.lax.pmean(mat.T @ p, axis_name)  # all-reduce 2: [m, r]
-            approx = p @ q_new.T
+            approx = ps[i] @ new_q[i].T
             out.append(approx.reshape(g.shape).astype(g.dtype))
-            new_qs.append(q_new)
-            new_memory.append((mat - approx).reshape(g.shape) if error_feedback else e)
+            if error_feedback:
+                new_memory[i] = (mats[i] - approx).reshape(g.shape)
+        new_qs = [new_q.get(i) for i in range(len(leaves))]
         new_state = PowerSGDState(
             treedef.unflatten(new_qs), treedef.unflatten(new_memory), state.count + 1
         )

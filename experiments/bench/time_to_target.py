@@ -1,0 +1,187 @@
+"""Time to target on simulated clusters: which method reaches a loss first, in simulated seconds.
+
+    python -m experiments.bench.time_to_target [--workers 16] [--out experiments/bench/results]
+
+Every run is what a user runs: ``jdo.train.run`` on the composed Hydra config (the same as
+``python -m experiments.train algorithm=... cluster=... cluster/stragglers=...``), with its
+``metrics.jsonl`` read back. Methods: all-reduce SGD, D-PSGD on a ring and on the one-peer
+exponential graph, CHOCO-SGD with top-1% on a ring, local SGD with H = 16, DiLoCo (H = 64,
+outer Nesterov) — all with plain SGD as the inner step and the same step size per problem.
+Clusters: the ``datacenter``, ``cloud`` and ``edge`` presets, each without stragglers and with
+``shifted_exponential`` ones. Problems: l2-regularised logistic regression (``task=logistic``;
+target: the averaged model within ``LOGISTIC_TARGET`` of the known optimum) and the MLP on digits
+(target: the averaged model's test loss ≤ ``DIGITS_TARGET``). The target is checked at every
+evaluation (every ``EVERY`` steps); the time is the latest worker's clock (``time/total``) there.
+
+A method's loss curve does not depend on the cluster (the clock only observes the run), so each
+(problem, method) trains to the same step on every cluster; what changes is what the steps cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+from experiments.bench.common import simulate_cpu_devices
+
+METHODS = {
+    "all-reduce SGD": ("algorithm=allreduce_sgd",),
+    "D-PSGD ring": ("algorithm=dpsgd", "topology=ring"),
+    "D-PSGD one-peer exp": ("algorithm=dpsgd", "topology=one_peer_exponential"),
+    "CHOCO top-1%": (
+        "algorithm=choco_sgd",
+        "topology=ring",
+        "compression=top_k",
+        "compression.ratio=0.01",
+        "algorithm.gamma=0.05",
+    ),
+    "local SGD H=16": ("algorithm=local_sgd", "algorithm.every=16"),
+    "DiLoCo H=64": ("algorithm=diloco",),
+}
+CLUSTERS = ("datacenter", "cloud", "edge")
+STRAGGLERS = ("none", "shifted_exponential")
+EVERY = 16
+LOGISTIC_TARGET = 0.05  # ‖x̄ − x*‖ (dist_to_opt)
+DIGITS_TARGET = 0.25  # eval/avg_model/loss
+PROBLEMS = {
+    "logistic": (("task=logistic", "optimizer.learning_rate=0.5"), "dist_to_opt", 1500),
+    "digits_mlp": (("task=digits", "model=mlp"), "eval/avg_model/loss", 1500),
+}
+
+
+def _target(problem: str) -> float:
+    return LOGISTIC_TARGET if problem == "logistic" else DIGITS_TARGET
+
+
+def run_one(overrides, steps: int, workers: int) -> list[dict]:
+    """``metrics.jsonl`` of one run of the composed config."""
+    from hydra import compose, initialize_config_module
+
+    from jdo.train import run
+
+    common = (
+        f"workers={workers}",
+        "optimizer=sgd",
+        f"trainer.steps={steps}",
+        f"trainer.log_every={EVERY}",
+        f"trainer.eval_every={EVERY}",
+        "trainer.progress=false",
+        "checkpoint=none",
+    )
+    with initialize_config_module("jdo.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[*common, *overrides])
+    with tempfile.TemporaryDirectory() as out:
+        run(cfg, output_dir=out)
+        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+def first_at_target(lines: list[dict], metric: str, target: float) -> dict | None:
+    for line in lines:
+        if metric in line and line[metric] <= target:
+            return line
+    return None
+
+
+def measure(workers: int, problems) -> list[dict]:
+    rows = []
+    for problem in problems:
+        base, metric, steps = PROBLEMS[problem]
+        for method, overrides in METHODS.items():
+            for cluster in CLUSTERS:
+                for stragglers in STRAGGLERS:
+                    lines = run_one(
+                        (*base, *overrides, f"cluster={cluster}", f"cluster/stragglers={stragglers}"),
+                        steps,
+                        workers,
+                    )
+                    hit = first_at_target(lines, metric, _target(problem))
+                    rows.append(
+                        {
+                            "problem": problem,
+                            "method": method,
+                            "cluster": cluster,
+                            "stragglers": stragglers,
+                            "steps": hit["step"] if hit else None,
+                            "time_s": hit["time/total"] if hit else None,
+                            "bytes_per_step": lines[-1]["bytes/step"],
+                            "curve": [(x["time/total"], x.get(metric)) for x in lines],
+                        }
+                    )
+                    print(problem, method, cluster, stragglers, rows[-1]["steps"], rows[-1]["time_s"], flush=True)
+    return rows
+
+
+def table(rows: list[dict], problem: str) -> str:
+    """Markdown: time to target (s) per method (rows) per cluster and stragglers (columns),
+    with the fastest method of each column in bold."""
+    columns = [(c, s) for c in CLUSTERS for s in STRAGGLERS]
+    head = "| method | steps | " + " | ".join(
+        f"{c}{' + stragglers' if s != 'none' else ''}" for c, s in columns
+    )
+    lines = [head + " |", "|---" * (len(columns) + 2) + "|"]
+    mine = [r for r in rows if r["problem"] == problem]
+    best = {
+        col: min((r["time_s"] for r in mine if (r["cluster"], r["stragglers"]) == col and r["time_s"]), default=None)
+        for col in columns
+    }
+    for method in METHODS:
+        cells, steps = [], "—"
+        for col in columns:
+            r = next(r for r in mine if r["method"] == method and (r["cluster"], r["stragglers"]) == col)
+            steps = r["steps"] if r["steps"] is not None else "not reached"
+            t = r["time_s"]
+            text = "—" if t is None else f"{t:.3g}"
+            cells.append(f"**{text}**" if t is not None and t == best[col] else text)
+        lines.append(f"| {method} | {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = sorted({r["problem"] for r in rows})
+    fig, axes = plt.subplots(len(problems), len(CLUSTERS), figsize=(4 * len(CLUSTERS), 3.2 * len(problems)), squeeze=False)
+    for i, problem in enumerate(problems):
+        for j, cluster in enumerate(CLUSTERS):
+            ax = axes[i][j]
+            for r in rows:
+                if r["problem"] == problem and r["cluster"] == cluster and r["stragglers"] == "none":
+                    xs = [t for t, v in r["curve"] if v is not None]
+                    ys = [v for _, v in r["curve"] if v is not None]
+                    ax.plot(xs, ys, label=r["method"])
+            ax.axhline(_target(problem), color="grey", lw=0.8, ls=":")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{problem} on {cluster}")
+            ax.set_xlabel("simulated time (s)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--out", default="experiments/bench/results")
+    args = parser.parse_args()
+    simulate_cpu_devices()
+    rows = measure(args.workers, args.problems.split(","))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "time_to_target.json"), "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    text = "\n\n".join(f"### {p}\n\n{table(rows, p)}" for p in args.problems.split(","))
+    with open(os.path.join(args.out, "time_to_target.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    plot(rows, os.path.join(args.out, "time_to_target.png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
