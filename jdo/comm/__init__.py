@@ -10,7 +10,17 @@ from jdo.comm.collectives import (
     varying,
     worker_index,
 )
-from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
+from jdo.comm.cost import (
+    KINDS,
+    CollectiveOp,
+    collective_bytes,
+    collective_ops,
+    hlo_collective_bytes,
+    hlo_collective_ops,
+    hlo_num_devices,
+    worker_bytes,
+    worker_ops,
+)
 from jdo.comm.gossip import (
     gossip_average,
     group_mean,
@@ -23,11 +33,15 @@ from jdo.comm.gossip import (
 
 __all__ = [
     "KINDS",
+    "CollectiveOp",
     "collective_bytes",
+    "collective_ops",
     "gather_mean",
     "gossip_average",
     "group_mean",
     "hlo_collective_bytes",
+    "hlo_collective_ops",
+    "hlo_num_devices",
     "mean",
     "mean_reference",
     "mix",
@@ -40,5 +54,6 @@ __all__ = [
     "sum_reference",
     "varying",
     "worker_bytes",
+    "worker_ops",
     "worker_index",
 ]
