@@ -17,6 +17,11 @@ A ``vmap``-lifted step runs all workers on one device and compiles to no collect
 :func:`worker_bytes` therefore lowers a per-worker function under ``shard_map`` on an
 abstract mesh of W workers (no devices needed) and reads the HLO before optimisation: the
 bytes it would send with one worker per device (tests check it against the compiled count).
+
+For pricing, :func:`hlo_collective_ops` / :func:`collective_ops` / :func:`worker_ops` list the
+same collectives one entry per operation (:class:`CollectiveOp`: kind, nccl-tests' buffer size,
+group size from the replica groups, count from loop trip counts); ``jdo.system`` turns them
+into seconds and wire bytes.
 """
 
 from __future__ import annotations
@@ -299,12 +304,17 @@ class CollectiveOp:
       group_size: workers per replica group (``replica_groups={}``: every device); for a
         collective-permute, the number of distinct devices in its (non-self) pairs.
       count: times it runs per call (loop trip counts multiplied through).
+      groups: its device groups (a collective-permute: its non-self ``(source, target)``
+        pairs); None when unknown. Not part of equality.
     """
 
     kind: str
     nbytes: int
     group_size: int
     count: int = 1
+    groups: tuple[tuple[int, ...], ...] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def payload_bytes(self) -> int:
@@ -323,11 +333,25 @@ def hlo_num_devices(hlo_text: str) -> int | None:
     return int(found.get("num_partitions", 1)) * int(found.get("replica_count", 1))
 
 
-def _group_size(attrs: str, num_devices: int | None) -> int:
+_IOTA = re.compile(r"\breplica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+
+
+def _groups(attrs: str, num_devices: int | None) -> tuple[tuple[int, ...], ...]:
+    """The device groups of a collective: its replica groups (``{}`` or none: every device;
+    the iota form ``[g,s]<=[dims]T(perm)`` expanded), or a permute's non-self pairs."""
     pairs = _PAIRS.search(attrs)
     if pairs:
         found = re.findall(r"\{(\d+),(\d+)\}", pairs.group(1))
-        return len({d for a, b in found if a != b for d in (a, b)})
+        return tuple((int(a), int(b)) for a, b in found if a != b)
+    iota = _IOTA.search(attrs)
+    if iota:
+        rows, cols, dims, perm = iota.groups()
+        ids = np.arange(math.prod(int(d) for d in dims.split(","))).reshape(
+            [int(d) for d in dims.split(",")]
+        )
+        if perm:
+            ids = ids.transpose([int(p) for p in perm.split(",")])
+        return tuple(tuple(int(i) for i in row) for row in ids.reshape(int(rows), int(cols)))
     groups = _GROUPS.search(attrs)
     if not groups or groups.group(1) == "{}":  # one group of every device
         if num_devices is None:
@@ -336,11 +360,15 @@ def _group_size(attrs: str, num_devices: int | None) -> int:
                 "is needed: a collective spans every device and the HLO header names no "
                 "num_partitions or replica_count",
             )
-        return num_devices
-    text = groups.group(1)
-    if text.startswith("["):  # iota form [num_groups,group_size]<=[...]
-        return int(text[1:].split(",")[1].split("]")[0])
-    return max(len(g.split(",")) for g in re.findall(r"\{([\d,]*)\}", text[1:-1]))
+        return (tuple(range(num_devices)),)
+    found = re.findall(r"\{([\d,]*)\}", groups.group(1)[1:-1])
+    return tuple(tuple(int(i) for i in g.split(",") if i) for g in found)
+
+
+def _group_size(kind: str, groups) -> int:
+    if kind == "collective-permute":  # distinct devices of its pairs
+        return len({d for pair in groups for d in pair})
+    return max(len(g) for g in groups)
 
 
 def hlo_collective_ops(
@@ -377,10 +405,10 @@ def hlo_collective_ops(
             kind = opcode.removesuffix("-start")
             if kind in KINDS and not _sends_nothing(attrs):
                 operand = sum(shape_bytes(shapes.get(o, "")) for o in _operand_names(operands))
-                group = _group_size(attrs, num_devices)
-                found.append(
-                    CollectiveOp(kind, operand * group if kind == "all-gather" else operand, group)
-                )
+                groups = _groups(attrs, num_devices)
+                size = _group_size(kind, groups)
+                nbytes = operand * size if kind == "all-gather" else operand
+                found.append(CollectiveOp(kind, nbytes, size, groups=groups))
             branches = _BRANCHES.search(attrs)
             if branches:
                 names = [b.strip().lstrip("%") for b in branches.group(1).split(",")]

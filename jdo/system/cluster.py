@@ -32,12 +32,16 @@ chunks so the bandwidth term is S/B: nccl-tests' broadcast busbw = algbw). Tree:
 ``n`` not a power of two they are charged :math:`\lceil\lg n\rceil` rounds.
 
 Which link a flat (ring or tree) collective uses: ``intra`` when every group sits inside one
-node (groups are consecutive workers, so when ``n <= k`` and ``n`` divides ``k``), otherwise
-``inter`` (a ring that leaves a node runs at its slowest hop).
+node, otherwise ``inter`` (a ring that leaves a node runs at its slowest hop). Without
+``per_node`` (workers of the group per node), groups are taken as consecutive workers: inside
+one node when ``n <= k`` and ``n`` divides ``k``; spanning ``n / k`` whole nodes when ``k``
+divides ``n``. :meth:`Cluster.group_layout` reads ``per_node`` from actual replica groups
+(strided groups, such as a psum over the outer axis of a 2-D mesh, touch one worker per node).
 
 Hierarchical (two-level, as NCCL/Horovod's hierarchical all-reduce and BlueConnect, Cho et al.
-2019): a group of ``n = m k`` workers spanning ``m >= 2`` whole nodes runs a ring inside each
-node and ``k`` concurrent rings across nodes (one per local rank) on ``1/k`` of the data:
+2019): a group of ``n = m k`` workers with ``k >= 2`` on each of ``m >= 2`` nodes (k here is
+``per_node``) runs a ring inside each node and ``k`` concurrent rings across nodes (one per
+local rank) on ``1/k`` of the data:
 
 - all-reduce: intra reduce-scatter of S, inter all-reduce of S/k over m, intra all-gather of S,
   :math:`2[(k-1)\alpha_i + \tfrac{k-1}{k} \tfrac{S}{B_i}]
@@ -50,9 +54,9 @@ node and ``k`` concurrent rings across nodes (one per local rank) on ``1/k`` of 
   chain broadcasts of S/k over m ((m−1)α_e + S/(k B_e)), intra all-gather of S
 - collective-permute: point to point, α_e + S/B_e.
 
-A group inside one node, or ``k = 1``, or a group that does not span whole nodes, falls back to
-the flat ring on the link the rule above picks (with k = 1 or m = 1 the two-level formulas are
-the flat ring's anyway, except broadcast).
+A group inside one node, or with one worker per node, falls back to the flat ring on the link
+the rule above picks (with k = 1 or m = 1 the two-level formulas are the flat ring's anyway,
+except broadcast).
 
 References: Hockney 1994, "The communication challenge for MPP", Parallel Computing 20;
 Thakur, Rabenseifner & Gropp 2005, "Optimization of Collective Communication Operations in
@@ -251,24 +255,57 @@ class Cluster:
 
     # ---- collectives -------------------------------------------------------------------
 
-    def collective_time(self, kind: str, nbytes: float, group_size: int) -> float:
+    def collective_time(
+        self, kind: str, nbytes: float, group_size: int, per_node: int | None = None
+    ) -> float:
         """Seconds of one collective ``kind`` on ``nbytes`` (nccl-tests' buffer size) over a
-        group of ``group_size`` workers, under ``self.collective`` (formulas: module docs)."""
-        return sum(_priced(link, cost) for link, cost in self._phases(kind, nbytes, group_size))
+        group of ``group_size`` workers, under ``self.collective`` (formulas: module docs).
 
-    def wire_bytes(self, kind: str, nbytes: float, group_size: int) -> float:
+        ``per_node``: how many of the group's workers share each node it touches (see
+        :meth:`group_layout`); None assumes groups of consecutive workers."""
+        phases = self._phases(kind, nbytes, group_size, per_node)
+        return sum(_priced(link, cost) for link, cost in phases)
+
+    def wire_bytes(
+        self, kind: str, nbytes: float, group_size: int, per_node: int | None = None
+    ) -> float:
         """Bytes ONE worker sends (mean over the group) in one collective ``kind`` on
         ``nbytes`` over ``group_size`` workers, under ``self.collective``."""
-        return sum(cost[2] for _, cost in self._phases(kind, nbytes, group_size))
+        return sum(cost[2] for _, cost in self._phases(kind, nbytes, group_size, per_node))
 
-    def flat_link(self, group_size: int) -> Link:
-        """The link a flat collective over groups of ``group_size`` consecutive workers runs
-        on: ``intra`` when every group sits inside one node, else ``inter``."""
-        k = self.workers_per_node
-        inside = k > 1 and group_size <= k and k % group_size == 0
+    def flat_link(self, group_size: int, per_node: int | None = None) -> Link:
+        """The link a flat collective over the group runs on: ``intra`` when the whole group
+        sits inside one node, else ``inter`` (a ring that leaves a node runs at its slowest
+        hop)."""
+        inside = self.workers_per_node > 1 and self._per_node(group_size, per_node) == group_size
         return self.intra if inside else self.inter
 
-    def _phases(self, kind: str, nbytes: float, group_size: int) -> list[tuple[Link, Cost]]:
+    def group_layout(self, groups) -> int:
+        """Workers per node of replica ``groups`` (lists of worker ids), for ``per_node``: the
+        count each group has on every node it touches when that count is the same for all
+        groups and nodes, else 1 (priced as if every hop left the node)."""
+        counts = set()
+        for group in groups:
+            nodes = [self.node_of(int(w)) for w in group]
+            counts |= {nodes.count(node) for node in set(nodes)}
+        return counts.pop() if len(counts) == 1 else 1
+
+    def _per_node(self, n: int, per_node: int | None) -> int:
+        k = self.workers_per_node
+        if per_node is None:  # groups of consecutive workers
+            if n <= k and k % n == 0:
+                return n
+            return k if n % k == 0 else 1
+        per_node = checks.positive_int("per_node", per_node)
+        if n % per_node or per_node > k:
+            raise checks.InvalidArgument(
+                "per_node",
+                f"must divide group_size ({n}) and be at most workers_per_node ({k}), "
+                f"got {per_node}",
+            )
+        return per_node
+
+    def _phases(self, kind, nbytes, group_size, per_node) -> list[tuple[Link, Cost]]:
         checks.one_of("kind", kind, KINDS)
         nbytes = checks.non_negative("nbytes", nbytes)
         n = checks.positive_int("group_size", group_size)
@@ -278,11 +315,11 @@ class Cluster:
             )
         if n == 1:
             return []
-        k = self.workers_per_node
-        if self.collective == "hierarchical" and k > 1 and n > k and n % k == 0:
-            return _hierarchical(kind, nbytes, k, n // k, self.intra, self.inter)
+        local = self._per_node(n, per_node)
+        if self.collective == "hierarchical" and 1 < local < n:
+            return _hierarchical(kind, nbytes, local, n // local, self.intra, self.inter)
         algorithm = tree_cost if self.collective == "tree" else ring_cost
-        return [(self.flat_link(n), algorithm(kind, nbytes, n))]
+        return [(self.flat_link(n, local), algorithm(kind, nbytes, n))]
 
 
 def _hierarchical(kind, s, k, m, intra, inter) -> list[tuple[Link, Cost]]:

@@ -69,7 +69,8 @@ def estimate(
     :math:`T = \max_i c_i + \sum_{\text{ops}} \text{count} \cdot
     \text{collective\_time}(\text{kind}, S, n)`, the α–β pricing of each collective of the
     compiled step (Hockney 1994; Thakur, Rabenseifner & Gropp 2005; see
-    ``jdo.system.cluster``), with :math:`c_i` worker i's compute seconds from
+    ``jdo.system.cluster``) with the node layout of its actual replica groups (a permute: its
+    slowest pair's α + S/B), with :math:`c_i` worker i's compute seconds from
     ``cluster.compute`` (``flops``: XLA's cost analysis of the compiled per-device step;
     ``measured``: the median wall time of ``repeats`` calls here after a warm-up, which
     includes this machine's own collectives) divided by its speed. Stragglers are not drawn.
@@ -97,18 +98,8 @@ def estimate(
     hlo = compiled.as_text()
     workers = hlo_num_devices(hlo) or 1
     cluster = cluster.for_workers(workers)
-    ops = tuple(
-        OpEstimate(
-            op.kind,
-            op.nbytes,
-            op.group_size,
-            op.count,
-            cluster.collective_time(op.kind, op.nbytes, op.group_size),
-            cluster.wire_bytes(op.kind, op.nbytes, op.group_size),
-        )
-        for op in hlo_collective_ops(hlo, num_devices=workers)
-    )
-    profile = _profile(cluster.compute.needs, compiled, args, repeats)
+    ops = tuple(_priced(cluster, op) for op in hlo_collective_ops(hlo, num_devices=workers))
+    profile = _profile(cluster.compute.needs, jitted, compiled, args, repeats)
     compute_s = max(cluster.compute_seconds(w, profile) for w in range(workers))
     comm_s = sum(op.seconds * op.count for op in ops)
     return Estimate(
@@ -122,26 +113,40 @@ def estimate(
     )
 
 
-def _profile(needs: str | None, compiled, args, repeats: int) -> StepProfile:
+def _priced(cluster: Cluster, op) -> OpEstimate:
+    """One op priced on ``cluster``, with the node layout of its actual device groups: a
+    permute takes its slowest pair's message time (its pairs run concurrently)."""
+    if op.kind == "collective-permute" and op.groups:
+        seconds = max(cluster.message_time(a, b, op.nbytes) for a, b in op.groups)
+        wire = cluster.wire_bytes(op.kind, op.nbytes, op.group_size)
+    else:
+        layout = None if op.groups is None else cluster.group_layout(op.groups)
+        seconds = cluster.collective_time(op.kind, op.nbytes, op.group_size, layout)
+        wire = cluster.wire_bytes(op.kind, op.nbytes, op.group_size, layout)
+    return OpEstimate(op.kind, op.nbytes, op.group_size, op.count, seconds, wire)
+
+
+def _profile(needs: str | None, jitted, compiled, args, repeats: int) -> StepProfile:
     if needs == "flops":
         analysis = compiled.cost_analysis()
         if isinstance(analysis, Sequence):  # older jax: one dict per computation
             analysis = analysis[0]
         return StepProfile(flops=float(analysis.get("flops", 0.0)))
     if needs == "seconds":
-        return StepProfile(seconds=time_step(compiled, args, repeats))
+        return StepProfile(seconds=time_step(jitted, args, repeats))
     return StepProfile()
 
 
-def time_step(compiled: Callable, args: Sequence, repeats: int = 5) -> float:
-    """Median wall seconds of ``repeats`` calls of ``compiled(*args)`` after one warm-up call,
-    each waited for (``block_until_ready``)."""
+def time_step(step: Callable, args: Sequence, repeats: int = 5) -> float:
+    """Median wall seconds of ``repeats`` calls of ``step(*args)`` after one warm-up call (which
+    also compiles), each waited for (``block_until_ready``); ``ShapeDtypeStruct`` arguments are
+    filled with zeros."""
     args = [_materialize(a) for a in args]
-    jax.block_until_ready(compiled(*args))
+    jax.block_until_ready(step(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
+        jax.block_until_ready(step(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

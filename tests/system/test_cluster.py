@@ -265,3 +265,31 @@ def test_bad_links_and_types():
     assert e.value.argument == "stragglers"
     with pytest.raises(InvalidArgument, match="at most the cluster's 4 workers") as e:
         system.Cluster(nodes=4, inter=system.Link(0, 1)).collective_time("all-reduce", 1, 8)
+
+
+def test_per_node_layout_of_strided_groups():
+    c = system.Cluster(
+        nodes=2,
+        workers_per_node=4,
+        intra=system.Link(ALPHA_I, B_I),
+        inter=system.Link(ALPHA_E, B_E),
+        collective="hierarchical",
+    )
+    assert c.group_layout([(0, 4), (1, 5), (2, 6), (3, 7)]) == 1  # one worker per node
+    assert c.group_layout([(0, 1, 2, 3), (4, 5, 6, 7)]) == 4
+    assert c.group_layout([(0, 1, 4, 5), (2, 3, 6, 7)]) == 2
+    assert c.group_layout([(0, 1, 2, 4)]) == 1  # uneven: every hop priced as leaving the node
+    # groups {0,4}, ...: a ring over 2 nodes on the inter link, not intra
+    close(c.collective_time("all-reduce", S, 2, per_node=1), 2 * ALPHA_E + S / B_E)
+    close(c.collective_time("all-reduce", S, 2), 2 * ALPHA_I + S / B_I)  # consecutive: intra
+    # two workers on each of 2 nodes: two-level with k = 2, m = 2
+    k, m = 2, 2
+    close(
+        c.collective_time("all-reduce", S, 4, per_node=2),
+        2 * ((k - 1) * ALPHA_I + (k - 1) / k * S / B_I)
+        + 2 * (m - 1) * ALPHA_E
+        + 2 * (m - 1) / m * S / k / B_E,
+    )
+    with pytest.raises(InvalidArgument, match="must divide group_size") as e:
+        c.collective_time("all-reduce", S, 4, per_node=3)
+    assert e.value.argument == "per_node"
