@@ -22,6 +22,7 @@ _SUBPACKAGES = (
     "data",
     "models",
     "rl",
+    "system",
     "topology",
     "train",
     "transforms",

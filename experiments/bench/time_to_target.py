@@ -93,7 +93,12 @@ def measure(workers: int, problems) -> list[dict]:
             for cluster in CLUSTERS:
                 for stragglers in STRAGGLERS:
                     lines = run_one(
-                        (*base, *overrides, f"cluster={cluster}", f"cluster/stragglers={stragglers}"),
+                        (
+                            *base,
+                            *overrides,
+                            f"cluster={cluster}",
+                            f"cluster/stragglers={stragglers}",
+                        ),
                         steps,
                         workers,
                     )
@@ -110,7 +115,15 @@ def measure(workers: int, problems) -> list[dict]:
                             "curve": [(x["time/total"], x.get(metric)) for x in lines],
                         }
                     )
-                    print(problem, method, cluster, stragglers, rows[-1]["steps"], rows[-1]["time_s"], flush=True)
+                    print(
+                        problem,
+                        method,
+                        cluster,
+                        stragglers,
+                        rows[-1]["steps"],
+                        rows[-1]["time_s"],
+                        flush=True,
+                    )
     return rows
 
 
@@ -124,13 +137,18 @@ def table(rows: list[dict], problem: str) -> str:
     lines = [head + " |", "|---" * (len(columns) + 2) + "|"]
     mine = [r for r in rows if r["problem"] == problem]
     best = {
-        col: min((r["time_s"] for r in mine if (r["cluster"], r["stragglers"]) == col and r["time_s"]), default=None)
+        col: min(
+            (r["time_s"] for r in mine if (r["cluster"], r["stragglers"]) == col and r["time_s"]),
+            default=None,
+        )
         for col in columns
     }
     for method in METHODS:
         cells, steps = [], "—"
         for col in columns:
-            r = next(r for r in mine if r["method"] == method and (r["cluster"], r["stragglers"]) == col)
+            r = next(
+                r for r in mine if r["method"] == method and (r["cluster"], r["stragglers"]) == col
+            )
             steps = r["steps"] if r["steps"] is not None else "not reached"
             t = r["time_s"]
             text = "—" if t is None else f"{t:.3g}"
@@ -146,12 +164,21 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     problems = sorted({r["problem"] for r in rows})
-    fig, axes = plt.subplots(len(problems), len(CLUSTERS), figsize=(4 * len(CLUSTERS), 3.2 * len(problems)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(problems),
+        len(CLUSTERS),
+        figsize=(4 * len(CLUSTERS), 3.2 * len(problems)),
+        squeeze=False,
+    )
     for i, problem in enumerate(problems):
         for j, cluster in enumerate(CLUSTERS):
             ax = axes[i][j]
             for r in rows:
-                if r["problem"] == problem and r["cluster"] == cluster and r["stragglers"] == "none":
+                if (
+                    r["problem"] == problem
+                    and r["cluster"] == cluster
+                    and r["stragglers"] == "none"
+                ):
                     xs = [t for t, v in r["curve"] if v is not None]
                     ys = [v for _, v in r["curve"] if v is not None]
                     ax.plot(xs, ys, label=r["method"])

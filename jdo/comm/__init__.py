@@ -11,7 +11,17 @@ from jdo.comm.collectives import (
     worker_index,
 )
 from jdo.comm.control import cond, fori_loop, scan, switch
-from jdo.comm.cost import KINDS, collective_bytes, hlo_collective_bytes, worker_bytes
+from jdo.comm.cost import (
+    KINDS,
+    CollectiveOp,
+    collective_bytes,
+    collective_ops,
+    hlo_collective_bytes,
+    hlo_collective_ops,
+    hlo_num_devices,
+    worker_bytes,
+    worker_ops,
+)
 from jdo.comm.gossip import (
     gossip_average,
     group_mean,
@@ -24,13 +34,17 @@ from jdo.comm.gossip import (
 
 __all__ = [
     "KINDS",
+    "CollectiveOp",
     "collective_bytes",
+    "collective_ops",
     "cond",
     "fori_loop",
     "gather_mean",
     "gossip_average",
     "group_mean",
     "hlo_collective_bytes",
+    "hlo_collective_ops",
+    "hlo_num_devices",
     "mean",
     "mean_reference",
     "mix",
@@ -45,5 +59,6 @@ __all__ = [
     "switch",
     "varying",
     "worker_bytes",
+    "worker_ops",
     "worker_index",
 ]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdo._axis import WORKERS, varying
+from jdo._axis import WORKERS
 from jdo.system import clock
 
 

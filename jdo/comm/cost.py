@@ -17,10 +17,16 @@ A ``vmap``-lifted step runs all workers on one device and compiles to no collect
 :func:`worker_bytes` therefore lowers a per-worker function under ``shard_map`` on an
 abstract mesh of W workers (no devices needed) and reads the HLO before optimisation: the
 bytes it would send with one worker per device (tests check it against the compiled count).
+
+For pricing, :func:`hlo_collective_ops` / :func:`collective_ops` / :func:`worker_ops` list the
+same collectives one entry per operation (:class:`CollectiveOp`: kind, nccl-tests' buffer size,
+group size from the replica groups, count from loop trip counts); ``jdo.system`` turns them
+into seconds and wire bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -143,14 +149,25 @@ def _trip_count(computations, attrs: str) -> int | None:
     return None
 
 
-def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, int]:
-    """Bytes one device contributes per call, by collective kind, from HLO module text.
+def _loop_times(computations, opcode: str, attrs: str) -> int:
+    """How many times an instruction runs its callees: a ``while`` loop's trip count (1, with
+    a warning, when unknown), else once."""
+    if opcode != "while":
+        return 1
+    times = _trip_count(computations, attrs)
+    if times is None:
+        warnings.warn(
+            "a while loop with an unknown trip count: its collectives are counted once",
+            stacklevel=4,
+        )
+        return 1
+    return times
 
-    ``conditionals="max"`` charges each ``conditional`` its most expensive branch (a step that
-    communicates); ``"min"`` its cheapest (a step that does not, for periodic algorithms).
-    """
-    checks.one_of("conditionals", conditionals, ("max", "min"))
-    pick = max if conditionals == "max" else min
+
+def _parse_module(hlo_text: str):
+    """HLO module text -> (instructions by computation, the ENTRY's name, shapes by name).
+
+    Each instruction is ``(name, shape, opcode, operands, attrs)``."""
     computations: dict[str, list[tuple[str, str, str, str, str]]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -170,6 +187,18 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
     if entry is None:
         raise checks.InvalidArgument("hlo_text", "holds no ENTRY computation")
     shapes = {name: shape for instrs in computations.values() for name, shape, *_ in instrs}
+    return computations, entry, shapes
+
+
+def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, int]:
+    """Bytes one device contributes per call, by collective kind, from HLO module text.
+
+    ``conditionals="max"`` charges each ``conditional`` its most expensive branch (a step that
+    communicates); ``"min"`` its cheapest (a step that does not, for periodic algorithms).
+    """
+    checks.one_of("conditionals", conditionals, ("max", "min"))
+    pick = max if conditionals == "max" else min
+    computations, entry, shapes = _parse_module(hlo_text)
 
     memo: dict[str, np.ndarray] = {}
 
@@ -188,15 +217,7 @@ def hlo_collective_bytes(hlo_text: str, conditionals: str = "max") -> dict[str, 
             if branches:
                 costs = [cost(b.strip().lstrip("%")) for b in branches.group(1).split(",")]
                 total += pick(costs, key=lambda c: c.sum())
-            times = 1
-            if opcode == "while":
-                times = _trip_count(computations, attrs)
-                if times is None:
-                    warnings.warn(
-                        "a while loop with an unknown trip count: its collectives are counted once",
-                        stacklevel=3,
-                    )
-                    times = 1
+            times = _loop_times(computations, opcode, attrs)
             for callee in _CALLS.findall(attrs):
                 total += cost(callee) * times
         memo[comp] = total
@@ -241,6 +262,13 @@ def worker_bytes(
     optimisation, so the figure is the same whether the run itself uses ``vmap`` or
     ``shard_map``.
     """
+    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform)
+    return hlo_collective_bytes(hlo, conditionals)
+
+
+def _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform) -> str:
+    """HLO text (before optimisation) of the per-worker ``fn`` under ``shard_map`` on an
+    abstract mesh of ``num_workers`` (see :func:`worker_bytes`)."""
     axes = normalize_in_axes(in_axes, len(args))
     mesh = AbstractMesh((num_workers,), (axis_name,), axis_types=(AxisType.Explicit,))
 
@@ -256,4 +284,162 @@ def worker_bytes(
     ]
     lifted = shard_map_workers(fn, mesh, axes, axis_name)
     lowered = jax.jit(lifted).trace(*specs).lower(lowering_platforms=(platform,))
-    return hlo_collective_bytes(lowered.as_text(dialect="hlo"), conditionals)
+    return lowered.as_text(dialect="hlo")
+
+
+# ---- one entry per collective operation ----------------------------------------------------
+
+_DEVICES = re.compile(r"\b(num_partitions|replica_count)=(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectiveOp:
+    """One collective operation of a program, as a cost model prices it.
+
+    Attributes:
+      kind: one of :data:`KINDS`.
+      nbytes: the buffer size in nccl-tests' convention: an all-reduce's buffer, an
+        all-gather's OUTPUT (operand × group size), a reduce-scatter's INPUT, an all-to-all's
+        buffer, a collective-permute's message (one device's operands in the other kinds).
+      group_size: workers per replica group (``replica_groups={}``: every device); for a
+        collective-permute, the number of distinct devices in its (non-self) pairs.
+      count: times it runs per call (loop trip counts multiplied through).
+      groups: its device groups (a collective-permute: its non-self ``(source, target)``
+        pairs); None when unknown. Not part of equality.
+    """
+
+    kind: str
+    nbytes: int
+    group_size: int
+    count: int = 1
+    groups: tuple[tuple[int, ...], ...] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
+
+    @property
+    def payload_bytes(self) -> int:
+        """Operand bytes one worker contributes per run (what :func:`collective_bytes`
+        counts): an all-gather's shard ``nbytes / group_size``, else ``nbytes``."""
+        return self.nbytes // self.group_size if self.kind == "all-gather" else self.nbytes
+
+
+def hlo_num_devices(hlo_text: str) -> int | None:
+    """Devices of an HLO module from its header: ``num_partitions × replica_count`` (None when
+    the header names neither)."""
+    header = next((line for line in hlo_text.splitlines() if line.startswith("HloModule")), "")
+    found = dict(_DEVICES.findall(header))
+    if not found:
+        return None
+    return int(found.get("num_partitions", 1)) * int(found.get("replica_count", 1))
+
+
+_IOTA = re.compile(r"\breplica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+
+
+def _groups(attrs: str, num_devices: int | None) -> tuple[tuple[int, ...], ...]:
+    """The device groups of a collective: its replica groups (``{}`` or none: every device;
+    the iota form ``[g,s]<=[dims]T(perm)`` expanded), or a permute's non-self pairs."""
+    pairs = _PAIRS.search(attrs)
+    if pairs:
+        found = re.findall(r"\{(\d+),(\d+)\}", pairs.group(1))
+        return tuple((int(a), int(b)) for a, b in found if a != b)
+    iota = _IOTA.search(attrs)
+    if iota:
+        rows, cols, dims, perm = iota.groups()
+        ids = np.arange(math.prod(int(d) for d in dims.split(","))).reshape(
+            [int(d) for d in dims.split(",")]
+        )
+        if perm:
+            ids = ids.transpose([int(p) for p in perm.split(",")])
+        return tuple(tuple(int(i) for i in row) for row in ids.reshape(int(rows), int(cols)))
+    groups = _GROUPS.search(attrs)
+    if not groups or groups.group(1) == "{}":  # one group of every device
+        if num_devices is None:
+            raise checks.InvalidArgument(
+                "num_devices",
+                "is needed: a collective spans every device and the HLO header names no "
+                "num_partitions or replica_count",
+            )
+        return (tuple(range(num_devices)),)
+    found = re.findall(r"\{([\d,]*)\}", groups.group(1)[1:-1])
+    return tuple(tuple(int(i) for i in g.split(",") if i) for g in found)
+
+
+def _group_size(kind: str, groups) -> int:
+    if kind == "collective-permute":  # distinct devices of its pairs
+        return len({d for pair in groups for d in pair})
+    return max(len(g) for g in groups)
+
+
+def hlo_collective_ops(
+    hlo_text: str, conditionals: str = "max", num_devices: int | None = None
+) -> list[CollectiveOp]:
+    """The collective operations of an HLO module, one entry per operation, in program order.
+
+    Counted as :func:`hlo_collective_bytes` counts bytes: async pairs once, collectives in a
+    ``while`` loop ``count`` times its trip count, a ``conditional``'s most expensive branch
+    (``"min"``: its cheapest; by operand bytes, the same choice as the byte count), collectives
+    in which every worker only talks to itself omitted. So summing ``payload_bytes * count``
+    by kind gives :func:`hlo_collective_bytes`.
+
+    Args:
+      hlo_text: HLO module text (``compiled.as_text()`` or a lowering's ``as_text("hlo")``).
+      conditionals: ``"max"`` or ``"min"``, as for :func:`hlo_collective_bytes`.
+      num_devices: devices of the program, for groups written ``{}`` (all devices); None reads
+        it from the module header (``num_partitions`` × ``replica_count``).
+    """
+    checks.one_of("conditionals", conditionals, ("max", "min"))
+    pick = max if conditionals == "max" else min
+    computations, entry, shapes = _parse_module(hlo_text)
+    if num_devices is None:
+        num_devices = hlo_num_devices(hlo_text)
+    payload = lambda ops: sum(op.payload_bytes * op.count for op in ops)
+    memo: dict[str, list[CollectiveOp]] = {}
+
+    def ops_of(comp: str) -> list[CollectiveOp]:
+        if comp in memo:
+            return memo[comp]
+        memo[comp] = []  # guards against (impossible) recursion
+        found: list[CollectiveOp] = []
+        for _, _, opcode, operands, attrs in computations.get(comp, []):
+            kind = opcode.removesuffix("-start")
+            if kind in KINDS and not _sends_nothing(attrs):
+                operand = sum(shape_bytes(shapes.get(o, "")) for o in _operand_names(operands))
+                groups = _groups(attrs, num_devices)
+                size = _group_size(kind, groups)
+                nbytes = operand * size if kind == "all-gather" else operand
+                found.append(CollectiveOp(kind, nbytes, size, groups=groups))
+            branches = _BRANCHES.search(attrs)
+            if branches:
+                names = [b.strip().lstrip("%") for b in branches.group(1).split(",")]
+                found += pick([ops_of(b) for b in names], key=payload)
+            times = _loop_times(computations, opcode, attrs)
+            for callee in _CALLS.findall(attrs):
+                found += [dataclasses.replace(op, count=op.count * times) for op in ops_of(callee)]
+        memo[comp] = found
+        return found
+
+    return list(ops_of(entry))
+
+
+def collective_ops(fn: Callable, *args, **kwargs) -> list[CollectiveOp]:
+    """The collective operations of one call of ``fn(*args, **kwargs)`` (already lifted over
+    the workers, as for :func:`collective_bytes`), read from the compiled HLO; group sizes
+    from its replica groups and the module's device count."""
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    return hlo_collective_ops(jitted.lower(*args, **kwargs).compile().as_text())
+
+
+def worker_ops(
+    fn: Callable,
+    num_workers: int,
+    *args,
+    in_axes: InAxes = 0,
+    axis_name: str = WORKERS,
+    platform: str = "cpu",
+    conditionals: str = "max",
+) -> list[CollectiveOp]:
+    """The collective operations of one call of the per-worker ``fn`` with one worker per
+    device, lowered as :func:`worker_bytes` lowers it (no device needed)."""
+    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform)
+    return hlo_collective_ops(hlo, conditionals, num_devices=num_workers)

@@ -238,7 +238,9 @@ def _on(axis_name: str) -> _StepClock | None:
 
 def tree_bytes(tree) -> int:
     """Bytes of one worker's pytree (what one message of it carries)."""
-    return int(sum(np.prod(np.shape(x)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+    return int(
+        sum(np.prod(np.shape(x)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+    )
 
 
 def barrier(kind: str, nbytes: int, axis_name: str = WORKERS) -> None:

@@ -41,6 +41,7 @@ SUMMARY_KEYS = (
     "consensus",
     "dist_to_opt",
     "bytes/step",
+    "bytes/step_payload",
     "bytes/step_quiet",
     "bytes/total",
     "steps_per_s",

@@ -30,7 +30,9 @@ def cluster_from_config(node: Mapping | None, workers: int) -> Cluster | None:
         return None
     cluster = instantiate(node, "cluster")
     if not isinstance(cluster, Cluster):
-        raise ConfigError("cluster", f"must make a jdo.system.Cluster, got {type(cluster).__name__}")
+        raise ConfigError(
+            "cluster", f"must make a jdo.system.Cluster, got {type(cluster).__name__}"
+        )
     try:
         return cluster.for_workers(workers)
     except ArgumentError as e:

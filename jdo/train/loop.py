@@ -261,6 +261,7 @@ def _compile(run: Run) -> None:
         workers=opts.workers,
         batch_size=opts.batch_size,
         eval_batch_size=opts.eval_batch_size,
+        cluster=opts.cluster,
     )
     if run.ckpt is not None:  # the checkpoint digest compiles here, not inside the loop
         tree_digest(run.state)
@@ -405,7 +406,13 @@ def _close_interval(run: Run, end: int) -> None:
         mask = skips[0] == 0  # the same on every worker
         run.skipped += int(np.sum(skips[0]))
     record = train_record(
-        metrics, end, program.bytes_per_step, program.quiet_bytes, run.exp.counters, mask
+        metrics,
+        end,
+        program.bytes_per_step,
+        program.quiet_bytes,
+        run.exp.counters,
+        mask,
+        payload_bytes=program.payload_per_step,
     )
     if skips is not None:
         record["skipped_steps"] = run.skipped
@@ -523,6 +530,7 @@ def _summary(run: Run) -> dict[str, Any]:
         "overrides": list(opts.overrides),
         **{k: v for k, v in record.items() if k != "time/eval_s"},
         "bytes/step_by_kind": program.step_bytes,
+        "bytes/step_payload_by_kind": program.payload_by_kind,
         "compile_s": run.compile_s,
         "train_s": run.train_s,
         "eval_s": run.eval_s,

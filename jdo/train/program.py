@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jdo import comm
+from jdo import comm, system
 from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
@@ -103,9 +103,11 @@ class Program:
     params_of: Callable  # state -> params[W]
     chunk: Callable  # see worker_chunk; compiled by compile()
     evaluate: Callable | None = None  # evaluate(state, key) -> metrics; compiled by compile()
-    step_bytes: dict = dataclasses.field(default_factory=dict)
-    bytes_per_step: int = 0
-    quiet_bytes: int = 0
+    step_bytes: dict = dataclasses.field(default_factory=dict)  # wire bytes by kind
+    bytes_per_step: int = 0  # wire bytes of a step that communicates
+    quiet_bytes: int = 0  # wire bytes of the other steps
+    payload_by_kind: dict = dataclasses.field(default_factory=dict)  # operand bytes by kind
+    payload_per_step: int = 0
 
 
 def _one_worker(tree):
@@ -162,13 +164,16 @@ def compile_program(
     workers: int,
     batch_size: int | None,
     eval_batch_size: int,
+    cluster=None,
 ) -> Program:
     """Compiles the chunk and the evaluation for ``state``'s shapes and counts one step's
-    bytes per worker from the lowered HLO (``bytes/step``: a step that communicates;
-    ``quiet_bytes``: the other steps of algorithms that communicate on some steps only)."""
+    bytes per worker from the lowered HLO of ``algo`` (unclocked): wire bytes under
+    ``cluster``'s collective algorithm (ring without one) and operand bytes (payload), for a
+    step that communicates and (``quiet_bytes``) the other steps of algorithms that
+    communicate on some steps only."""
     step0 = jnp.zeros((), jnp.int32)
     chunk = program.chunk.lower(state, data, key, step0, step0).compile()
-    count = lambda conditionals: comm.worker_bytes(
+    ops = lambda conditionals: comm.worker_ops(
         functools.partial(worker_step, algo, batch_size),
         workers,
         _one_worker(unwrap(state)),  # the algorithm's own state: the clock is not traffic
@@ -179,17 +184,32 @@ def compile_program(
         platform=jax.default_backend(),
         conditionals=conditionals,
     )
-    step_bytes = count("max")
+    wire, payload = step_traffic(ops("max"), cluster)
+    quiet, _ = step_traffic(ops("min"), cluster)
     evaluate = make_state_evaluate(exp, program, eval_batch_size)
     evaluate = evaluate.lower(state, key).compile()
     return dataclasses.replace(
         program,
         chunk=chunk,
         evaluate=evaluate,
-        step_bytes=step_bytes,
-        bytes_per_step=sum(step_bytes.values()),
-        quiet_bytes=sum(count("min").values()),
+        step_bytes=wire,
+        bytes_per_step=sum(wire.values()),
+        quiet_bytes=sum(quiet.values()),
+        payload_by_kind=payload,
+        payload_per_step=sum(payload.values()),
     )
+
+
+def step_traffic(ops, cluster=None) -> tuple[dict[str, int], dict[str, int]]:
+    """``(wire, payload)`` bytes one worker sends per step, by collective kind, from the
+    step's collective operations: wire bytes under ``cluster``'s collective algorithm (ring
+    without one; :func:`jdo.system.wire_bytes`), payload the operands
+    (``CollectiveOp.payload_bytes``)."""
+    wire, payload = dict.fromkeys(comm.KINDS, 0), dict.fromkeys(comm.KINDS, 0)
+    for op in ops:
+        wire[op.kind] += round(system.wire_bytes(op, cluster) * op.count)
+        payload[op.kind] += op.payload_bytes * op.count
+    return wire, payload
 
 
 def make_state_evaluate(exp: Experiment, program: Program, eval_batch_size: int):

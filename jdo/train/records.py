@@ -22,14 +22,17 @@ def train_record(
     quiet_bytes: int,
     counters: Sequence[str] = (),
     mask=None,
+    payload_bytes: int | None = None,
 ) -> dict[str, float]:
     """Host-side metrics of one logging interval (``metrics``: each ``[W, K]``; ``mask``: the
     ``[K]`` steps to average, None = all). ``counters`` (running totals such as RL's
     ``env_steps``) are read at the interval's end, not averaged. For algorithms that
     communicate on some steps only, ``bytes/step`` is a communicating step,
     ``bytes/step_quiet`` another step, and ``bytes/total`` the upper bound
-    ``bytes/step · step``. A clocked run's ``clock`` metric (each ``[W, K, 9]``) gives the
-    simulated ``time/*`` at the interval's end (:func:`jdo.system.clock.times`)."""
+    ``bytes/step · step``. Bytes are wire bytes (what one worker sends under the collective
+    algorithm); ``payload_bytes``, the operands, is ``bytes/step_payload``. A clocked run's
+    ``clock`` metric (each ``[W, K, 9]``) gives the simulated ``time/*`` at the interval's
+    end (:func:`jdo.system.clock.times`)."""
     clock = metrics.get("clock")
     metrics = {k: v for k, v in metrics.items() if k != "clock"}
     if mask is not None and not np.any(mask):  # every step of the interval was skipped
@@ -53,6 +56,8 @@ def train_record(
     if clock is not None:
         record.update(sim_clock.times(np.asarray(clock)[:, -1]))
     record["bytes/step"] = int(bytes_per_step)
+    if payload_bytes is not None:
+        record["bytes/step_payload"] = int(payload_bytes)
     if quiet_bytes != bytes_per_step:
         record["bytes/step_quiet"] = int(quiet_bytes)
     record["bytes/total"] = int(bytes_per_step * step)

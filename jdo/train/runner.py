@@ -102,7 +102,9 @@ def run(
         _check_writable(output_dir)
     checkpoint = _checkpoint_options(container, output_dir)
     trainer, lifting = container["trainer"], lifting_of(container["lifting"])
-    clock = clock_for(cluster, exp, container["workers"], trainer["batch_size"]) if cluster else None
+    clock = (
+        clock_for(cluster, exp, container["workers"], trainer["batch_size"]) if cluster else None
+    )
     summary = fit(
         exp,
         workers=container["workers"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import jax
 import optax
 
 from jdo import checks

@@ -126,9 +126,7 @@ def _outer_steps(cfg: _Outer, local: list, anchor: list, outer_states: list, don
 
         is_sync = (since > 0) & (since % sync_every == 0)
         carry = ([anchor[i] for i in group], outer_states[f])
-        new_anchor_f, outer_states[f] = cond(
-            is_sync, sync, lambda c: varying(c, axis_name), carry
-        )
+        new_anchor_f, outer_states[f] = cond(is_sync, sync, lambda c: varying(c, axis_name), carry)
         is_merge = (since - cfg.delay > 0) & ((since - cfg.delay) % sync_every == 0)
         for j, i in enumerate(group):
             anchor[i] = new_anchor_f[j]
