@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS
+from jdo._axis import varying as varying  # re-exported: jdo.comm.varying
 from jdo.system import clock
 
 

@@ -51,11 +51,42 @@ def test_same_seed_same_run_other_seed_other_run(make_cfg, tmp_path):
 
 
 def test_logged_bytes_are_the_gradient_all_reduce(make_cfg, tmp_path):
+    """Operand bytes: the float32 gradient; wire bytes: what a ring all-reduce sends per
+    worker, 2(n-1)/n of it."""
     summary = run(make_cfg(*SMALL), output_dir=str(tmp_path))
     num_params = sum(x[0].size for x in _params(summary))
-    assert summary["bytes/step"] == 4 * num_params
-    assert summary["bytes/total"] == 4 * num_params * 100
-    assert summary["bytes/step_by_kind"]["all-reduce"] == 4 * num_params
+    n = summary["workers"]
+    wire = round(2 * (n - 1) / n * 4 * num_params)
+    assert summary["bytes/step_payload"] == 4 * num_params
+    assert summary["bytes/step_payload_by_kind"]["all-reduce"] == 4 * num_params
+    assert summary["bytes/step"] == wire
+    assert summary["bytes/total"] == wire * 100
+    assert summary["bytes/step_by_kind"]["all-reduce"] == wire
+
+
+CLOCKED = (*SMALL, "algorithm=dpsgd", "cluster=cloud", "cluster/stragglers=shifted_exponential")
+
+
+def test_a_clocked_run_reports_time_and_resumes_its_clock_exactly(make_cfg, tmp_path):
+    """The clock is in the checkpointed state: 100 steps, then 100 more from the checkpoint,
+    give the clock of 200 steps in one go. Its own collectives are not in the bytes."""
+    once = run(make_cfg(*CLOCKED, "trainer.steps=200"), output_dir=str(tmp_path / "once"))
+    run(make_cfg(*CLOCKED, "checkpoint.every=50"), output_dir=str(tmp_path / "twice"))
+    resumed = run(
+        make_cfg(*CLOCKED, "trainer.steps=200", "checkpoint.every=50"),
+        output_dir=str(tmp_path / "twice"),
+    )
+    assert resumed["resumed_from"]["step"] == 100
+    for key in ("time/total", "time/min", "time/compute", "time/comm", "time/wait"):
+        assert resumed[key] == once[key], key
+    assert once["time/total"] > 0 and once["time/wait"] > 0  # stragglers make workers wait
+    parts = once["time/compute"] + once["time/comm"] + once["time/wait"]
+    assert once["time/min"] <= parts * 200 <= once["time/total"]  # the mean clock
+    plain = run(make_cfg(*SMALL, "algorithm=dpsgd"), output_dir=str(tmp_path / "plain"))
+    assert plain["bytes/step"] == once["bytes/step"] > 0
+    assert "time/total" not in plain
+    lines = [json.loads(x) for x in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()]
+    assert all(a["time/total"] < b["time/total"] for a, b in zip(lines, lines[1:], strict=False))
 
 
 @pytest.mark.parametrize("workers", [8, 3])  # 3 does not divide 1024: the remainder is dropped
