@@ -67,6 +67,7 @@ KiB, MiB = 1024, 1024 * 1024
 SIZES = tuple(2**k for k in range(10, 27))  # 1 KiB .. 64 MiB
 QUICK_SIZES = tuple(4**k for k in range(5, 9))  # 1 KiB .. 64 KiB
 CHECK_UP_TO = MiB  # results compared with numpy up to this buffer size
+SPLIT_AT = MiB  # the regimes fitted apart: within the 2 MiB L2 per core here, and beyond
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(ROOT, "experiments", "bench", "results")
 FASTEST_KEYS = ("alpha_s", "bandwidth_Bps", "held_out_median_abs_err", "held_out_max_abs_err")
@@ -367,8 +368,22 @@ def human(nbytes: int) -> str:
     return f"{nbytes // KiB} KiB" if nbytes >= KiB else f"{nbytes} B"
 
 
-def summarise(part: str, n: int, times: dict) -> list[dict]:
-    """Per kind: the medians, the fit and its errors (:func:`analyse`)."""
+def regimes(kind: str, n: int, sizes, seconds, split_at: int) -> dict:
+    """The fit and held-out errors separately on sizes ≤ ``split_at`` ("small") and above it
+    ("large"), each on alternate sizes of its own range; a range of under 3 sizes is left out."""
+    out = {}
+    for name, keep in (("small", lambda s: s <= split_at), ("large", lambda s: s > split_at)):
+        idx = [i for i, s in enumerate(sizes) if keep(s)]
+        if len(idx) >= 3:
+            fitted = analyse(kind, n, [sizes[i] for i in idx], [seconds[i] for i in idx])
+            out[name] = {k: fitted[k] for k in FASTEST_KEYS}
+            out[name]["sizes"] = [sizes[idx[0]], sizes[idx[-1]]]
+    return out
+
+
+def summarise(part: str, n: int, times: dict, split_at: int = SPLIT_AT) -> list[dict]:
+    """Per kind: the medians, the fit and its errors (:func:`analyse`); the same fit on each
+    size's fastest call; the fit per size regime (:func:`regimes`)."""
     rows = []
     for kind in KINDS:
         sizes = sorted(times[kind])
@@ -379,8 +394,24 @@ def summarise(part: str, n: int, times: dict) -> list[dict]:
         row["min_s"] = [min(times[kind][s]) for s in sizes]
         fastest = analyse(kind, n, sizes, row["min_s"])
         row["fastest"] = {k: fastest[k] for k in FASTEST_KEYS}
+        row["regimes"] = regimes(kind, n, sizes, medians, split_at)
         rows.append(row)
     return rows
+
+
+def regime_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| part | collective | sizes | α (µs) | B (GB/s) | held-out abs err, median / max |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        for g in r["regimes"].values():
+            lines.append(
+                f"| {r['part']} | {r['kind']} | {human(g['sizes'][0])}–{human(g['sizes'][1])} "
+                f"| {g['alpha_s'] * 1e6:.1f} | {g['bandwidth_Bps'] / 1e9:.3f} "
+                f"| {g['held_out_median_abs_err']:.0%} / {g['held_out_max_abs_err']:.0%} |"
+            )
+    return lines
 
 
 def summary_table(rows: list[dict]) -> list[str]:
@@ -434,6 +465,14 @@ def report(rows: list[dict], header: dict) -> str:
         "",
         *summary_table(rows),
     ]
+    if any(r["regimes"] for r in rows):
+        lines += [
+            "",
+            "The same fit on each size regime alone (buffers up to and above "
+            f"{human(header['split_at'])}; alternate sizes of each range):",
+            "",
+            *regime_table(rows),
+        ]
     for part in dict.fromkeys(r["part"] for r in rows):
         part_rows = [r for r in rows if r["part"] == part]
         lines += [
@@ -520,6 +559,7 @@ def main(argv=None) -> dict:
         "load_before": load_before,
         "load_after": load_line(),
         "elapsed_s": time.perf_counter() - started,
+        "split_at": SPLIT_AT,
     }
     text = report(rows, header)
     print(text)
