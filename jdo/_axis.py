@@ -1,7 +1,6 @@
 """The worker axis: the one name every per-worker function communicates over, and the one
-typing helper every layer needs to keep per-worker values per-worker under ``shard_map``."""
-
-import jax
+typing helper every layer needs to keep per-worker values per-worker under ``shard_map``
+(``import jdo`` reads this module: JAX is imported on first use, not here)."""
 
 WORKERS = "workers"
 
@@ -20,6 +19,8 @@ def varying(x, axis_name: str = WORKERS):
     loop carry that enters per-worker leaves per-worker even when its new value came from an
     all-reduce (which shard_map types as invariant). Moves no data; a no-op outside
     ``shard_map`` (``vmap`` tracks no such types)."""
+    import jax
+
     if axis_name not in jax.sharding.get_abstract_mesh().manual_axes:
         return x
 

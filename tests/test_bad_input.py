@@ -85,6 +85,38 @@ CASES = [
         "error: trainer.steps: must be a positive integer, got 'abc'",
         cli=True,
     ),
+    # a simulated cluster (jdo.system): each part's own key
+    Case(
+        ("cluster=cloud", "cluster.nodes=3"),
+        2,
+        "error: cluster.nodes: nodes x workers_per_node must equal the number of workers: "
+        "3 x 1 = 3, but the run has 8 workers (nodes: null derives it)",
+    ),
+    Case(
+        ("cluster=cloud", "cluster.collective=mesh"),
+        2,
+        "error: cluster.collective: must be one of 'ring', 'tree', 'hierarchical'; got 'mesh'",
+    ),
+    Case(
+        ("cluster=cloud", "cluster.inter.bandwidth_Bps=0"),
+        2,
+        "error: cluster.inter.bandwidth_Bps: must be a positive number, got 0",
+    ),
+    Case(
+        ("cluster=datacenter", "cluster.intra=null"),
+        2,
+        "error: cluster.intra: is required when workers_per_node > 1 (got workers_per_node=8)",
+    ),
+    Case(
+        ("cluster=cloud", "cluster/stragglers=slow_worker", "cluster.stragglers.factor=-1"),
+        2,
+        "error: cluster.stragglers.factor: must be a positive number, got -1",
+    ),
+    Case(
+        ("+cluster/stragglers=slow_worker",),
+        2,
+        "error: cluster: has no _target_: choose a cluster first",
+    ),
     Case(("trainer.steps=0",), 2, "error: trainer.steps: must be a positive integer, got 0"),
     Case(("trainer.steps=-5",), 2, "error: trainer.steps: must be a positive integer, got -5"),
     Case(

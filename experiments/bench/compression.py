@@ -6,10 +6,12 @@ Deterministic counts, no timing. Two problems with stochastic gradients (batch 3
 iid parts): l2-regularised logistic regression (d = 256, known optimum; target: f(x̄) − f* ≤
 1e-2 · (f(x0) − f*)) and the MLP on digits (target: training loss of the averaged model ≤ 0.15).
 The same step size for every method on a problem. For each method: steps to the target (checked
-every 8 steps), communication rounds (steps that communicate), bytes one worker sends per
-communicating step (from the lowered HLO, jdo.comm.worker_bytes) and bytes to the target
-(rounds × bytes per round), against uncompressed all-reduce and, for CHOCO, exact gossip on the
-same ring.
+every 8 steps), communication rounds (steps that communicate), the bytes of one communicating
+step from its lowered HLO (jdo.comm.worker_ops): the operands (payload) and the wire bytes one
+worker sends under ring collectives (jdo.system.wire_bytes: an all-reduce of S sends
+2(n−1)/n·S, an all-gather (n−1) × the payload, a permute its message), and wire bytes to the
+target (rounds × wire bytes per round), against uncompressed all-reduce and, for CHOCO, exact
+gossip on the same ring.
 """
 
 from __future__ import annotations
@@ -113,19 +115,19 @@ def _measure(algo, params, data, objective, target, max_steps, workers, period):
             reached = (c + 1) * CHECK_EVERY
             break
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (state, tuple(data)))
-    per_round = sum(
-        jdo.comm.worker_bytes(
-            worker_step,
-            workers,
-            one[0],
-            *one[1],
-            jnp.int32(0),
-            in_axes=(0, 0, 0, 0, None),
-            platform=jax.default_backend(),
-        ).values()
+    ops = jdo.comm.worker_ops(
+        worker_step,
+        workers,
+        one[0],
+        *one[1],
+        jnp.int32(0),
+        in_axes=(0, 0, 0, 0, None),
+        platform=jax.default_backend(),
     )
+    per_round = round(sum(jdo.system.wire_bytes(op) * op.count for op in ops))  # ring
+    payload = sum(op.payload_bytes * op.count for op in ops)
     steps = CHECK_EVERY * np.arange(1, len(curve) + 1)
-    return reached, per_round, (steps // period * per_round, np.asarray(curve))
+    return reached, (per_round, payload), (steps // period * per_round, np.asarray(curve))
 
 
 def _plot(curves, target, problem, path):
@@ -142,7 +144,7 @@ def _plot(curves, target, problem, path):
     ax.set(
         xscale="log",
         yscale="log",
-        xlabel="bytes sent per worker",
+        xlabel="wire bytes sent per worker (ring collectives)",
         ylabel="objective of the averaged model",
         title=f"{problem}: loss vs bytes",
     )
@@ -168,28 +170,30 @@ def main(argv=None):
             if problem == "logistic" and name.startswith("PowerSGD"):
                 continue  # no matrix-shaped parameter in a linear model
             algo = factory(loss_fn, sgd, **kwargs)
-            steps, per_round, curve = _measure(
+            steps, (per_round, payload), curve = _measure(
                 algo, params, data, objective, target, max_steps, args.workers, period
             )
-            rows[name] = (steps, per_round, period)
+            rows[name] = (steps, per_round, period, payload)
             curves[name] = curve
             print(problem, name, steps, per_round, flush=True)
         lines += [
             f"\n**{problem}, {args.workers} workers** (step {lr}; × = ratio to the "
             "baseline: all-reduce SGD, or exact gossip for CHOCO)\n",
-            "| method | steps | × steps | rounds | bytes/round/worker | bytes to target "
-            "| × bytes |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| method | steps | × steps | rounds | payload bytes/round | wire bytes/round/worker "
+            "| wire bytes to target | × bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, (steps, per_round, period) in rows.items():
+        for name, (steps, per_round, period, payload) in rows.items():
             base = rows["exact gossip (ring)" if "CHOCO" in name else "all-reduce SGD"]
             if steps is None or base[0] is None:
-                lines.append(f"| {name} | — (>{max_steps}) | — | — | {per_round:,} | — | — |")
+                lines.append(
+                    f"| {name} | — (>{max_steps}) | — | — | {payload:,} | {per_round:,} | — | — |"
+                )
                 continue
             rounds, base_rounds = steps // period, base[0] // base[2]
             total, base_total = rounds * per_round, base_rounds * base[1]
             lines.append(
-                f"| {name} | {steps} | {steps / base[0]:.2f} | {rounds} | "
+                f"| {name} | {steps} | {steps / base[0]:.2f} | {rounds} | {payload:,} | "
                 f"{per_round:,} | {total:,} | {total / base_total:.3f} |"
             )
         _plot(curves, target, problem, os.path.join(args.out, f"compression_{problem}.png"))

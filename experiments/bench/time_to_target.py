@@ -7,11 +7,14 @@ Every run is what a user runs: ``jdo.train.run`` on the composed Hydra config (t
 ``metrics.jsonl`` read back. Methods: all-reduce SGD, D-PSGD on a ring and on the one-peer
 exponential graph, CHOCO-SGD with top-1% on a ring, local SGD with H = 16, DiLoCo (H = 64,
 outer Nesterov) — all with plain SGD as the inner step and the same step size per problem.
-Clusters: the ``datacenter``, ``cloud`` and ``edge`` presets, each without stragglers and with
-``shifted_exponential`` ones. Problems: l2-regularised logistic regression (``task=logistic``;
-target: the averaged model within ``LOGISTIC_TARGET`` of the known optimum) and the MLP on digits
-(target: the averaged model's test loss ≤ ``DIGITS_TARGET``). The target is checked at every
-evaluation (every ``EVERY`` steps); the time is the latest worker's clock (``time/total``) there.
+Clusters: the ``datacenter``, ``cloud`` and ``edge`` presets (their links, collective algorithm
+and, on ``edge``, device speeds), each without stragglers and with ``shifted_exponential`` ones
+(c·(1 + X), X ~ Exp(mean 0.5)). Compute: ``cluster/compute=fixed`` at ``COMPUTE_S`` per step
+(a mid-size model's step): these problems' own FLOPs take microseconds on the presets' devices,
+which would leave nothing for a straggler to delay. Problems: l2-regularised logistic regression
+(``task=logistic``) and the MLP on digits, 16 workers, plain SGD; target: the averaged model's
+test loss ≤ ``LOGISTIC_TARGET`` / ``DIGITS_TARGET``, checked at every evaluation (every
+``EVERY`` steps); the time is the latest worker's clock (``time/total``) there.
 
 A method's loss curve does not depend on the cluster (the clock only observes the run), so each
 (problem, method) trains to the same step on every cluster; what changes is what the steps cost.
@@ -43,11 +46,12 @@ METHODS = {
 CLUSTERS = ("datacenter", "cloud", "edge")
 STRAGGLERS = ("none", "shifted_exponential")
 EVERY = 16
-LOGISTIC_TARGET = 0.05  # ‖x̄ − x*‖ (dist_to_opt)
-DIGITS_TARGET = 0.25  # eval/avg_model/loss
+LOGISTIC_TARGET = 0.37  # eval/avg_model/loss (every method levels off at 0.35-0.36)
+DIGITS_TARGET = 0.25  # eval/avg_model/loss (DiLoCo's lowest is 0.22; the others reach 0.11)
+COMPUTE_S = 0.01  # seconds per step of compute, on the fastest device (see the docstring)
 PROBLEMS = {
-    "logistic": (("task=logistic", "optimizer.learning_rate=0.5"), "dist_to_opt", 1500),
-    "digits_mlp": (("task=digits", "model=mlp"), "eval/avg_model/loss", 1500),
+    "logistic": (("task=logistic", "optimizer.learning_rate=0.5"), "eval/avg_model/loss", 512),
+    "digits_mlp": (("task=digits", "model=mlp"), "eval/avg_model/loss", 512),
 }
 
 
@@ -85,20 +89,21 @@ def first_at_target(lines: list[dict], metric: str, target: float) -> dict | Non
     return None
 
 
-def measure(workers: int, problems) -> list[dict]:
+def measure(workers: int, problems, clusters=CLUSTERS) -> list[dict]:
     rows = []
     for problem in problems:
         base, metric, steps = PROBLEMS[problem]
         for method, overrides in METHODS.items():
-            for cluster in CLUSTERS:
+            for cluster in clusters:
                 for stragglers in STRAGGLERS:
+                    system = (
+                        f"cluster={cluster}",
+                        f"cluster/stragglers={stragglers}",
+                        "cluster/compute=fixed",
+                        f"cluster.compute.seconds={COMPUTE_S}",
+                    )
                     lines = run_one(
-                        (
-                            *base,
-                            *overrides,
-                            f"cluster={cluster}",
-                            f"cluster/stragglers={stragglers}",
-                        ),
+                        (*base, *overrides, *system),
                         steps,
                         workers,
                     )
@@ -130,7 +135,8 @@ def measure(workers: int, problems) -> list[dict]:
 def table(rows: list[dict], problem: str) -> str:
     """Markdown: time to target (s) per method (rows) per cluster and stragglers (columns),
     with the fastest method of each column in bold."""
-    columns = [(c, s) for c in CLUSTERS for s in STRAGGLERS]
+    clusters = [c for c in CLUSTERS if any(r["cluster"] == c for r in rows)]
+    columns = [(c, s) for c in clusters for s in STRAGGLERS]
     head = "| method | steps | " + " | ".join(
         f"{c}{' + stragglers' if s != 'none' else ''}" for c, s in columns
     )
@@ -159,19 +165,21 @@ def table(rows: list[dict], problem: str) -> str:
 
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     problems = sorted({r["problem"] for r in rows})
+    clusters = [c for c in CLUSTERS if any(r["cluster"] == c for r in rows)]
     fig, axes = plt.subplots(
         len(problems),
-        len(CLUSTERS),
-        figsize=(4 * len(CLUSTERS), 3.2 * len(problems)),
+        len(clusters),
+        figsize=(4 * len(clusters), 3.2 * len(problems)),
         squeeze=False,
     )
     for i, problem in enumerate(problems):
-        for j, cluster in enumerate(CLUSTERS):
+        for j, cluster in enumerate(clusters):
             ax = axes[i][j]
             for r in rows:
                 if (
@@ -184,9 +192,10 @@ def plot(rows: list[dict], path: str) -> None:
                     ax.plot(xs, ys, label=r["method"])
             ax.axhline(_target(problem), color="grey", lw=0.8, ls=":")
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{problem} on {cluster}")
             ax.set_xlabel("simulated time (s)")
+            ax.set_ylabel("test loss of the averaged model")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,10 +205,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--clusters", default=",".join(CLUSTERS))
     parser.add_argument("--out", default="experiments/bench/results")
     args = parser.parse_args()
     simulate_cpu_devices()
-    rows = measure(args.workers, args.problems.split(","))
+    rows = measure(args.workers, args.problems.split(","), args.clusters.split(","))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "time_to_target.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
@@ -25,10 +26,25 @@ from jdo.train.program import worker_step
 
 def cluster_from_config(node: Mapping | None, workers: int) -> Cluster | None:
     """The ``cluster`` config node as a :class:`~jdo.system.Cluster` sized for ``workers``
-    (``nodes: null`` derives the node count); None when the node is empty (no cluster)."""
+    (``nodes: null`` derives the node count); None when the node is empty (no cluster). Its
+    links, compute model and stragglers are made first, so a bad value is reported under its
+    own key (``cluster.inter.bandwidth_Bps``)."""
     if node is None or not node:
         return None
-    cluster = instantiate(node, "cluster")
+    if "_target_" not in node:
+        raise ConfigError(
+            "cluster",
+            "has no _target_: choose a cluster first (cluster=datacenter, cloud, edge or "
+            "measured), then its stragglers or compute (cluster/stragglers=...)",
+        )
+    parts = {
+        key: instantiate(node[key], f"cluster.{key}")
+        for key in ("intra", "inter", "compute", "stragglers")
+        if isinstance(node.get(key), Mapping) and "_target_" in node[key]
+    }
+    resolved = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    rest = OmegaConf.create({k: v for k, v in resolved.items() if k not in parts})
+    cluster = instantiate(rest, "cluster", **parts)
     if not isinstance(cluster, Cluster):
         raise ConfigError(
             "cluster", f"must make a jdo.system.Cluster, got {type(cluster).__name__}"
@@ -36,7 +52,7 @@ def cluster_from_config(node: Mapping | None, workers: int) -> Cluster | None:
     try:
         return cluster.for_workers(workers)
     except ArgumentError as e:
-        raise ConfigError(f"cluster.{e.argument}", e.message) from None
+        raise ConfigError(f"cluster.{e.argument}", str(e)) from None
 
 
 def with_clock(cluster: Cluster, compute_s, axis_name: str = WORKERS):

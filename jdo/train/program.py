@@ -2,10 +2,12 @@
 chunk of up to K steps, plus ``init`` and evaluation, and the bytes a step sends.
 
 This is the one place where per-step extensions enter the loop: :func:`worker_step` runs
-``algorithm.step`` for one worker on one step; ``fit(..., wrappers=...)`` hands in functions
-``Algorithm -> Algorithm`` (a cluster clock, fault masks, an asynchrony schedule) that wrap
-the algorithm before it is lifted, the way :func:`jdo.train.guard.guard_nonfinite` (applied
-last, outermost) checks every step. Everything here is pure and traced; the host side is in
+``algorithm.step`` for one worker on one step; ``fit(..., clock=..., wrappers=...)`` hands in
+functions ``Algorithm -> Algorithm`` that wrap the algorithm before it is lifted: the simulated
+cluster's clock first (:func:`jdo.train.clocked.with_clock`: its state rides in the algorithm
+state, its collectives are left out of the byte count), then fault masks or an asynchrony
+schedule, the way :func:`jdo.train.guard.guard_nonfinite` (applied last, outermost) checks
+every step. Everything here is pure and traced; the host side is in
 :mod:`jdo.train.loop`.
 """
 
