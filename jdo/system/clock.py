@@ -9,7 +9,7 @@ One step of worker ``i``, in program order:
 
    - a barrier (all-reduce, all-gather, reduce-scatter, all-to-all, broadcast) over the
      workers: ``r_i <- max_j r_j + T(kind, S, W)`` with ``T`` from
-     :meth:`Cluster.collective_time` (one ``pmax`` of the clock, on the same axis);
+     :meth:`Cluster.collective_time` (one all-gather of the clocks, on the same axis);
    - a neighbour exchange (the ``ppermute`` rounds of one mixing step run concurrently):
      ``r_i <- max(r_i, max_{j -> i} r_j + alpha_ji + S / B_ji)`` on the link between j and i
      (the same ``ppermute`` schedule, applied to the clock);
@@ -89,11 +89,12 @@ def diff(a: Time, b: Time) -> jax.Array:
 
 
 def pmax(t: Time, axis_name: str) -> Time:
-    """The latest clock over ``axis_name``: two scalar ``pmax`` (``hi``, then ``lo`` among the
-    workers holding the largest ``hi``)."""
-    hi = jax.lax.pmax(t.hi, axis_name)
-    lo = jax.lax.pmax(jnp.where(t.hi == hi, t.lo, -jnp.inf), axis_name)
-    return Time(hi, lo)
+    """The latest clock over ``axis_name``: one all-gather of every worker's ``(hi, lo)`` (8
+    bytes each), then the largest ``hi`` and, among the workers holding it, the largest ``lo``
+    (one collective, where two chained ``pmax`` would be two)."""
+    both = jax.lax.all_gather(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
+    hi = jnp.max(both[:, 0])
+    return Time(hi, jnp.max(jnp.where(both[:, 0] == hi, both[:, 1], -jnp.inf)))
 
 
 def seconds(t) -> np.ndarray:
@@ -273,7 +274,7 @@ def exchange(rounds: Sequence[Sequence[tuple[int, int]]], nbytes: int, axis_name
         for src, dst in perm:
             delay[dst] = clock.cluster.message_time(src, dst, nbytes)
             receives[dst] = True
-        sent = Time(*jax.lax.ppermute(tuple(clock.ready), axis_name, perm))
+        sent = Time(*jax.lax.ppermute(jnp.stack(clock.ready), axis_name, perm))  # one message
         arrival = add(sent, jnp.asarray(delay)[me])
         take = jnp.asarray(receives)[me] & later(arrival, best)
         best = select(take, arrival, best)

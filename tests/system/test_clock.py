@@ -170,14 +170,14 @@ def test_double_float_clock_keeps_float64_accuracy():
     assert abs(float(naive(xs)) - exact) / exact > 1e-5  # the reason for the pair
 
 
-def test_no_clock_means_no_clock_collectives():
+def test_no_clock_means_no_clock_collectives(mesh8):
     """Without a running clock, jdo.comm's control flow is jax.lax's own and a mean is one
-    pmean: no clock collective (pmax) in the program."""
-    step = lambda v: comm.cond(v.sum() > 0, comm.mean, lambda a: a, v)
-    jaxpr = jax.make_jaxpr(jax.vmap(step, axis_name="workers"))(jnp.ones((W, 3)))
-    text = str(jaxpr)
-    assert "pmax" not in text and "psum" in text
-    clocked = clock.clocked(step, make_cluster(None))
-    lifted = jax.vmap(clocked, axis_name="workers")
-    start = jax.vmap(lambda _: clock.start(0.01), axis_name="workers")(jnp.arange(W))
-    assert "pmax" in str(jax.make_jaxpr(lifted)(start, jnp.ones((W, 3))))
+    psum: no clock collective (the clocks' all-gather) in the program; with one, there is."""
+    average = lambda a: comm.varying(comm.mean(a))  # both branches typed per worker
+    step = lambda v: comm.cond(v.sum() > 0, average, lambda a: a, v)
+    plain = lift(step, "shard_map", mesh=mesh8)
+    text = str(jax.make_jaxpr(plain)(jnp.ones((W, 3))))
+    assert "all_gather" not in text and "psum" in text
+    clocked = lift(clock.clocked(step, make_cluster(None)), "shard_map", mesh=mesh8)
+    start = jax.jit(lift(lambda _: clock.start(0.01), "shard_map", mesh=mesh8))(jnp.arange(W))
+    assert "all_gather" in str(jax.make_jaxpr(clocked)(start, jnp.ones((W, 3))))
