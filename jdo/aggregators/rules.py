@@ -57,6 +57,8 @@ def coordinate_median(x):
     Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal Statistical
     Rates". Needs an honest majority (f < W/2, which it does not take as an argument); its
     error bound assumes bounded heterogeneity of the honest inputs and grows with the dimension.
+    A NaN sorts above ``+inf`` (where ``np.median`` would return NaN), so a minority of NaN
+    inputs is outvoted like any large value.
     """
     w = num_inputs(x)
 
@@ -75,7 +77,8 @@ def trimmed_mean(x, f):
 
     Yin et al. 2018. Needs 2f < W (an honest majority); its error bound assumes bounded
     heterogeneity of the honest inputs. Equals ``scipy.stats.trim_mean(x, f / W, axis=0)``
-    whenever ``int(f / W * W) == f`` (scipy cuts ``int(proportion * W)`` from each end).
+    whenever ``int(f / W * W) == f`` (scipy cuts ``int(proportion * W)`` from each end). A NaN
+    sorts above ``+inf``: up to f NaN inputs are trimmed away.
     """
     w = num_inputs(x)
     f = byzantine_count(f, w, "trimmed_mean", "2f < W")
@@ -84,11 +87,13 @@ def trimmed_mean(x, f):
 
 def krum_scores(x, f) -> jax.Array:
     r"""``[W]``: Krum's score of each input, the sum of its squared distances to its
-    W − f − 2 nearest other inputs, :math:`s_i = \sum_{j \in N_i} \|x_i - x_j\|^2`."""
+    W − f − 2 nearest other inputs, :math:`s_i = \sum_{j \in N_i} \|x_i - x_j\|^2` (a NaN
+    distance counts as the largest; a NaN score as ``inf``)."""
     w = num_inputs(x)
     f = byzantine_count(f, w, "krum", "W > 2f + 2")
     d = pairwise_sq_distances(x) + jnp.diag(jnp.full((w,), jnp.inf))  # never one's own
-    return jnp.sum(jnp.sort(d, axis=1)[:, : w - f - 2], axis=1)
+    scores = jnp.sum(jnp.sort(d, axis=1)[:, : w - f - 2], axis=1)  # sort puts NaN last
+    return jnp.where(jnp.isnan(scores), jnp.inf, scores)  # a NaN input is never the best
 
 
 def krum(x, f):

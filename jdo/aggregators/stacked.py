@@ -36,9 +36,11 @@ def num_inputs(xs) -> int:
 
 
 def sq_norms(xs) -> jax.Array:
-    """``[W]``: ``‖x_i‖²`` over the whole flattened pytree of each stacked input."""
-    per_leaf = [
-        jnp.sum(jnp.square(leaf).reshape(leaf.shape[0], -1), axis=1) for leaf in jax.tree.leaves(xs)
+    """``[W]``: ``‖x_i‖²`` over the whole flattened pytree of each stacked input (at least
+    float32)."""
+    per_leaf = [  # accumulated in at least float32 (bfloat16 updates: no bfloat16 sums)
+        jnp.sum(jnp.square(leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32))), axis=1)
+        for leaf in (leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree.leaves(xs))
     ]
     return sum(per_leaf[1:], per_leaf[0])
 

@@ -74,6 +74,24 @@ def test_krum_and_multi_krum_break_ties_to_the_lower_index():
     assert float(five["v"][0]) == 0.0  # m = W: the mean
 
 
+def test_nan_inputs_count_as_the_farthest_in_the_sort_based_rules():
+    x = {k: v.copy() for k, v in X8.items()}
+    for v in x.values():
+        v[[0, 5]] = np.nan
+    far = {k: np.where(np.isnan(v), np.inf, v) for k, v in x.items()}  # what NaN sorts as
+    median, trimmed, best = jax.jit(
+        lambda x: (A.coordinate_median(x), A.trimmed_mean(x, 2), A.krum(x, 2))
+    )(x)
+    index = R.krum_index(R.flatten({k: np.where(np.isnan(v), 1e30, v) for k, v in x.items()}), 2)
+    assert index not in (0, 5)
+    for k in x:
+        np.testing.assert_array_equal(median[k], np.median(far[k], axis=0))
+        np.testing.assert_allclose(
+            trimmed[k], scipy.stats.trim_mean(far[k], 2 / 8, axis=0), rtol=1e-6, atol=1e-6
+        )
+        np.testing.assert_array_equal(best[k], x[k][index])
+
+
 def test_geometric_median_minimises_the_sum_of_distances():
     flat = R.flatten(X8)
     objective = lambda z: np.sum(np.linalg.norm(flat - z, axis=1))
