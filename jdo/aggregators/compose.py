@@ -106,12 +106,22 @@ class Aggregator:
             xs = stage.fn(xs, **dict(stage.params), **runtime)
         return xs
 
-    def check(self, num_workers: int) -> Aggregator:
+    def check(self, num_workers: int, byzantine: int = 0) -> Aggregator:
         """Raises :class:`jdo.checks.InvalidArgument` (naming the hyperparameter) unless every
         stage accepts the inputs it gets from ``num_workers`` workers (``f`` against ``W``,
-        ``m`` and ``s`` at most ``W``, after bucketing the number of buckets); traces only
-        shapes. Returns ``self``."""
+        ``m`` and ``s`` at most ``W``, after bucketing the number of buckets), and, with
+        ``byzantine`` Byzantine workers, unless they are a minority (every stage but the plain
+        mean, the non-robust baseline, assumes an honest majority). Traces only shapes.
+        Returns ``self``."""
         w = checks.positive_int("num_workers", num_workers)
+        f = checks.non_negative_int("byzantine", byzantine)
+        robust = [str(stage) for stage in self.stages if stage.name != "mean"]
+        if robust and 2 * f >= w:
+            raise checks.InvalidArgument(
+                "byzantine",
+                f"must be fewer than half the workers for {robust[0]}, which assumes an honest "
+                f"majority (2f < W): got {f} Byzantine of W = {w}",
+            )
         key = jax.random.key(0) if self.needs_key else None
         jax.eval_shape(lambda xs: self(xs, key=key), jax.ShapeDtypeStruct((w, 1), jnp.float32))
         return self

@@ -52,6 +52,11 @@ def test_check_counts_the_inputs_each_stage_sees():
         A.compose(A.aggregator("bucketing", s=2), A.aggregator("krum", f=1)).check(8)  # 4 buckets
     with pytest.raises(checks.InvalidArgument, match="2f < W"):
         A.aggregator("trimmed_mean", f=4).check(8)
+    A.aggregator("mean").check(8, byzantine=4)  # the baseline: allowed, it just breaks
+    A.aggregator("coordinate_median").check(8, byzantine=3)
+    with pytest.raises(checks.InvalidArgument, match="honest majority") as info:
+        A.aggregator("coordinate_median").check(8, byzantine=4)
+    assert info.value.argument == "byzantine"
 
 
 @pytest.mark.parametrize(
