@@ -15,6 +15,7 @@ from jdo._axis import WORKERS
 __version__ = "0.1.0"
 
 _SUBPACKAGES = (
+    "aggregators",
     "algorithms",
     "comm",
     "compress",

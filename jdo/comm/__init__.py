@@ -1,6 +1,8 @@
 """Collectives over the worker axis and their communication cost."""
 
 from jdo.comm.collectives import (
+    all_gather,
+    all_gather_reference,
     gather_mean,
     mean,
     mean_reference,
@@ -35,6 +37,8 @@ from jdo.comm.gossip import (
 __all__ = [
     "KINDS",
     "CollectiveOp",
+    "all_gather",
+    "all_gather_reference",
     "collective_bytes",
     "collective_ops",
     "cond",

@@ -38,13 +38,19 @@ def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
     return jax.lax.psum(x, axis_name)
 
 
+def all_gather(x, axis_name: str = WORKERS):
+    """All-gather of a pytree: every worker gets the stacked ``[W, ...]`` pytree of all the
+    workers' ``x`` (one all-gather of ``W ·`` the pytree's bytes: a barrier for the clock)."""
+    n = jax.lax.axis_size(axis_name)
+    clock.barrier("all-gather", n * clock.tree_bytes(x), axis_name)
+    return jax.lax.all_gather(x, axis_name)
+
+
 def gather_mean(payloads, decode, axis_name: str = WORKERS, weights=None):
     """The all-reduce of compressed values: all-gathers every worker's ``payloads`` (what
     travels) and returns ``Σ_j weights_j · decode(payload_j)`` (the plain mean without
     ``weights``, a ``[W]`` vector the same on every worker)."""
-    n = jax.lax.axis_size(axis_name)
-    clock.barrier("all-gather", n * clock.tree_bytes(payloads), axis_name)
-    decoded = jax.vmap(decode)(jax.lax.all_gather(payloads, axis_name))  # every leaf [W, ...]
+    decoded = jax.vmap(decode)(all_gather(payloads, axis_name))  # every leaf [W, ...]
     if weights is None:
         return jax.tree.map(lambda d: d.mean(axis=0), decoded)
     return jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), decoded)
@@ -54,6 +60,13 @@ def mean_reference(xs: np.ndarray) -> np.ndarray:
     """Dense reference for :func:`mean` on stacked ``xs: [W, ...]``."""
     xs = np.asarray(xs)
     return np.broadcast_to(xs.mean(axis=0, keepdims=True), xs.shape).copy()
+
+
+def all_gather_reference(xs: np.ndarray) -> np.ndarray:
+    """Dense reference for :func:`all_gather` on stacked ``xs: [W, ...]``: ``[W, W, ...]``,
+    every worker holding all of ``xs``."""
+    xs = np.asarray(xs)
+    return np.broadcast_to(xs[None], (xs.shape[0], *xs.shape)).copy()
 
 
 def sum_reference(xs: np.ndarray) -> np.ndarray:

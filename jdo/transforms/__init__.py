@@ -7,6 +7,7 @@ from jdo.transforms.diloco import DiLoCoState, diloco
 from jdo.transforms.gossip import GossipState, gossip
 from jdo.transforms.local import LocalSGDState, hierarchical_local_sgd, local_sgd
 from jdo.transforms.powersgd import PowerSGDState, powersgd
+from jdo.transforms.robust import RobustAllReduceState, robust_all_reduce
 
 __all__ = [
     "ChocoState",
@@ -15,6 +16,7 @@ __all__ = [
     "GossipState",
     "LocalSGDState",
     "PowerSGDState",
+    "RobustAllReduceState",
     "all_reduce",
     "choco",
     "compressed_all_reduce",
@@ -23,4 +25,5 @@ __all__ = [
     "hierarchical_local_sgd",
     "local_sgd",
     "powersgd",
+    "robust_all_reduce",
 ]
