@@ -2,6 +2,7 @@
 
 from jdo.comm.collectives import (
     all_gather,
+    backup_mean,
     all_gather_reference,
     gather_mean,
     mean,
@@ -38,6 +39,7 @@ __all__ = [
     "KINDS",
     "CollectiveOp",
     "all_gather",
+    "backup_mean",
     "all_gather_reference",
     "collective_bytes",
     "collective_ops",

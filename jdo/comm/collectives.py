@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
 from jdo._axis import WORKERS
 from jdo._axis import varying as varying  # re-exported: jdo.comm.varying
 from jdo.system import clock
@@ -36,6 +37,24 @@ def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
     """All-reduce sum of a pytree: every worker gets ``Σ_j x_j`` (one all-reduce)."""
     clock.barrier("all-reduce", clock.tree_bytes(x), axis_name)
     return jax.lax.psum(x, axis_name)
+
+
+def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
+    """Synchronous all-reduce with backup workers (Chen et al. 2016, "Revisiting Distributed
+    Synchronous SGD"): the mean of the ``W − b`` contributions that are ready first by simulated
+    time, ``(1/(W−b)) Σ_{j ∈ first} x_j``; the ``b`` latest are dropped and abandon their step.
+    Needs a running simulated clock (:mod:`jdo.system.clock`), whose order of arrival picks the
+    workers; one all-reduce of the masked values (its clock starts at the (W−b)-th arrival)."""
+    n = jax.lax.axis_size(axis_name)
+    b = checks.integer("backup_workers", backup_workers, minimum=0)
+    if b >= n:
+        raise checks.InvalidArgument("backup_workers", f"must be less than the {n} workers, got {b}")
+    if b == 0:
+        return mean(x, axis_name)
+    keep = clock.first_to_arrive(n - b, axis_name)
+    clock.barrier("all-reduce", clock.tree_bytes(x), axis_name, wait_for=n - b)
+    masked = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), x)
+    return jax.tree.map(lambda a: a / (n - b), jax.lax.psum(masked, axis_name))
 
 
 def all_gather(x, axis_name: str = WORKERS):

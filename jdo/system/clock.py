@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdo import checks
 from jdo._axis import WORKERS, varying
 
 # ----------------------------------------------------------------------------------------------
@@ -199,12 +200,13 @@ class _StepClock:
     ready: Time
     comm: jax.Array
     wait: jax.Array
+    abandoned: jax.Array  # compute a late worker gave up (backup workers)
 
     def carry(self):
-        return varying((self.ready, self.comm, self.wait), self.axis_name)
+        return varying((self.ready, self.comm, self.wait, self.abandoned), self.axis_name)
 
     def load(self, carry) -> None:
-        self.ready, self.comm, self.wait = carry
+        self.ready, self.comm, self.wait, self.abandoned = carry
 
 
 _ACTIVE: contextvars.ContextVar[tuple[_StepClock, ...]] = contextvars.ContextVar(
@@ -244,19 +246,57 @@ def tree_bytes(tree) -> int:
     )
 
 
-def barrier(kind: str, nbytes: int, axis_name: str = WORKERS) -> None:
+def barrier(kind: str, nbytes: int, axis_name: str = WORKERS, wait_for: int | None = None) -> None:
     """A barrier collective of ``kind`` over every worker of ``axis_name`` moving ``nbytes``
     (nccl-tests' buffer size): every clock becomes the latest plus the collective's time.
-    Does nothing when no clock runs."""
+    ``wait_for=k`` (backup workers; Chen et al. 2016): the collective starts when the k-th
+    earliest worker is ready, and the later ones abandon their step (their clocks jump to the
+    collective's end; the compute they did not finish is not counted). Does nothing when no
+    clock runs."""
     clock = _on(axis_name)
     n = jax.lax.axis_size(axis_name)
     if clock is None or n == 1:
         return
     cost = jnp.float32(clock.cluster.collective_time(kind, nbytes, n))
-    latest = pmax(clock.ready, axis_name)
-    clock.wait = clock.wait + diff(latest, clock.ready)
+    start = (
+        pmax(clock.ready, axis_name) if wait_for is None else kth(clock.ready, wait_for, axis_name)
+    )
+    late = later(clock.ready, start)
+    clock.wait = clock.wait + jnp.where(late, 0.0, diff(start, clock.ready))
+    clock.abandoned = clock.abandoned + jnp.where(late, diff(clock.ready, start), 0.0)
     clock.comm = clock.comm + cost
-    clock.ready = add(latest, cost)
+    clock.ready = add(start, cost)
+
+
+def _gathered(t: Time, axis_name: str) -> tuple[jax.Array, jax.Array]:
+    both = jax.lax.all_gather(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
+    return both[:, 0], both[:, 1]
+
+
+def _ranks(t: Time, axis_name: str) -> jax.Array:
+    """Every worker's rank by clock, earliest 0 (ties to the lower index): ``[W]`` int32."""
+    hi, lo = _gathered(t, axis_name)
+    order = jnp.lexsort((jnp.arange(hi.shape[0]), lo, hi))
+    return jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+
+
+def kth(t: Time, k: int, axis_name: str = WORKERS) -> Time:
+    """The ``k``-th earliest clock over ``axis_name`` (``k = W``: the latest)."""
+    hi, lo = _gathered(t, axis_name)
+    order = jnp.lexsort((lo, hi))
+    return Time(hi[order[k - 1]], lo[order[k - 1]])
+
+
+def first_to_arrive(count: int, axis_name: str = WORKERS) -> jax.Array:
+    """Whether this worker is among the ``count`` whose clocks are earliest in the step being
+    traced (ties to the lower index): the workers a synchronous step with ``W − count`` backup
+    workers aggregates. Needs a running clock (the order of arrival is simulated time)."""
+    clock = _on(axis_name)
+    if clock is None:
+        raise checks.InvalidArgument(
+            "backup_workers", "need a simulated cluster: the order of arrival is its clock"
+        )
+    return _ranks(clock.ready, axis_name)[jax.lax.axis_index(axis_name)] < count
 
 
 def exchange(rounds: Sequence[Sequence[tuple[int, int]]], nbytes: int, axis_name: str = WORKERS):
@@ -378,12 +418,12 @@ def clocked(step: Callable, cluster, axis_name: str = WORKERS) -> Callable:
     def run(clock: ClockState, *args):
         c = compute_time(cluster, clock, axis_name)
         zero = jnp.zeros((), jnp.float32)
-        running = _StepClock(cluster, axis_name, add(clock.now, c), zero, zero)
+        running = _StepClock(cluster, axis_name, add(clock.now, c), zero, zero, zero)
         with _running(running):
             out = step(*args)
         new = ClockState(
             now=running.ready,
-            compute=add(clock.compute, c),
+            compute=add(clock.compute, c - running.abandoned),
             comm=add(clock.comm, running.comm),
             wait=add(clock.wait, running.wait),
             compute_s=clock.compute_s,

@@ -181,3 +181,34 @@ def test_no_clock_means_no_clock_collectives(mesh8):
     clocked = lift(clock.clocked(step, make_cluster(None)), "shard_map", mesh=mesh8)
     start = jax.jit(lift(lambda _: clock.start(0.01), "shard_map", mesh=mesh8))(jnp.arange(W))
     assert "all_gather" in str(jax.make_jaxpr(clocked)(start, jnp.ones((W, 3))))
+
+
+@pytest.mark.parametrize("straggler", sorted(STRAGGLERS))
+def test_backup_workers_drop_exactly_the_slowest(straggler, mesh8):
+    """jdo.comm.backup_mean with b = 2: each step averages the W − b workers whose clocks are
+    ready first and drops the b slowest by simulated time (Chen et al. 2016); every clock then
+    jumps to the (W − b)-th arrival plus the all-reduce."""
+    b, cluster = 2, make_cluster(STRAGGLERS[straggler])
+    step = clock.clocked(lambda v: comm.varying(comm.backup_mean(v, b)), cluster)
+    lifted = jax.jit(lift(step, "vmap", in_axes=(0, 0)))
+    state = jax.jit(lift(lambda _: clock.start(BASE), "vmap"))(jnp.arange(W))
+    c, allreduce, t = (
+        compute_draws(cluster),
+        2 * (W - 1) * INTER[0] + 2 * (W - 1) / W * 16 / INTER[1],
+        0.0,
+    )
+    values = np.arange(W, dtype=np.float32)[:, None] * np.ones((W, 4), np.float32)
+    for k in range(8):
+        x = jnp.asarray(values + k)
+        out, state = lifted(state, x)
+        ready = t + c[k]
+        kept = np.argsort(ready, kind="stable")[: W - b]
+        np.testing.assert_allclose(
+            np.asarray(out), np.broadcast_to(np.asarray(x)[kept].mean(0), (W, 4)), rtol=1e-6
+        )
+        t = np.sort(ready)[W - b - 1] + allreduce
+        np.testing.assert_allclose(clock.seconds(state.now), np.full(W, t), rtol=1e-6)
+    if straggler == "slow_worker":  # workers 0 and 3 are 5x slower: always the dropped ones
+        assert sorted(set(range(W)) - set(kept)) == [0, 3]
+    with pytest.raises(ValueError, match="backup_workers"):
+        jax.eval_shape(lift(lambda v: comm.backup_mean(v, b), "vmap"), jnp.ones((W, 4)))
