@@ -2,8 +2,8 @@
 
 from jdo.comm.collectives import (
     all_gather,
-    backup_mean,
     all_gather_reference,
+    backup_mean,
     gather_mean,
     mean,
     mean_reference,

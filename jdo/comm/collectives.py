@@ -48,7 +48,9 @@ def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
     n = jax.lax.axis_size(axis_name)
     b = checks.integer("backup_workers", backup_workers, minimum=0)
     if b >= n:
-        raise checks.InvalidArgument("backup_workers", f"must be less than the {n} workers, got {b}")
+        raise checks.InvalidArgument(
+            "backup_workers", f"must be less than the {n} workers, got {b}"
+        )
     if b == 0:
         return mean(x, axis_name)
     keep = clock.first_to_arrive(n - b, axis_name)
