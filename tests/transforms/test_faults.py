@@ -194,3 +194,27 @@ def test_a_lost_message_does_not_delay_its_receiver():
     message = cluster.message_time(2, 1, 4 * D)
     assert ends["none"][1] > 0.1  # waits for worker 0's 0.1 s step
     np.testing.assert_allclose(ends["crash"][[1, 7]], 0.01 + message, rtol=1e-6)
+
+
+def test_periodic_gossip_uses_the_mask_of_its_own_update_count(mesh8):
+    topo, drop, steps = T.ring(W), faults.link_drop(0.5, seed=3), 8
+    tx = jdo.transforms.gossip(topo, every=2, faults=drop)
+    out = _run(tx, np.zeros((W, steps, D)), "vmap", mesh8)
+    x = X0.astype(np.float64)
+    for t in range(steps):
+        if t % 2 == 0:  # the t-th update mixes with delivered(t), W(t // every)
+            x = topo.effective_matrix(t // 2, drop.delivered(t, W)) @ x
+        np.testing.assert_allclose(out[:, t], x, rtol=1e-6, atol=1e-6, err_msg=f"step {t}")
+
+
+def test_all_reduce_under_combined_link_drop_and_crash(mesh8):
+    model = [faults.link_drop(0.3, seed=5), faults.node_crash([6], at_step=1)]
+    combined, steps = faults.combine(*model), 4
+    grads = RNG.normal(size=(W, steps, D)).astype(np.float32)
+    out = _run(jdo.transforms.all_reduce(faults=model), grads, "shard_map", mesh8)
+    x = X0.astype(np.float64)
+    for t in range(steps):
+        mask, up = combined.delivered(t, W), combined.alive(t, W)
+        step = np.stack([grads[mask[i], t].mean(axis=0) for i in range(W)])
+        x = np.where(up[:, None], x + step, x)
+        np.testing.assert_allclose(out[:, t], x, rtol=1e-6, atol=1e-6, err_msg=f"step {t}")
