@@ -21,6 +21,7 @@ _SUBPACKAGES = (
     "compress",
     "constrained",
     "data",
+    "faults",
     "models",
     "rl",
     "system",

@@ -32,7 +32,9 @@ def _check_size(topology: Topology, axis_name: str) -> None:
         )
 
 
-def _apply(schedule: Schedule, x, axis_name: str, decode):
+def _apply(schedule: Schedule, x, axis_name: str, decode, delivered=None, rejoining=None):
+    if delivered is not None:
+        return _apply_delivered(schedule, x, axis_name, decode, delivered, rejoining)
     me = jax.lax.axis_index(axis_name)
 
     def weight(values, like):
@@ -46,7 +48,48 @@ def _apply(schedule: Schedule, x, axis_name: str, decode):
     return out
 
 
-def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None):
+def _apply_delivered(schedule: Schedule, x, axis_name: str, decode, delivered, rejoining):
+    """:func:`_apply` when only the ``delivered`` links work: a message that did not arrive is
+    never read (``where``, so a NaN in it goes nowhere), its weight goes to the receiver's own
+    value, and a ``rejoining`` worker takes the weighted mean of what reached it instead."""
+    me = jax.lax.axis_index(axis_name)
+    row = delivered[me] if jnp.ndim(delivered) == 2 else delivered  # [W]: j's message arrives
+    arrived, weights = [], []
+    for perm, w in schedule.rounds:
+        sender = np.arange(len(w))
+        for src, dst in perm:
+            sender[dst] = src
+        w_me = jnp.asarray(np.asarray(w, np.float32))[me]
+        arrived.append(row[jnp.asarray(sender)[me]] & (w_me != 0))
+        weights.append(w_me)
+    clock.exchange([p for p, _ in schedule.rounds], clock.tree_bytes(x), axis_name, arrived)
+    own = decode(x)
+    received = jax.tree.map(jnp.zeros_like, own)
+    kept = lost = jnp.zeros((), jnp.float32)
+    for (perm, _), ok, w in zip(schedule.rounds, arrived, weights, strict=True):
+        r = decode(jax.lax.ppermute(x, axis_name, perm))
+        add = lambda o, v, ok=ok, w=w: o + jnp.where(ok, w.astype(v.dtype) * v, 0)
+        received = jax.tree.map(add, received, r)
+        kept, lost = kept + jnp.where(ok, w, 0), lost + jnp.where(ok, 0, w)
+    self_weight = jnp.asarray(np.asarray(schedule.self_weights, np.float32))[me] + lost
+    out = jax.tree.map(lambda a, v: self_weight.astype(a.dtype) * a + v, own, received)
+    if rejoining is None:
+        return out
+    take = jnp.asarray(rejoining) & (kept > 0)
+    safe = jnp.where(kept > 0, kept, 1)
+    return jax.tree.map(lambda o, v: jnp.where(take, v / safe.astype(v.dtype), o), out, received)
+
+
+def mix(
+    x,
+    topology: Topology,
+    step=0,
+    axis_name: str = WORKERS,
+    *,
+    decode=None,
+    delivered=None,
+    rejoining=None,
+):
     """One gossip step: ``x_i ← Σ_j W(step)_ij x_j`` for a pytree ``x`` (one worker's value).
 
     Args:
@@ -56,27 +99,48 @@ def mix(x, topology: Topology, step=0, axis_name: str = WORKERS, *, decode=None)
       axis_name: the workers' named axis.
       decode: if given, ``x`` is a compressed payload: what travels is the payload, and the
         result is ``Σ_j W_ij decode(x_j)`` (compressed gossip, as in CHOCO-SGD).
+      delivered: traced bool, the ``[W, W]`` delivered-links mask (``[i, j]``: j's message
+        reaches i; :mod:`jdo.faults`) or this worker's row ``[W]``; None: every link works.
+        Then ``x ← W_eff x`` with ``W_eff = topology.effective_matrix(step, delivered)``: a
+        lost message is never read and its weight goes to the receiver's own value. The
+        complete graph then mixes with W − 1 ppermutes instead of an all-reduce.
+      rejoining: traced bool (this worker's): with ``delivered``, a worker coming back from a
+        crash takes ``Σ_j W_ij x_j / Σ_j W_ij`` over the neighbours whose message arrived (its
+        own stale value left out; kept if nothing arrived).
     """
     _check_size(topology, axis_name)
     if topology.n == 1:  # W = [1]: nothing to send (not even to itself)
         return x if decode is None else decode(x)
-    if topology.is_complete:  # typed per-worker again, like the result of any other graph
+    if topology.is_complete and delivered is None:  # typed per-worker again, like any graph
         if decode is not None:
             return varying(gather_mean(x, decode, axis_name), axis_name)
         return varying(mean(x, axis_name), axis_name)
     decode = decode or (lambda v: v)
+    faults = {"delivered": delivered, "rejoining": rejoining}
     branches = [
-        functools.partial(_apply, s, axis_name=axis_name, decode=decode) for s in topology.schedules
+        functools.partial(_apply, s, axis_name=axis_name, decode=decode, **faults)
+        for s in topology.schedules
     ]
     if len(branches) == 1:
         return branches[0](x)
     return clock.switch(jnp.asarray(step, jnp.int32) % len(branches), branches, x)
 
 
-def mix_rounds(x, topology: Topology, step=0, rounds: int = 1, axis_name: str = WORKERS):
-    """``rounds`` consecutive gossip steps with ``W(step·rounds), ..., W(step·rounds+rounds−1)``."""
+def mix_rounds(
+    x,
+    topology: Topology,
+    step=0,
+    rounds: int = 1,
+    axis_name: str = WORKERS,
+    *,
+    delivered=None,
+    rejoining=None,
+):
+    """``rounds`` consecutive gossip steps with ``W(step·rounds), ..., W(step·rounds+rounds−1)``
+    (with ``delivered``: the same links lost in every round; ``rejoining`` acts in the first)."""
     for r in range(rounds):
-        x = mix(x, topology, step * rounds + r, axis_name)
+        rejoin = rejoining if r == 0 else None
+        x = mix(x, topology, step * rounds + r, axis_name, delivered=delivered, rejoining=rejoin)
     return x
 
 

@@ -299,24 +299,35 @@ def first_to_arrive(count: int, axis_name: str = WORKERS) -> jax.Array:
     return _ranks(clock.ready, axis_name)[jax.lax.axis_index(axis_name)] < count
 
 
-def exchange(rounds: Sequence[Sequence[tuple[int, int]]], nbytes: int, axis_name: str = WORKERS):
+def exchange(
+    rounds: Sequence[Sequence[tuple[int, int]]],
+    nbytes: int,
+    axis_name: str = WORKERS,
+    received: Sequence | None = None,
+):
     """The ``ppermute`` rounds of one mixing step (concurrent), each message ``nbytes``: a
     receiver's clock becomes the latest of its own and every arrival ``r_j + alpha + S / B``.
-    Does nothing when no clock runs."""
+    ``received``: per round, this worker's traced bool "my message of this round arrived"
+    (None: all did); a lost message (a dropped link, a crashed sender) never delays its
+    receiver. Does nothing when no clock runs."""
     clock = _on(axis_name)
     rounds = [[(s, d) for s, d in perm if s != d] for perm in rounds]
     if clock is None or not any(rounds):
         return
+    if received is None:
+        received = [True] * len(rounds)
     n, me = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
     best, binding = clock.ready, jnp.zeros((), jnp.float32)
-    for perm in filter(None, rounds):
+    for perm, arrived in zip(rounds, received, strict=True):
+        if not perm:
+            continue
         delay, receives = np.zeros(n, np.float32), np.zeros(n, bool)
         for src, dst in perm:
             delay[dst] = clock.cluster.message_time(src, dst, nbytes)
             receives[dst] = True
         sent = Time(*jax.lax.ppermute(jnp.stack(clock.ready), axis_name, perm))  # one message
         arrival = add(sent, jnp.asarray(delay)[me])
-        take = jnp.asarray(receives)[me] & later(arrival, best)
+        take = jnp.asarray(receives)[me] & arrived & later(arrival, best)
         best = select(take, arrival, best)
         binding = jnp.where(take, jnp.asarray(delay)[me], binding)
     advance = diff(best, clock.ready)

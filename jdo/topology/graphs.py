@@ -70,6 +70,31 @@ class Topology:
         """``W(step)`` as a read-only numpy array."""
         return self.matrices[step % self.period]
 
+    def effective_matrix(self, step: int, delivered) -> np.ndarray:
+        """The mixing matrix actually applied at ``step`` when only the ``delivered`` links
+        work (``[n, n]`` bool, entry ``[i, j]``: j's message reached i; e.g.
+        ``jdo.faults.link_drop(p).delivered(step, n)``): ``W(step)_ij`` on delivered links, 0 on
+        lost ones, and each lost weight added to the receiver's own weight ``W_ii``.
+
+        Every row keeps its sum, so a row-stochastic W stays row stochastic. A symmetric W
+        (Metropolis weights on an undirected graph) with a symmetric mask (an edge lost in both
+        directions) stays symmetric, hence doubly stochastic: mixing keeps the worker mean. A
+        column-stochastic (push-sum) W does not stay column stochastic: what a lost message
+        carried is replaced by the receiver's own value, so push-sum's weights no longer sum to
+        W and its ratio tends to a perturbed average; a directed doubly stochastic W (the
+        exponential graph) stays row stochastic only (consensus, not the exact mean)."""
+        w = self.mixing_matrix(step)
+        mask = np.asarray(delivered)
+        if mask.shape != w.shape or mask.dtype != bool:
+            raise checks.InvalidArgument(
+                "delivered",
+                f"must be a bool array of shape {w.shape}, got {mask.dtype} {mask.shape}",
+            )
+        mask = mask | np.eye(self.n, dtype=bool)
+        out = np.where(mask, w, 0.0)
+        out[np.diag_indices(self.n)] += np.where(mask, 0.0, w).sum(axis=1)
+        return out
+
     def peers(self, step: int = 0) -> list[list[int]]:
         """For each worker, the workers it receives from at ``step`` (self excluded)."""
         w = self.mixing_matrix(step)

@@ -12,6 +12,7 @@ from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.control import cond
 from jdo.comm.gossip import mix_rounds
+from jdo.faults import is_directed, network_faults, rejoining
 from jdo.topology import Topology, check_topology
 
 
@@ -20,7 +21,12 @@ class GossipState(NamedTuple):
 
 
 def gossip(
-    topology: Topology, *, every: int = 1, rounds: int = 1, axis_name: str = WORKERS
+    topology: Topology,
+    *,
+    every: int = 1,
+    rounds: int = 1,
+    axis_name: str = WORKERS,
+    faults=None,
 ) -> optax.GradientTransformation:
     r"""Mixes the parameters with the neighbours after the local update (adapt-then-combine).
 
@@ -38,11 +44,22 @@ def gossip(
     Needs ``params`` in ``update``. Under ``shard_map`` or ``vmap`` over ``axis_name``; the
     topology's size must equal the number of workers.
 
+    With ``faults`` (:mod:`jdo.faults`), the t-th update (counted from 0 by this transform)
+    mixes with :math:`W_{\text{eff}}(t)` = ``topology.effective_matrix(e, M)`` where ``M =
+    faults.delivered(t, W, directed=jdo.faults.is_directed(topology))`` and ``e`` the gossip
+    event (``t // every``): a lost message's weight goes to the receiver's own value (on an
+    undirected graph every :math:`W_{\text{eff}}(t)` stays doubly stochastic; on a directed
+    one, row stochastic only). A crashed worker (``node_crash``) neither sends nor updates
+    (its update is zero while down) and, on its first mixing after coming back, takes the
+    weighted mean of the neighbours it hears from.
+
     Args:
       topology: a doubly stochastic :class:`~jdo.topology.Topology` (mixing keeps the mean).
       every: mix on updates ``0, H, 2H, ...``.
       rounds: gossip steps per mixing.
       axis_name: the workers' named axis.
+      faults: None, a network fault (``jdo.faults.link_drop(p)``, ``node_crash(...)``) or a
+        list of them.
     """
     check_topology(
         "topology",
@@ -52,6 +69,10 @@ def gossip(
     )
     checks.positive_int("every", every)
     checks.positive_int("rounds", rounds)
+    faults = network_faults("faults", faults)
+    if faults is not None:
+        faults.check(topology.n)
+    directed = is_directed(topology)
 
     def init_fn(params):
         del params
@@ -64,12 +85,21 @@ def gossip(
             )
         local = optax.apply_updates(params, updates)
         event = state.count // every  # the gossip event's index selects W(t)
-        gossip_now = lambda x: mix_rounds(x, topology, event, rounds, axis_name)
+        lost = {}
+        if faults is not None:
+            n, me = topology.n, jax.lax.axis_index(axis_name)
+            lost["delivered"] = faults.delivered_traced(state.count, n, directed)[me]
+            if faults.rejoins:  # down at any update since the last mixing
+                lost["rejoining"] = rejoining(faults, state.count, n, every)[me]
+        gossip_now = lambda x: mix_rounds(x, topology, event, rounds, axis_name, **lost)
         if every == 1:
             mixed = gossip_now(local)
         else:
             mixed = cond(state.count % every == 0, gossip_now, lambda x: x, local)
         new_updates = jax.tree.map(lambda m, p: (m - p).astype(p.dtype), mixed, params)
+        if faults is not None and faults.crashes:  # a down worker does not move
+            up = faults.alive_traced(state.count, topology.n)[jax.lax.axis_index(axis_name)]
+            new_updates = jax.tree.map(lambda u: jnp.where(up, u, 0), new_updates)
         return new_updates, GossipState(state.count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)

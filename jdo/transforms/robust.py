@@ -13,6 +13,7 @@ from jdo import checks
 from jdo._axis import WORKERS
 from jdo.aggregators import Aggregator
 from jdo.comm.collectives import all_gather, varying
+from jdo.faults import Byzantine
 
 
 class RobustAllReduceState(NamedTuple):
@@ -21,7 +22,11 @@ class RobustAllReduceState(NamedTuple):
 
 
 def robust_all_reduce(
-    aggregator: Aggregator | Callable, axis_name: str = WORKERS, *, seed: int = 0
+    aggregator: Aggregator | Callable,
+    axis_name: str = WORKERS,
+    *,
+    seed: int = 0,
+    faults: Byzantine | None = None,
 ) -> optax.GradientTransformation:
     r"""All-gathers the workers' updates and replaces each by a robust aggregate of them.
 
@@ -50,6 +55,11 @@ def robust_all_reduce(
       axis_name: the named axis the workers live on.
       seed: for aggregators that draw (bucketing): every worker uses
         ``fold_in(key(seed), step)``, so all of them draw the same buckets.
+      faults: None or ``jdo.faults.byzantine(workers, attack)``: right after the all-gather,
+        the Byzantine workers' rows are replaced by the attack at this step (the transform's
+        update count, from 0), computed from the honest rows as the papers' omniscient
+        attackers do (:mod:`jdo.faults.byzantine`); every worker sees the same forged rows.
+        A data attack (``label_flip``) changes nothing here: the loss flips the labels.
 
     Returns:
       An ``optax.GradientTransformation`` whose state keeps the step count and the previous
@@ -57,6 +67,12 @@ def robust_all_reduce(
     """
     checks.function("aggregator", aggregator)
     checks.integer("seed", seed)
+    if faults is not None and not isinstance(faults, Byzantine):
+        raise checks.WrongType(
+            "faults",
+            "must be None or jdo.faults.byzantine(workers, attack) (network faults go to "
+            f"all_reduce and gossip), got {type(faults).__name__}",
+        )
     is_aggregator = isinstance(aggregator, Aggregator)
     if is_aggregator and not aggregator.is_rule:
         raise checks.InvalidArgument(
@@ -74,6 +90,8 @@ def robust_all_reduce(
     def update_fn(updates, state, params=None):
         del params
         xs = all_gather(updates, axis_name)  # every leaf [W, ...], the same on every worker
+        if faults is not None:
+            xs = faults.corrupt(xs, state.count)
         runtime = {}
         if needs_key:
             runtime["key"] = jax.random.fold_in(jax.random.key(seed), state.count)
