@@ -117,6 +117,36 @@ CASES = [
         2,
         "error: cluster: has no _target_: choose a cluster first",
     ),
+    # in-run faults, robust aggregation, backup workers (jdo.faults, jdo.aggregators)
+    Case(
+        ("faults=link_drop", "algorithm=local_sgd"),
+        2,
+        "error: faults: is not taken by algorithm local_sgd (algorithms that take it: "
+        "allreduce_sgd, dpsgd)",
+    ),
+    Case(("faults=link_drop", "faults.p=1.5"), 2, "error: faults.p: must be in [0, 1], got 1.5"),
+    Case(
+        ("aggregator=krum", "algorithm=dpsgd"),
+        2,
+        "error: aggregator: is not taken by algorithm dpsgd (algorithms that take it: "
+        "allreduce_sgd)",
+    ),
+    Case(
+        ("faults=byzantine", "faults.workers=[0,1,2,3]", "aggregator=krum"),
+        2,
+        "error: aggregator: byzantine must be fewer than half the workers for krum(f=1)",
+    ),
+    Case(
+        ("faults=byzantine", "faults.attack=label_flip", "aggregator=coordinate_median"),
+        2,
+        "error: faults.attack: label_flip is a data attack the runner does not apply yet",
+    ),
+    Case(
+        ("trainer.backup_workers=2",),
+        2,
+        "error: trainer.backup_workers: needs a simulated cluster (cluster=datacenter, cloud, "
+        "edge or measured)",
+    ),
     Case(("trainer.steps=0",), 2, "error: trainer.steps: must be a positive integer, got 0"),
     Case(("trainer.steps=-5",), 2, "error: trainer.steps: must be a positive integer, got -5"),
     Case(

@@ -37,6 +37,7 @@ from jdo.aggregators.compose import (
     Stage,
     aggregator,
     compose,
+    pipeline,
 )
 from jdo.aggregators.pre import bucketing, nearest_neighbor_mixing
 from jdo.aggregators.rules import (
@@ -59,6 +60,7 @@ __all__ = [
     "bucketing",
     "centered_clipping",
     "compose",
+    "pipeline",
     "coordinate_median",
     "geometric_median",
     "krum",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -177,3 +177,17 @@ def compose(*aggregators: Aggregator) -> Aggregator:
                 f"must put the rule last: {stage} removes the worker axis, nothing can follow it",
             )
     return Aggregator(stages)
+
+
+def pipeline(stages: Sequence[Mapping[str, Any]]) -> Aggregator:
+    """:func:`compose` from plain data (what a config file holds): ``pipeline([{"name":
+    "nearest_neighbor_mixing", "f": 1}, {"name": "centered_clipping", "tau": 1.0}])`` is
+    ``compose(aggregator("nearest_neighbor_mixing", f=1), aggregator("centered_clipping",
+    tau=1.0))``."""
+    made = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Mapping) or "name" not in stage:
+            raise checks.WrongType(f"stages[{i}]", f"must be a mapping with a name, got {stage!r}")
+        params = {k: v for k, v in stage.items() if k != "name"}
+        made.append(aggregator(stage["name"], **params))
+    return compose(*made)

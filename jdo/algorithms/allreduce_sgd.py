@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdo import checks
+from jdo import aggregators, checks
 from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
-from jdo.transforms import all_reduce
+from jdo.faults import Byzantine, network_faults
+from jdo.transforms import all_reduce, robust_all_reduce
 
 
 class TrainState(NamedTuple):
@@ -46,7 +47,13 @@ def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorit
 
 @register("allreduce_sgd")
 def allreduce_sgd(
-    loss_fn: LossFn, optimizer: optax.GradientTransformation, *, axis_name: str = WORKERS
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    faults=None,
+    aggregator=None,
+    backup_workers: int = 0,
+    axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Synchronous data-parallel training: all-reduce the gradients, then any optax optimizer.
 
@@ -62,10 +69,42 @@ def allreduce_sgd(
     Args:
       loss_fn: ``loss_fn(params, batch, key) -> (loss, metrics)`` for one worker's batch.
       optimizer: any optax transformation (``optax.sgd(0.1)``, ``optax.adamw(1e-3)``, ...).
+      faults: network faults (``jdo.faults.link_drop``, ``node_crash``: each worker averages
+        the gradients that reached it; with a crash the average is of the optimizer's updates,
+        :func:`jdo.transforms.all_reduce` placed after it, so a rejoining worker lands on the
+        survivors' parameters) or Byzantine workers (``jdo.faults.byzantine``: their gradients
+        are replaced by the attack before a robust ``aggregator`` combines them).
+      aggregator: a robust rule (``jdo.aggregators.aggregator("coordinate_median")``, a
+        composition, or a function of the stacked ``[W, ...]`` gradients): the gradients are
+        all-gathered and aggregated by it (:func:`jdo.transforms.robust_all_reduce`).
+      backup_workers: average the ``W − b`` gradients ready first by simulated time (needs a
+        simulated cluster; Chen et al. 2016).
       axis_name: the workers' named axis.
 
     Returns:
       An :class:`~jdo.algorithms.Algorithm` whose state is :class:`TrainState`.
     """
     checks.optimizer("optimizer", optimizer)
-    return from_transform(loss_fn, optax.chain(all_reduce(axis_name), optimizer))
+    return from_transform(
+        loss_fn, _aggregation(optimizer, faults, aggregator, backup_workers, axis_name)
+    )
+
+
+def _aggregation(optimizer, faults, aggregator, backup_workers, axis_name):
+    """The chain of :func:`allreduce_sgd`: how the gradients are combined, then ``optimizer``."""
+    byzantine = isinstance(faults, Byzantine)
+    if aggregator is not None or byzantine:
+        if backup_workers:
+            raise checks.InvalidArgument("backup_workers", "do not combine with an aggregator")
+        if faults is not None and not byzantine:
+            raise checks.InvalidArgument(
+                "faults", "a robust aggregator takes Byzantine workers, not network faults"
+            )
+        rule = aggregator if aggregator is not None else aggregators.mean
+        return optax.chain(robust_all_reduce(rule, axis_name, faults=faults), optimizer)
+    if faults is not None:
+        network = network_faults("faults", faults)
+        if network.crashes:  # average updates: a rejoining worker needs the params
+            return optax.chain(optimizer, all_reduce(axis_name, faults=network))
+        return optax.chain(all_reduce(axis_name, faults=network), optimizer)
+    return optax.chain(all_reduce(axis_name, backup_workers=backup_workers), optimizer)

@@ -43,6 +43,7 @@ def dpsgd(
     variant: str = "atc",
     gossip_every: int = 1,
     gossip_rounds: int = 1,
+    faults=None,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Decentralized parallel SGD (Lian et al. 2017, "Can Decentralized Algorithms Outperform
@@ -56,9 +57,13 @@ def dpsgd(
       :math:`x_i \leftarrow \sum_j W_{ij} x_j + u_i`.
 
     ``gossip_every=H`` mixes on every H-th step only (periodic gossip, local steps between);
-    ``gossip_rounds=R`` mixes R times per mixing step.
+    ``gossip_rounds=R`` mixes R times per mixing step. ``faults`` (``jdo.faults.link_drop``,
+    ``node_crash``; ``variant="atc"``): each mixing step uses the effective matrix of the
+    links that delivered (:func:`jdo.transforms.gossip`).
     """
     _check(loss_fn, optimizer, topology, "dpsgd")
+    if faults is not None and variant != "atc":
+        raise checks.InvalidArgument("faults", "need variant='atc' (the gossip transform)")
     checks.one_of("variant", variant, ("atc", "cta"))
     checks.positive_int("gossip_every", gossip_every)
     checks.positive_int("gossip_rounds", gossip_rounds)
@@ -66,7 +71,13 @@ def dpsgd(
     if variant == "atc":
         tx = optax.chain(
             optimizer,
-            gossip(topology, every=gossip_every, rounds=gossip_rounds, axis_name=axis_name),
+            gossip(
+                topology,
+                every=gossip_every,
+                rounds=gossip_rounds,
+                axis_name=axis_name,
+                faults=faults,
+            ),
         )
     else:
         tx = optimizer

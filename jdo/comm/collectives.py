@@ -43,8 +43,9 @@ def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
     """Synchronous all-reduce with backup workers (Chen et al. 2016, "Revisiting Distributed
     Synchronous SGD"): the mean of the ``W − b`` contributions that are ready first by simulated
     time, ``(1/(W−b)) Σ_{j ∈ first} x_j``; the ``b`` latest are dropped and abandon their step.
-    Needs a running simulated clock (:mod:`jdo.system.clock`), whose order of arrival picks the
-    workers; one all-reduce of the masked values (its clock starts at the (W−b)-th arrival)."""
+    The order of arrival is the running simulated clock's (:mod:`jdo.system.clock`); with none
+    every worker is ready at once and the tie rule keeps the ``W − b`` lowest indices. One
+    all-reduce of the masked values (its clock starts at the (W−b)-th arrival)."""
     n = jax.lax.axis_size(axis_name)
     b = checks.integer("backup_workers", backup_workers, minimum=0)
     if b >= n:

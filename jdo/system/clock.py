@@ -46,7 +46,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdo import checks
 from jdo._axis import WORKERS, varying
 
 # ----------------------------------------------------------------------------------------------
@@ -290,12 +289,11 @@ def kth(t: Time, k: int, axis_name: str = WORKERS) -> Time:
 def first_to_arrive(count: int, axis_name: str = WORKERS) -> jax.Array:
     """Whether this worker is among the ``count`` whose clocks are earliest in the step being
     traced (ties to the lower index): the workers a synchronous step with ``W − count`` backup
-    workers aggregates. Needs a running clock (the order of arrival is simulated time)."""
+    workers aggregates. With no running clock every worker is ready at once, so the tie rule
+    keeps the ``count`` lowest indices."""
     clock = _on(axis_name)
     if clock is None:
-        raise checks.InvalidArgument(
-            "backup_workers", "need a simulated cluster: the order of arrival is its clock"
-        )
+        return jax.lax.axis_index(axis_name) < count
     return _ranks(clock.ready, axis_name)[jax.lax.axis_index(axis_name)] < count
 
 

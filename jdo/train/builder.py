@@ -85,6 +85,58 @@ def _check_parts(cfg: Mapping, workers: int) -> None:
             raise ConfigError("topology.n", f"must equal workers ({workers}), got {topology.n}")
     if "compressor" in algorithm and algorithm["compressor"] is not None:
         instantiate(cfg["compression"], "compression")
+    _check_faults(cfg, workers)
+
+
+def _check_faults(cfg: Mapping, workers: int) -> None:
+    """The faults, the aggregator and the backup workers, under their own keys, and only with
+    an algorithm that takes them."""
+    algorithm, name = cfg["algorithm"], _target(cfg["algorithm"]).rsplit(".", 1)[-1]
+    takes = {"faults": "allreduce_sgd, dpsgd", "aggregator": "allreduce_sgd"}
+    made = {}
+    for key, which in takes.items():
+        if cfg.get(key) is None:
+            continue
+        if key not in algorithm:
+            raise ConfigError(
+                key, f"is not taken by algorithm {name} (algorithms that take it: {which})"
+            )
+        made[key] = instantiate(cfg[key], key)
+    fault, rule = made.get("faults"), made.get("aggregator")
+    try:
+        if fault is not None:
+            fault.check(workers)
+    except ArgumentError as e:
+        raise _config_error(e, cfg["faults"], "faults") from None
+    if getattr(getattr(fault, "attack", None), "is_data_attack", False):
+        raise ConfigError(
+            "faults.attack",
+            "label_flip is a data attack the runner does not apply yet (use "
+            "jdo.faults.Byzantine.labels in your own loss); choose sign_flip, alie, ipm or "
+            "gaussian",
+        )
+    try:
+        if rule is not None:
+            rule.check(workers, byzantine=getattr(fault, "f", 0))
+    except ArgumentError as e:
+        raise _config_error(e, cfg["aggregator"], "aggregator") from None
+    backup = cfg["trainer"].get("backup_workers", 0)
+    if backup:
+        if "backup_workers" not in algorithm:
+            raise ConfigError(
+                "trainer.backup_workers",
+                f"is not taken by algorithm {name} (allreduce_sgd takes it)",
+            )
+        if not cfg.get("cluster"):
+            raise ConfigError(
+                "trainer.backup_workers",
+                "needs a simulated cluster (cluster=datacenter, cloud, edge or measured): the "
+                "workers dropped are the last to arrive by its clock",
+            )
+        if not isinstance(backup, int) or not 0 <= backup < workers:
+            raise ConfigError(
+                "trainer.backup_workers", f"must be an integer in [0, {workers}), got {backup!r}"
+            )
 
 
 def _check_init(algorithm, params, node) -> None:

@@ -24,6 +24,7 @@ TRAINER_KEYS = (
     "nonfinite",
     "divergence",
     "call_seconds",
+    "backup_workers",
 )
 LOGGER_KEYS = ("tensorboard",)
 CHECKPOINT_KEYS = (
@@ -57,6 +58,8 @@ TOP_KEYS = (
     "deterministic",
     "distributed",
     "cluster",
+    "faults",
+    "aggregator",
 )
 # Keys a resumed run may change: how long and where it runs, not what it computes.
 RESUME_MAY_DIFFER = (

@@ -20,7 +20,11 @@ class FaultyAllReduceState(NamedTuple):
 
 
 def all_reduce(
-    axis_name: str = WORKERS, *, op: Literal["mean", "sum"] = "mean", faults=None
+    axis_name: str = WORKERS,
+    *,
+    op: Literal["mean", "sum"] = "mean",
+    faults=None,
+    backup_workers: int = 0,
 ) -> optax.GradientTransformation:
     r"""Averages (or sums) the incoming updates over the workers on ``axis_name``.
 
@@ -56,15 +60,26 @@ def all_reduce(
       op: ``"mean"`` (default) or ``"sum"``.
       faults: None, a network fault (``jdo.faults.link_drop(p)``, ``node_crash(...)``) or a
         list of them.
+      backup_workers: ``b > 0``: each update averages the ``W − b`` workers ready first by
+        simulated time and drops the ``b`` latest (Chen et al. 2016, "Revisiting Distributed
+        Synchronous SGD"; :func:`jdo.comm.backup_mean`): needs a simulated cluster's clock
+        (a run with ``cluster=...``); ``op="mean"``, no ``faults``.
 
     Returns:
       An ``optax.GradientTransformation``.
     """
     checks.one_of("op", op, ("mean", "sum"))
     faults = network_faults("faults", faults)
+    backup = checks.integer("backup_workers", backup_workers, minimum=0)
+    if backup and (op != "mean" or faults is not None):
+        raise checks.InvalidArgument(
+            "backup_workers", "work with op='mean' and no faults (they drop the latest workers)"
+        )
     if faults is not None:
         return _all_reduce_with_faults(axis_name, op, faults)
     reduce = collectives.mean if op == "mean" else collectives.sum
+    if backup:
+        reduce = lambda x, axis: collectives.backup_mean(x, backup, axis)  # noqa: E731
 
     def init_fn(params):
         del params

@@ -82,3 +82,17 @@ def test_bad_aggregators_name_the_argument(call, argument):
     with pytest.raises(checks.ArgumentError) as info:
         call()
     assert info.value.argument == argument, info.value
+
+
+def test_pipeline_is_compose_from_plain_data():
+    """What a config file holds (a list of {name, params}) makes the same aggregator."""
+    stages = [
+        {"name": "nearest_neighbor_mixing", "f": 1},
+        {"name": "centered_clipping", "tau": 1.0},
+    ]
+    made = A.pipeline(stages)
+    assert made == A.compose(
+        A.aggregator("nearest_neighbor_mixing", f=1), A.aggregator("centered_clipping", tau=1.0)
+    )
+    with pytest.raises(TypeError, match=r"stages\[0\]"):
+        A.pipeline([{"f": 1}])
