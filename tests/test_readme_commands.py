@@ -3,7 +3,8 @@ does not diverge.
 
 The README is parsed at test time (code blocks and inline code), so a command added to it is
 tested without touching this file. Each runs with ``trainer.steps=100`` (logged at 50 and 100,
-no checkpoints; RL and MNIST 20 steps logged at 10 and 20) in-process through Hydra's compose
+no checkpoints; RL 20 steps of 8 examples logged at 10 and 20; MNIST and the CNN 10 steps
+of 4 examples logged at 5 and 10) in-process through Hydra's compose
 and :func:`jdo.train.run`; ``--multirun`` sweeps run as the CLI in a subprocess. A command
 that names a data directory or file gets small ones written by ``tests/helpers.py``.
 Commands for a SLURM cluster (``hydra/launcher=slurm``) cannot run here and are skipped.
@@ -43,6 +44,14 @@ HEAVY = (
     "trainer.log_every=10",
     "trainer.eval_every=10",
     "trainer.batch_size=8",
+    "trainer.eval_batch_size=64",
+)
+CONV = (  # a CNN step's convolutions, vmapped over workers, are grouped convolutions (slow on
+    # CPU): 100 steps of the digits CNN took minutes, 20 steps of 28x28 MNIST over a minute
+    "trainer.steps=10",
+    "trainer.log_every=5",
+    "trainer.eval_every=5",
+    "trainer.batch_size=4",
     "trainer.eval_batch_size=64",
 )
 
@@ -157,8 +166,12 @@ def test_readme_command_runs_and_does_not_diverge(args, tmp_path):
     with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
         data = cfg.task.get("data") or {}
-        heavy = cfg.task.get("kind") == "rl" or "mnist" in str(data.get("_target_"))
-        if heavy:  # an RL update is a whole rollout, an MNIST CNN step 28x28 convolutions
+        conv = "mnist" in str(data.get("_target_")) or str(cfg.model.get("_target_")) == (
+            "jdo.models.CNN"
+        )
+        if conv:
+            cfg = compose(config_name="config", overrides=[*overrides, *CONV])
+        elif cfg.task.get("kind") == "rl":  # an RL update is a whole rollout
             cfg = compose(config_name="config", overrides=[*overrides, *HEAVY])
     run_dir = tmp_path / "run"
     summary = run(cfg, output_dir=str(run_dir))

@@ -1,6 +1,7 @@
 """CartPole-v1 is solved: every worker's policy averages >= 475 over 100 fresh episodes
 (sampled actions) within a budget of updates, for A2C and PPO with all-reduce and with gossip,
-and for A3C-style training with staleness 4 (reporting its env steps against staleness 0).
+and for A3C-style training with staleness 4 (staleness 0 is A2C: compare their env steps with
+``-s``).
 
 Run with ``-s`` to see the env steps and seconds. 8 workers x 4 envs each, seed 0; the
 hyperparameters are the ones in experiments/bench/rl.py (which reports 3 seeds).
@@ -71,9 +72,5 @@ def test_cartpole_is_solved(name, cfg, eval_every, max_updates):
 
 @pytest.mark.slow
 def test_a3c_with_staleness_4_still_solves_cartpole():
-    fresh = _solve("A3C-style tau=0", a3c(0), 25, 1500)
-    stale = _solve("A3C-style tau=4", a3c(4), 25, 1500)
-    print(
-        f"tau=4 needed {stale['env_steps'] / fresh['env_steps']:.2f}x the env steps of tau=0 "
-        f"({stale['env_steps']:,.0f} vs {fresh['env_steps']:,.0f})"
-    )
+    # tau=0 is A2C bit for bit (tests/rl/test_a2c.py), solved above as "A2C all-reduce"
+    _solve("A3C-style tau=4", a3c(4), 25, 1500)

@@ -22,6 +22,9 @@ GROUPS = (
     "checkpoint",
 )
 SMOKE = ("debug=smoke",)
+# Checkpointing is the checkpoint group's own case (checkpoint=default below); elsewhere it only
+# adds an orbax save per run (tests/train/test_checkpoint.py tests it).
+NO_CHECKPOINT = ("checkpoint=none",)
 
 
 def _is_rl(group, option):
@@ -53,6 +56,9 @@ def _needs(option_override, tmp_path):
         "lifting=shard_map": ["workers=8"],
         "algorithm=consensus_admm": ["task=least_squares", "trainer.batch_size=null"],
         "algorithm=decentralized_admm": ["task=least_squares", "trainer.batch_size=null"],
+        # vmapped CNN gradients are grouped convolutions, slow on CPU: 4 examples, not 32
+        "model=cnn": ["trainer.batch_size=4"],
+        "experiment=digits_cnn": ["trainer.batch_size=4"],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
@@ -68,12 +74,15 @@ CASES = [f"{g}={o}" for g in GROUPS for o in _options(g)] + [
 
 @pytest.mark.parametrize("override", CASES)
 def test_every_option_composes_and_smoke_runs(override, make_cfg, tmp_path):
-    cfg = make_cfg(override, *_needs(override, tmp_path), *SMOKE)
+    checkpoint = () if override.startswith("checkpoint=") else NO_CHECKPOINT
+    cfg = make_cfg(*checkpoint, override, *_needs(override, tmp_path), *SMOKE)
     summary = run(cfg, output_dir=str(tmp_path / "run"))
     assert summary["steps"] == 3
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3
     for name in ("config.yaml", "summary.json"):
         assert (tmp_path / "run" / name).is_file()
+    saved = (tmp_path / "run" / "checkpoints" / "3").is_dir()
+    assert saved == (override == "checkpoint=default"), override
 
 
 def test_slurm_launcher_preset_composes_with_requeue():

@@ -10,12 +10,14 @@ import pytest
 
 import jdo
 from jdo.train import build, fit, run
+from tests.conftest import compose_cfg
 
 SMALL = (
     "trainer.steps=100",
     "trainer.log_every=25",
     "trainer.eval_every=50",
     "trainer.progress=false",
+    "checkpoint=none",
 )
 
 
@@ -33,8 +35,15 @@ def test_default_experiment_reaches_95_percent_on_digits(make_cfg, tmp_path):
     assert written["eval/avg_model/accuracy"] == summary["eval/avg_model/accuracy"]
 
 
-def test_vmap_and_shard_map_runs_agree(make_cfg, tmp_path):
-    a = run(make_cfg(*SMALL, "lifting=vmap"), output_dir=str(tmp_path / "a"))
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One run of SMALL (vmap, seed 0): the tests below compare other runs with it."""
+    out = tmp_path_factory.mktemp("small")
+    return run(compose_cfg(*SMALL, "lifting=vmap"), output_dir=str(out))
+
+
+def test_vmap_and_shard_map_runs_agree(small_run, make_cfg, tmp_path):
+    a = small_run
     b = run(make_cfg(*SMALL, "lifting=shard_map"), output_dir=str(tmp_path / "b"))
     for x, y in zip(_params(a), _params(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
@@ -42,18 +51,18 @@ def test_vmap_and_shard_map_runs_agree(make_cfg, tmp_path):
     assert a["consensus"] < 1e-10  # all-reduce keeps the workers identical (to rounding)
 
 
-def test_same_seed_same_run_other_seed_other_run(make_cfg, tmp_path):
-    a, b = (run(make_cfg(*SMALL), output_dir=str(tmp_path / d)) for d in "ab")
+def test_same_seed_same_run_other_seed_other_run(small_run, make_cfg, tmp_path):
+    a, b = small_run, run(make_cfg(*SMALL), output_dir=str(tmp_path / "b"))
     c = run(make_cfg(*SMALL, "seed=1"), output_dir=str(tmp_path / "c"))
     for x, y in zip(_params(a), _params(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(_params(a)[0], _params(c)[0])
 
 
-def test_logged_bytes_are_the_gradient_all_reduce(make_cfg, tmp_path):
+def test_logged_bytes_are_the_gradient_all_reduce(small_run):
     """Operand bytes: the float32 gradient; wire bytes: what a ring all-reduce sends per
     worker, 2(n-1)/n of it."""
-    summary = run(make_cfg(*SMALL), output_dir=str(tmp_path))
+    summary = small_run
     num_params = sum(x[0].size for x in _params(summary))
     n = summary["workers"]
     wire = round(2 * (n - 1) / n * 4 * num_params)
@@ -64,7 +73,12 @@ def test_logged_bytes_are_the_gradient_all_reduce(make_cfg, tmp_path):
     assert summary["bytes/step_by_kind"]["all-reduce"] == wire
 
 
-CLOCKED = (*SMALL, "algorithm=dpsgd", "cluster=cloud", "cluster/stragglers=shifted_exponential")
+CLOCKED = (
+    *(o for o in SMALL if o != "checkpoint=none"),  # this test resumes from a checkpoint
+    "algorithm=dpsgd",
+    "cluster=cloud",
+    "cluster/stragglers=shifted_exponential",
+)
 
 
 def test_a_clocked_run_reports_time_and_resumes_its_clock_exactly(make_cfg, tmp_path):
@@ -102,6 +116,7 @@ def test_full_batch_gradient_descent_reaches_the_known_optimum(task, workers, ma
         "trainer.log_every=100",
         "trainer.eval_every=1000",
         "trainer.progress=false",
+        "checkpoint=none",
     )
     summary = run(cfg, output_dir=str(tmp_path))
     # float32 arithmetic: the distance to the float64 optimum settles at rounding level.
@@ -127,7 +142,10 @@ def test_workers_do_not_share_batches(make_cfg):
 
 
 def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
-    run(make_cfg("debug=smoke", "logger.tensorboard=true"), output_dir=str(tmp_path))
+    run(
+        make_cfg("debug=smoke", "logger.tensorboard=true", "checkpoint=none"),
+        output_dir=str(tmp_path),
+    )
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
 
@@ -155,6 +173,7 @@ QUADRATICS = (
     "trainer.log_every=500",
     "trainer.eval_every=3000",
     "trainer.progress=false",
+    "checkpoint=none",
 )
 
 
@@ -229,11 +248,8 @@ def test_backup_workers_and_faults_run_from_the_config(make_cfg, tmp_path):
         "cluster=cloud",
         "cluster/stragglers=shifted_exponential",
     )
-    plain = run(make_cfg(*clocked, "checkpoint=none"), output_dir=str(tmp_path / "b0"))
-    backup = run(
-        make_cfg(*clocked, "checkpoint=none", "trainer.backup_workers=2"),
-        output_dir=str(tmp_path / "b2"),
-    )
+    plain = run(make_cfg(*clocked), output_dir=str(tmp_path / "b0"))
+    backup = run(make_cfg(*clocked, "trainer.backup_workers=2"), output_dir=str(tmp_path / "b2"))
     assert backup["time/total"] < plain["time/total"]
     assert backup["eval/avg_model/accuracy"] > 0.5
     for extra in (
@@ -241,7 +257,7 @@ def test_backup_workers_and_faults_run_from_the_config(make_cfg, tmp_path):
         ("faults=byzantine", "faults.attack=alie", "aggregator=nnm_centered_clipping"),
     ):
         summary = run(
-            make_cfg(*SMALL, "trainer.steps=50", "checkpoint=none", *extra),
+            make_cfg(*SMALL, "trainer.steps=50", *extra),
             output_dir=str(tmp_path / extra[0]),
         )
         assert np.isfinite(summary["train/loss"]) and summary["eval/avg_model/accuracy"] > 0.5
