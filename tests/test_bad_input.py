@@ -172,7 +172,7 @@ CASES = [
     Case(
         ("+trainer.stesp=5",),
         2,
-        "error: trainer.stesp: unknown key; allowed keys: batch_size, ",
+        "error: trainer.stesp: unknown key; allowed keys: backup_workers, batch_size, ",
     ),
     Case(("workers=0",), 2, "error: workers: must be a positive integer, got 0"),
     Case(("workers=two",), 2, "error: workers: must be a positive integer, got 'two'"),

@@ -41,7 +41,12 @@ def test_help_is_jdos_own_short_usage():
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert text.startswith("jdo-train: ")
-    groups = sorted(p.name for p in Path(CONF).iterdir() if p.is_dir() and p.name != "hydra")
+    conf = Path(CONF)
+    groups = sorted(  # nested groups too (cluster/compute, cluster/stragglers)
+        str(p.relative_to(conf))
+        for p in conf.rglob("*")
+        if p.is_dir() and p.parts[len(conf.parts)] != "hydra" and p.name != "__pycache__"
+    )
     section = text.split("Config groups")[1].split("Examples:")[0].splitlines()[1:]
     assert sorted(line.split(": ")[0] for line in section if line) == groups
     assert "algorithm: " in text and "dpsgd" in text.split("algorithm: ")[1].splitlines()[0]
