@@ -48,6 +48,10 @@ grep -q "Config groups" <<<"$("$WORK/venv/bin/jdo-train" --help)"
 grep -q "jdo-launch" <<<"$("$WORK/venv/bin/jdo-launch" --help)"
 env -u XLA_FLAGS "$WORK/venv/bin/jdo-train" debug=smoke checkpoint=none hydra.run.dir="$WORK/run"
 test -s "$WORK/run/summary.json" && test -s "$WORK/run/metrics.jsonl"
+# nested config groups (cluster/stragglers) ship in the wheel, and a simulated cluster runs
+env -u XLA_FLAGS "$WORK/venv/bin/jdo-train" debug=smoke checkpoint=none cluster=cloud \
+    cluster/stragglers=shifted_exponential hydra.run.dir="$WORK/cluster"
+grep -q '"time/total"' "$WORK/cluster/summary.json"
 say "jdo-train and jdo-launch ran from outside the checkout"
 if [[ $EXTRAS != *rl* && $EXTRAS != *notebooks* && $EXTRAS != *dev* ]]; then
     # without the rl extra, an RL task fails in one line naming it
