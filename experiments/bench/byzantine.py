@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from experiments.bench.common import simulate_cpu_devices
+from experiments.bench.common import run_config, simulate_cpu_devices
 
 ATTACKS = {
     "sign_flip": ("faults.attack=sign_flip",),
@@ -38,12 +38,6 @@ DATA = {"iid": ("partition=iid",), "dirichlet 0.3": ("partition=dirichlet", "par
 
 
 def accuracy(overrides, steps: int) -> float:
-    import tempfile
-
-    from hydra import compose, initialize_config_module
-
-    from jdo.train import run
-
     common = (
         "workers=10",
         "optimizer=sgd",
@@ -53,10 +47,7 @@ def accuracy(overrides, steps: int) -> float:
         "trainer.progress=false",
         "checkpoint=none",
     )
-    with initialize_config_module("jdo.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*common, *overrides])
-    with tempfile.TemporaryDirectory() as out:
-        return run(cfg, output_dir=out)["eval/avg_model/accuracy"]
+    return run_config([*common, *overrides])[0]["eval/avg_model/accuracy"]
 
 
 def main() -> None:

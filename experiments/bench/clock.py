@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
-from experiments.bench.common import simulate_cpu_devices
+from experiments.bench.common import run_config, simulate_cpu_devices
 
 RUNS = {
     "default (all-reduce SGD, MLP, digits)": (),
@@ -29,10 +28,6 @@ RUNS = {
 
 
 def run_one(overrides, steps: int, cluster: str = "measured") -> dict:
-    from hydra import compose, initialize_config_module
-
-    from jdo.train import run
-
     common = (
         "lifting=shard_map",
         f"cluster={cluster}",
@@ -42,10 +37,7 @@ def run_one(overrides, steps: int, cluster: str = "measured") -> dict:
         "trainer.progress=false",
         "checkpoint=none",
     )
-    with initialize_config_module("jdo.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*common, *overrides])
-    with tempfile.TemporaryDirectory() as out:
-        return run(cfg, output_dir=out)
+    return run_config([*common, *overrides])[0]
 
 
 def main() -> None:

@@ -19,6 +19,25 @@ def simulate_cpu_devices(count: int = 8) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
+def run_config(overrides) -> tuple[dict, list[dict]]:
+    """What ``python -m experiments.train <overrides>`` does, in this process: the summary and
+    the ``metrics.jsonl`` lines of one ``jdo.train.run`` of the composed config (its run
+    directory is temporary)."""
+    import json
+    import tempfile
+
+    from hydra import compose, initialize_config_module
+
+    from jdo.train import run
+
+    with initialize_config_module("jdo.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    with tempfile.TemporaryDirectory() as out:
+        summary = run(cfg, output_dir=out)
+        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+            return summary, [json.loads(line) for line in f]
+
+
 def interleaved_min(
     fns: dict[str, Callable[[], object]], rounds: int = 20, calls: int = 10, block=None
 ) -> dict[str, float]:

@@ -25,9 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 
-from experiments.bench.common import simulate_cpu_devices
+from experiments.bench.common import run_config, simulate_cpu_devices
 
 METHODS = {
     "all-reduce SGD": ("algorithm=allreduce_sgd",),
@@ -61,10 +60,6 @@ def _target(problem: str) -> float:
 
 def run_one(overrides, steps: int, workers: int) -> list[dict]:
     """``metrics.jsonl`` of one run of the composed config."""
-    from hydra import compose, initialize_config_module
-
-    from jdo.train import run
-
     common = (
         f"workers={workers}",
         "optimizer=sgd",
@@ -74,12 +69,7 @@ def run_one(overrides, steps: int, workers: int) -> list[dict]:
         "trainer.progress=false",
         "checkpoint=none",
     )
-    with initialize_config_module("jdo.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[*common, *overrides])
-    with tempfile.TemporaryDirectory() as out:
-        run(cfg, output_dir=out)
-        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
-            return [json.loads(line) for line in f]
+    return run_config([*common, *overrides])[1]
 
 
 def first_at_target(lines: list[dict], metric: str, target: float) -> dict | None:

@@ -92,9 +92,9 @@ def pmax(t: Time, axis_name: str) -> Time:
     """The latest clock over ``axis_name``: one all-gather of every worker's ``(hi, lo)`` (8
     bytes each), then the largest ``hi`` and, among the workers holding it, the largest ``lo``
     (one collective, where two chained ``pmax`` would be two)."""
-    both = jax.lax.all_gather(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
-    hi = jnp.max(both[:, 0])
-    return Time(hi, jnp.max(jnp.where(both[:, 0] == hi, both[:, 1], -jnp.inf)))
+    his, los = _gathered(t, axis_name)
+    hi = jnp.max(his)
+    return Time(hi, jnp.max(jnp.where(his == hi, los, -jnp.inf)))
 
 
 def seconds(t) -> np.ndarray:

@@ -6,8 +6,6 @@ step on this device, and the wrapper that carries every worker's clock in the al
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Callable, Mapping
 
 import jax
@@ -17,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.checks import ArgumentError
-from jdo.system import Cluster, StepProfile, clock
+from jdo.system import Cluster, StepProfile, clock, time_step
 from jdo.train.builder import instantiate
 from jdo.train.config import ConfigError
 from jdo.train.experiment import Experiment
@@ -98,13 +96,7 @@ def profile_step(
         analysis = compiled.cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         return StepProfile(flops=float(analysis.get("flops", 0.0)) / workers)
-    jax.block_until_ready(compiled(*args))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        samples.append(time.perf_counter() - t0)
-    return StepProfile(seconds=statistics.median(samples) / workers)
+    return StepProfile(seconds=time_step(compiled, args, repeats) / workers)
 
 
 def clock_for(
