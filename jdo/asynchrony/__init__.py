@@ -7,12 +7,32 @@ DC-ASGD).
                                      staleness=2)
 """
 
+from jdo.asynchrony.corrections import corrections, dc_asgd, staleness_aware_lr
+from jdo.asynchrony.plan import Plan, make_plan, stats_record
 from jdo.asynchrony.schedule import MODES, Event, Simulation, schedule, simulate
+from jdo.asynchrony.server import (
+    AsyncPSState,
+    SimulatedPS,
+    algorithm,
+    replay,
+    simulation_of,
+)
 
 __all__ = [
     "MODES",
+    "AsyncPSState",
     "Event",
+    "Plan",
+    "SimulatedPS",
     "Simulation",
+    "algorithm",
+    "corrections",
+    "dc_asgd",
+    "make_plan",
+    "replay",
     "schedule",
     "simulate",
+    "simulation_of",
+    "staleness_aware_lr",
+    "stats_record",
 ]

@@ -118,15 +118,15 @@ def straggler_draws(cluster, base_seconds, steps) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    sample = cluster.stragglers.sample
-    key = jax.random.key(cluster.seed)
-    workers = jnp.arange(len(base_seconds), dtype=jnp.int32)
-    seconds = jnp.asarray(np.asarray(base_seconds, np.float32))
-    one = lambda w, c, n: sample(key, w, n, c)
+    sample, seed = cluster.stragglers.sample, cluster.seed
+    workers = np.arange(len(base_seconds), dtype=np.int32)
+    seconds = np.asarray(base_seconds, np.float32)
+    one = lambda w, c, n: sample(jax.random.key(seed), w, n, c)
     per_worker = jax.vmap(one, in_axes=(None, None, 0))
     grid = jax.jit(jax.vmap(per_worker, in_axes=(0, 0, None)))
-    out = grid(workers, seconds, jnp.asarray(np.asarray(steps, np.int32)))
-    return np.asarray(out, np.float32).astype(np.float64)
+    with jax.ensure_compile_time_eval():  # concrete even when the schedule is made mid-trace
+        out = grid(workers, seconds, jnp.asarray(np.asarray(steps, np.int32)))
+        return np.asarray(out, np.float32).astype(np.float64)
 
 
 def schedule(
