@@ -39,7 +39,7 @@ Error-Runtime Trade-offs in Distributed SGD", AISTATS.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -49,6 +49,7 @@ from jdo import checks
 MODES = ("async", "ssp", "k_async")
 # Per worker: the kinds of time its timeline is made of (what the clock metrics report).
 COMPUTE, COMM, WAIT = 0, 1, 2
+BLOCK = 64  # gradients per worker drawn at once (one compiled shape per straggler model)
 
 
 class Event(NamedTuple):
@@ -92,8 +93,8 @@ class Simulation:
 class _Draws:
     """``c_i(n)`` for every worker ``i`` and gradient ``n``, drawn in blocks on demand."""
 
-    def __init__(self, cluster, workers: int, profile, block: int):
-        self.cluster, self.block = cluster, max(int(block), 16)
+    def __init__(self, cluster, workers: int, profile, block: int = BLOCK):
+        self.cluster, self.block = cluster, block
         self.base = np.array(
             [cluster.compute_seconds(w, profile) for w in range(workers)], np.float64
         )
@@ -116,17 +117,22 @@ def straggler_draws(cluster, base_seconds, steps) -> np.ndarray:
     base_seconds[i])`` for every worker ``i`` and step ``n``, evaluated at once (the same
     float32 values the traced clock draws)."""
     import jax
-    import jax.numpy as jnp
 
-    sample, seed = cluster.stragglers.sample, cluster.seed
+    grid = _grid(cluster.stragglers, cluster.seed)
     workers = np.arange(len(base_seconds), dtype=np.int32)
     seconds = np.asarray(base_seconds, np.float32)
-    one = lambda w, c, n: sample(jax.random.key(seed), w, n, c)
-    per_worker = jax.vmap(one, in_axes=(None, None, 0))
-    grid = jax.jit(jax.vmap(per_worker, in_axes=(0, 0, None)))
     with jax.ensure_compile_time_eval():  # concrete even when the schedule is made mid-trace
-        out = grid(workers, seconds, jnp.asarray(np.asarray(steps, np.int32)))
+        out = grid(workers, seconds, np.asarray(steps, np.int32))
         return np.asarray(out, np.float32).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=32)
+def _grid(stragglers, seed: int):
+    import jax
+
+    one = lambda w, c, n: stragglers.sample(jax.random.key(seed), w, n, c)
+    per_worker = jax.vmap(one, in_axes=(None, None, 0))
+    return jax.jit(jax.vmap(per_worker, in_axes=(0, 0, None)))
 
 
 def schedule(
@@ -207,7 +213,7 @@ def simulate(
     cluster = cluster.for_workers(num_workers)
     if seed:
         cluster = dataclasses.replace(cluster, seed=cluster.seed + seed)
-    draws = _Draws(cluster, num_workers, profile, block=2 * math.ceil(num_updates / num_workers))
+    draws = _Draws(cluster, num_workers, profile)
     transfer = cluster.inter.time(message_bytes)
     sim = _Server(num_workers, num_updates, mode, staleness, k, draws, transfer)
     return sim.run()

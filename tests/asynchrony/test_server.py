@@ -66,10 +66,9 @@ def _mesh():
     return jax.make_mesh((W,), (jdo.WORKERS,), axis_types=auto, devices=jax.devices()[:W])
 
 
-@pytest.mark.parametrize("mode,kw", [("async", {}), ("ssp", {"staleness": 1})])
-def test_equal_compute_times_are_allreduce_sgd_bit_for_bit(mode, kw):
+def test_equal_compute_times_are_allreduce_sgd_bit_for_bit():
     steps, opt = 6, optax.adam(0.1)
-    algo = asynchrony.algorithm(_loss, opt, mode=mode, cluster=_cluster(), num_updates=steps, **kw)
+    algo = asynchrony.algorithm(_loss, opt, mode="async", cluster=_cluster(), num_updates=steps)
     got, _ = _run(algo, steps)
     want, _ = _run(jdo.algorithms.allreduce_sgd(_loss, opt), steps)
     for a, b in zip(got, want, strict=True):
