@@ -146,8 +146,10 @@ def _check_init(algorithm, params, node) -> None:
         raise _config_error(e, node, "algorithm") from None
 
 
-def build(cfg: Mapping) -> Experiment:
-    """Data, model and algorithm from a validated config (see ``jdo/conf``)."""
+def build(cfg: Mapping, cluster=None) -> Experiment:
+    """Data, model and algorithm from a validated config (see ``jdo/conf``). An algorithm whose
+    YAML names a ``cluster`` key (an asynchronous parameter server, whose events come from the
+    cluster's clock) is given the run's :class:`~jdo.system.Cluster` (None without one)."""
     if cfg["task"].get("kind") == "rl":  # environments instead of a dataset
         return build_rl(cfg)
     workers, seed = int(cfg["workers"]), int(cfg["seed"])
@@ -182,7 +184,10 @@ def build(cfg: Mapping) -> Experiment:
     loss_fn = make_loss(apply, dataset.kind, dataset.l2)
     optimizer = instantiate(cfg["optimizer"], "optimizer")
     _check_parts(cfg, workers)
-    algorithm = instantiate(cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer)
+    run_values = {"cluster": cluster} if "cluster" in cfg["algorithm"] else {}
+    algorithm = instantiate(
+        cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **run_values
+    )
     _check_init(algorithm, params, cfg["algorithm"])
     return Experiment(algorithm, apply, loss_fn, params, data, dataset)
 

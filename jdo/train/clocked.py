@@ -1,10 +1,13 @@
 """A run on a simulated cluster: the cluster from its config node, the compute profile of the
 step on this device, and the wrapper that carries every worker's clock in the algorithm state
 (:mod:`jdo.system.clock`), so a checkpoint holds the clock and a resumed run continues it.
+A simulated asynchronous parameter server (:mod:`jdo.asynchrony`) carries its own clock, read
+off its event schedule: it is bound to the run's length instead of wrapped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
@@ -12,6 +15,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from jdo import asynchrony
 from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.checks import ArgumentError
@@ -107,3 +111,25 @@ def clock_for(
     profile = profile_step(exp, workers, batch_size, cluster.compute.needs)
     compute_s = [cluster.compute_seconds(w, profile) for w in range(workers)]
     return with_clock(cluster, compute_s)
+
+
+def clocked_experiment(
+    exp: Experiment, cluster: Cluster | None, workers: int, batch_size: int | None, steps: int
+) -> tuple[Experiment, Callable[[Algorithm], Algorithm] | None]:
+    """``(exp, clock)`` of a run: with a simulated asynchronous parameter server, ``exp`` with
+    its algorithm bound to ``steps`` updates (its schedule's clock gives the ``time/*``
+    metrics) and no clock wrapper; otherwise ``exp`` and :func:`clock_for` (None without a
+    cluster)."""
+    simulated = asynchrony.simulation_of(exp.algorithm)
+    if simulated is None:
+        return exp, clock_for(cluster, exp, workers, batch_size) if cluster else None
+    needs = simulated.cluster.compute.needs
+    profile = None
+    if needs is not None:  # profiled on a step where every worker's gradient is applied
+        sync = [asynchrony.Event(0.0, w, 0, 1) for w in range(workers)]
+        stand_in = asynchrony.replay(
+            simulated.loss_fn, simulated.optimizer, asynchrony.make_plan(sync, workers)
+        )
+        stand_in_exp = dataclasses.replace(exp, algorithm=stand_in)
+        profile = profile_step(stand_in_exp, workers, batch_size, needs)
+    return dataclasses.replace(exp, algorithm=simulated.bind(steps, profile)), None

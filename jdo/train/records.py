@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jdo.asynchrony import stats_record
 from jdo.system import clock as sim_clock
 
 log = logging.getLogger("jdo")
@@ -32,9 +33,11 @@ def train_record(
     ``bytes/step · step``. Bytes are wire bytes (what one worker sends under the collective
     algorithm); ``payload_bytes``, the operands, is ``bytes/step_payload``. A clocked run's
     ``clock`` metric (each ``[W, K, 9]``) gives the simulated ``time/*`` at the interval's
-    end (:func:`jdo.system.clock.times`)."""
-    clock = metrics.get("clock")
-    metrics = {k: v for k, v in metrics.items() if k != "clock"}
+    end (:func:`jdo.system.clock.times`); a simulated asynchronous parameter server's
+    ``asynchrony`` metric its updates, gradients and staleness histogram
+    (:func:`jdo.asynchrony.stats_record`)."""
+    clock, schedule = metrics.get("clock"), metrics.get("asynchrony")
+    metrics = {k: v for k, v in metrics.items() if k not in ("clock", "asynchrony")}
     if mask is not None and not np.any(mask):  # every step of the interval was skipped
         mask = None
         metrics = {k: np.full(np.shape(v), np.nan) for k, v in metrics.items()}
@@ -55,6 +58,8 @@ def train_record(
     record.update({f"train/{k}": v for k, v in totals.items()})
     if clock is not None:
         record.update(sim_clock.times(np.asarray(clock)[:, -1]))
+    if schedule is not None:  # a simulated asynchronous PS: its running totals
+        record.update(stats_record(np.asarray(schedule)[0, -1]))
     record["bytes/step"] = int(bytes_per_step)
     if payload_bytes is not None:
         record["bytes/step_payload"] = int(payload_bytes)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jdo.train.builder import build
 from jdo.train.checkpoint import Checkpointer
-from jdo.train.clocked import clock_for, cluster_from_config
+from jdo.train.clocked import clocked_experiment, cluster_from_config
 from jdo.train.config import RESUME_MAY_DIFFER, ConfigError, config_differences, validate
 from jdo.train.loop import Faults, fit
 from jdo.train.mesh import lifting_of
@@ -96,14 +96,14 @@ def run(
     except Exception as e:
         raise ConfigError("config", str(e)) from None
     validate(container)
-    exp = build(cfg)
     cluster = cluster_from_config(cfg.get("cluster"), container["workers"])
+    exp = build(cfg, cluster=cluster)
     if output_dir is not None:
         _check_writable(output_dir)
     checkpoint = _checkpoint_options(container, output_dir)
     trainer, lifting = container["trainer"], lifting_of(container["lifting"])
-    clock = (
-        clock_for(cluster, exp, container["workers"], trainer["batch_size"]) if cluster else None
+    exp, clock = clocked_experiment(
+        exp, cluster, container["workers"], trainer["batch_size"], trainer["steps"]
     )
     summary = fit(
         exp,
