@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _SUBPACKAGES = (
     "aggregators",
     "algorithms",
+    "asynchrony",
     "comm",
     "compress",
     "constrained",

@@ -55,7 +55,7 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo.system import Cluster
+from jdo.system import Cluster, StepProfile
 from jdo.topology import Topology, check_topology, make_schedule
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +289,9 @@ class _ComputeTimes:
 
     def _draw(self, k0: int) -> np.ndarray:
         sample = _sampler(self.stragglers, len(self.base), self.block)
-        return np.asarray(sample(self.seed, jnp.asarray(self.base, jnp.float32), k0), np.float64)
+        with jax.ensure_compile_time_eval():  # concrete even when called while tracing a step
+            draws = sample(self.seed, jnp.asarray(self.base, jnp.float32), k0)
+        return np.asarray(draws, np.float64)
 
 
 @functools.lru_cache(maxsize=16)
@@ -308,7 +310,7 @@ def _sampler(stragglers, workers: int, block: int):
     return jax.jit(draw)
 
 
-def _base_seconds(cluster: Cluster | None, compute_seconds, n: int) -> np.ndarray:
+def _base_seconds(cluster: Cluster | None, compute_seconds, n: int, profile) -> np.ndarray:
     if compute_seconds is not None:
         values = np.broadcast_to(np.asarray(compute_seconds, np.float64), (n,))
         if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values <= 0):
@@ -318,14 +320,14 @@ def _base_seconds(cluster: Cluster | None, compute_seconds, n: int) -> np.ndarra
         return values.copy()
     if cluster is None:
         return np.ones(n)
-    if cluster.compute.needs is not None:
+    if cluster.compute.needs is not None and profile is None:
         raise checks.InvalidArgument(
-            "compute_seconds",
+            "profile",
             f"is required: the cluster's compute model ({type(cluster.compute).__name__}) needs "
-            f"a profile of the step ({cluster.compute.needs}); pass each worker's seconds per "
-            "gradient, or use a fixed compute model (cluster/compute=fixed)",
+            f"the step's {cluster.compute.needs} (a jdo.system.StepProfile; the runner measures "
+            "it); or pass compute_seconds, or use cluster/compute=fixed",
         )
-    return np.array([cluster.compute_seconds(w) for w in range(n)], np.float64)
+    return np.array([cluster.compute_seconds(w, profile) for w in range(n)], np.float64)
 
 
 def _sized(cluster: Cluster | None, n: int) -> Cluster | None:
@@ -346,6 +348,7 @@ def gossip_schedule(
     num_events: int | None = None,
     message_bytes: float = 0,
     compute_seconds: float | Sequence[float] | None = None,
+    profile: StepProfile | None = None,
     seed: int = 0,
 ) -> GossipSchedule:
     """The AD-PSGD events of the first ``num_waves`` waves (or the first ``num_events``
@@ -360,7 +363,9 @@ def gossip_schedule(
         A shorter schedule is a prefix of a longer one.
       message_bytes: the bytes of one model (each direction of an exchange carries one).
       compute_seconds: each worker's seconds per gradient before stragglers (one number or
-        ``[W]``); default: the cluster's compute model, which must not need a profile.
+        ``[W]``); default: the cluster's compute model.
+      profile: the :class:`~jdo.system.StepProfile` a ``measured`` or ``flops`` compute
+        model needs (not needed with ``compute_seconds``).
       seed: the neighbour draws.
 
     Returns:
@@ -376,7 +381,7 @@ def gossip_schedule(
     nbytes = checks.non_negative("message_bytes", message_bytes)
     cluster = _sized(cluster, n)
     compute = _ComputeTimes(
-        _base_seconds(cluster, compute_seconds, n),
+        _base_seconds(cluster, compute_seconds, n, profile),
         None if cluster is None else cluster.stragglers,
         0 if cluster is None else cluster.seed,
     )
