@@ -1,5 +1,11 @@
 """Full algorithms as per-worker ``Algorithm(init, step)`` pairs, and a registry by name."""
 
+from jdo.algorithms.ad_psgd import (
+    ADPSGDState,
+    GossipSimulation,
+    ad_psgd,
+    gossip_simulation_of,
+)
 from jdo.algorithms.allreduce_sgd import (
     AllReduceSGDState,
     TrainState,
@@ -25,13 +31,16 @@ from jdo.algorithms.decentralized import (
 )
 
 __all__ = [
+    "ADPSGDState",
     "Algorithm",
     "AllReduceSGDState",
     "DPSGDState",
+    "GossipSimulation",
     "GradientTrackingState",
     "PushSumState",
     "TrainState",
     "LossFn",
+    "ad_psgd",
     "allreduce_sgd",
     "available",
     "choco_sgd",
@@ -41,6 +50,7 @@ __all__ = [
     "fedavg",
     "from_transform",
     "get",
+    "gossip_simulation_of",
     "gradient_tracking",
     "local_sgd",
     "powersgd",
