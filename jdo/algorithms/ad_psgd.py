@@ -90,6 +90,12 @@ class GossipSimulation:
         bound = _Bound(self, checks.positive_int("horizon", num_updates), profile, {})
         return Algorithm(bound.init, bound.step)
 
+    def stand_in(self, num_workers: int) -> Algorithm:
+        """The same step with unit compute times (no profile needed), which the runner
+        profiles for a ``measured`` or ``flops`` compute model before :meth:`bind`."""
+        del num_workers  # the schedule is sized when the step is traced
+        return dataclasses.replace(self, cluster=None, compute_seconds=None).bind(1)
+
 
 def gossip_simulation_of(algorithm: Algorithm) -> GossipSimulation | None:
     """The :class:`GossipSimulation` behind an algorithm made by :func:`ad_psgd` (None for any

@@ -36,7 +36,7 @@ from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn
 from jdo.asynchrony.corrections import corrections
 from jdo.asynchrony.plan import Plan, make_plan
-from jdo.asynchrony.schedule import check_mode, simulate
+from jdo.asynchrony.schedule import Event, check_mode, simulate
 from jdo.comm import collectives
 
 
@@ -175,6 +175,12 @@ class SimulatedPS:
         pre = corrections(self.dc_lambda, self.lr_scaling)
         bound = _Bound(self, num_updates, profile, {})
         return Algorithm(_init(self.optimizer, pre), bound.step)
+
+    def stand_in(self, num_workers: int) -> Algorithm:
+        """A synchronous step of the same work (every worker's gradient applied), which the
+        runner profiles for a ``measured`` or ``flops`` compute model before :meth:`bind`."""
+        sync = [Event(0.0, w, 0, 1) for w in range(num_workers)]
+        return replay(self.loss_fn, self.optimizer, make_plan(sync, num_workers))
 
 
 @dataclasses.dataclass(frozen=True)

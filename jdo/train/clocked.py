@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jdo import asynchrony
 from jdo._axis import WORKERS
-from jdo.algorithms import Algorithm
+from jdo.algorithms import Algorithm, gossip_simulation_of
 from jdo.checks import ArgumentError
 from jdo.system import Cluster, StepProfile, clock, time_step
 from jdo.train.builder import instantiate
@@ -116,20 +116,17 @@ def clock_for(
 def clocked_experiment(
     exp: Experiment, cluster: Cluster | None, workers: int, batch_size: int | None, steps: int
 ) -> tuple[Experiment, Callable[[Algorithm], Algorithm] | None]:
-    """``(exp, clock)`` of a run: with a simulated asynchronous parameter server, ``exp`` with
-    its algorithm bound to ``steps`` updates (its schedule's clock gives the ``time/*``
-    metrics) and no clock wrapper; otherwise ``exp`` and :func:`clock_for` (None without a
-    cluster)."""
-    simulated = asynchrony.simulation_of(exp.algorithm)
+    """``(exp, clock)`` of a run. An algorithm that carries its own clock, read off a simulated
+    event schedule (an asynchronous parameter server, :mod:`jdo.asynchrony`; AD-PSGD,
+    :func:`jdo.algorithms.ad_psgd`), is bound to ``steps`` updates, its compute profiled on
+    its synchronous stand-in when the cluster's compute model needs one, and gets no clock
+    wrapper; any other gets :func:`clock_for` (None without a cluster)."""
+    simulated = asynchrony.simulation_of(exp.algorithm) or gossip_simulation_of(exp.algorithm)
     if simulated is None:
         return exp, clock_for(cluster, exp, workers, batch_size) if cluster else None
-    needs = simulated.cluster.compute.needs
+    needs = simulated.cluster.compute.needs if simulated.cluster is not None else None
     profile = None
-    if needs is not None:  # profiled on a step where every worker's gradient is applied
-        sync = [asynchrony.Event(0.0, w, 0, 1) for w in range(workers)]
-        stand_in = asynchrony.replay(
-            simulated.loss_fn, simulated.optimizer, asynchrony.make_plan(sync, workers)
-        )
-        stand_in_exp = dataclasses.replace(exp, algorithm=stand_in)
-        profile = profile_step(stand_in_exp, workers, batch_size, needs)
+    if needs is not None:
+        stand_in = dataclasses.replace(exp, algorithm=simulated.stand_in(workers))
+        profile = profile_step(stand_in, workers, batch_size, needs)
     return dataclasses.replace(exp, algorithm=simulated.bind(steps, profile)), None
