@@ -22,7 +22,9 @@ X0["b"] = X0["b"].astype(np.float32)
 
 def _flat(tree) -> np.ndarray:
     """``[W, ...]`` pytree -> ``[W, D]`` (the leaves' order: a, b)."""
-    return np.concatenate([np.asarray(tree["a"]).reshape(W, -1), np.asarray(tree["b"]).reshape(W, -1)], 1)
+    return np.concatenate(
+        [np.asarray(tree["a"]).reshape(W, -1), np.asarray(tree["b"]).reshape(W, -1)], 1
+    )
 
 
 def _forged(attack, own, honest_rows, n, f):
@@ -41,7 +43,9 @@ def reference_step(x, w, tau, delivered=None, bad=(), attack=None, clip_farthest
         heard = [j for j in range(n) if j != i and w[i, j] > 0]
         heard = [j for j in heard if delivered is None or delivered[i, j]]
         honest = [x[j] for j in heard if j not in bad]
-        sent = {j: (_forged(attack, x[i], honest, n, len(bad)) if j in bad else x[j]) for j in heard}
+        sent = {
+            j: (_forged(attack, x[i], honest, n, len(bad)) if j in bad else x[j]) for j in heard
+        }
         diff = {j: sent[j] - x[i] for j in heard}
         dist = {j: np.linalg.norm(diff[j]) for j in heard}
         radius = tau
@@ -90,7 +94,7 @@ def test_clipped_gossip_is_the_dense_neighbour_loop(case, lifting, mesh8):
     for t in range(STEPS):
         mask = faults.link_drop(p, seed=3).delivered(t, W) if p else None
         x = reference_step(x, topo.mixing_matrix(t), tau, mask, bad, attack)
-        got = _flat(jax.tree.map(lambda v: v[:, t], out))
+        got = _flat(jax.tree.map(lambda v, t=t: v[:, t], out))
         np.testing.assert_allclose(got, x, rtol=1e-6, atol=1e-6, err_msg=f"step {t}")
 
 
@@ -101,5 +105,35 @@ def test_gossip_with_byzantine_is_the_unclipped_loop(mesh8):
     x = _flat(X0).astype(np.float64)
     for t in range(3):
         x = reference_step(x, topo.mixing_matrix(t), math.inf, None, bad, "sign_flip")
-        got = _flat(jax.tree.map(lambda v: v[:, t], out))
+        got = _flat(jax.tree.map(lambda v, t=t: v[:, t], out))
         np.testing.assert_allclose(got, x, rtol=1e-6, atol=1e-6, err_msg=f"step {t}")
+
+
+def _dpsgd_distance(aggregator, steps=40):
+    """D-PSGD on f_i(z) = ½‖z − b_i‖² over a ring of 8, worker 0 sign-flipping: the largest
+    distance of an honest worker to the honest optimum (the mean of their b_i)."""
+    b = (3.0 + 0.3 * np.random.default_rng(1).normal(size=(W, 4))).astype(np.float32)
+    loss = lambda p, batch, key: (0.5 * jnp.sum(jnp.square(p["z"] - batch)), {})
+    algo = jdo.algorithms.dpsgd(
+        loss,
+        optax.sgd(0.1),
+        T.ring(W),
+        faults=faults.byzantine([0], "sign_flip"),
+        aggregator=aggregator,
+    )
+
+    def run(batch):
+        state = algo.init({"z": jnp.zeros(4)}, jax.random.key(0))
+        body = lambda s, _: (algo.step(s, batch, jax.random.key(0))[0], None)
+        return jax.lax.scan(body, state, None, length=steps)[0].params["z"]
+
+    z = np.asarray(jax.jit(jax.vmap(run, axis_name=jdo.WORKERS))(b))
+    optimum = b[1:].mean(0)
+    return np.linalg.norm(z[1:] - optimum, axis=1).max(), np.linalg.norm(optimum)
+
+
+def test_sign_flipping_neighbour_wrecks_gossip_not_clipped_gossip():
+    plain, scale = _dpsgd_distance(None)
+    clipped, _ = _dpsgd_distance(jdo.transforms.ClippedGossip())  # adaptive radius
+    assert plain > 0.5 * scale  # dragged most of the way towards zero
+    assert clipped < 0.1 * scale and clipped < 0.2 * plain
