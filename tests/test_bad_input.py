@@ -122,14 +122,25 @@ CASES = [
         ("faults=link_drop", "algorithm=local_sgd"),
         2,
         "error: faults: is not taken by algorithm local_sgd (algorithms that take it: "
-        "allreduce_sgd, dpsgd)",
+        "allreduce_sgd, dpsgd, push_sum)",
     ),
     Case(("faults=link_drop", "faults.p=1.5"), 2, "error: faults.p: must be in [0, 1], got 1.5"),
     Case(
         ("aggregator=krum", "algorithm=dpsgd"),
         2,
-        "error: aggregator: is not taken by algorithm dpsgd (algorithms that take it: "
-        "allreduce_sgd)",
+        "error: aggregator: krum(f=1) needs every worker's update (an all-gather): it goes "
+        "with algorithm=allreduce_sgd; dpsgd takes aggregator=clipped_gossip",
+    ),
+    Case(
+        ("aggregator=clipped_gossip",),
+        2,
+        "error: aggregator: clipped_gossip clips the pull of a worker's gossip neighbours: it "
+        "goes with algorithm=dpsgd, not allreduce_sgd",
+    ),
+    Case(
+        ("aggregator=clipped_gossip", "algorithm=dpsgd", "aggregator.tau=-1"),
+        2,
+        "error: aggregator.tau: must be a positive number, got -1",
     ),
     Case(
         ("faults=byzantine", "faults.workers=[0,1,2,3]", "aggregator=krum"),

@@ -13,7 +13,9 @@ from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.control import cond
 from jdo.comm.gossip import mix, mix_rounds
+from jdo.faults import is_directed, network_faults
 from jdo.topology import Topology, check_topology
+from jdo.transforms.clipped_gossip import ClippedGossip
 from jdo.transforms.gossip import gossip
 
 
@@ -26,6 +28,22 @@ def _check(loss_fn, optimizer, topology, name, stochastic=("doubly",)):
 def _grad(loss_fn, params, batch, key):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
     return grads, {"loss": loss, **metrics}
+
+
+def _check_aggregator(aggregator, variant: str, every: int, rounds: int) -> None:
+    if aggregator is None:
+        return
+    if not isinstance(aggregator, ClippedGossip):
+        raise checks.InvalidArgument(
+            "aggregator",
+            f"dpsgd mixes with its neighbours and takes jdo.transforms.ClippedGossip(tau) or "
+            f"None, got {aggregator} (all-gather rules go with allreduce_sgd)",
+        )
+    if variant != "atc" or every != 1 or rounds != 1:
+        raise checks.InvalidArgument(
+            "aggregator",
+            "ClippedGossip needs variant='atc', gossip_every=1 and gossip_rounds=1",
+        )
 
 
 class DPSGDState(NamedTuple):
@@ -44,6 +62,7 @@ def dpsgd(
     gossip_every: int = 1,
     gossip_rounds: int = 1,
     faults=None,
+    aggregator: ClippedGossip | None = None,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Decentralized parallel SGD (Lian et al. 2017, "Can Decentralized Algorithms Outperform
@@ -58,8 +77,13 @@ def dpsgd(
 
     ``gossip_every=H`` mixes on every H-th step only (periodic gossip, local steps between);
     ``gossip_rounds=R`` mixes R times per mixing step. ``faults`` (``jdo.faults.link_drop``,
-    ``node_crash``; ``variant="atc"``): each mixing step uses the effective matrix of the
-    links that delivered (:func:`jdo.transforms.gossip`).
+    ``node_crash``, ``byzantine``; ``variant="atc"``): each mixing step uses the effective
+    matrix of the links that delivered (:func:`jdo.transforms.gossip`), and Byzantine
+    neighbours' messages are forged (:mod:`jdo.comm.robust_gossip`).
+    ``aggregator=jdo.transforms.ClippedGossip(tau)`` (``variant="atc"``, one gossip round per
+    step) replaces the weighted mean by ClippedGossip (He, Karimireddy & Jaggi 2022):
+    :math:`x_i \leftarrow y_i + \sum_j W_{ij}\,\mathrm{clip}_\tau(y_j - y_i)`,
+    :math:`y = x + u` (:func:`jdo.transforms.clipped_gossip`).
     """
     _check(loss_fn, optimizer, topology, "dpsgd")
     if faults is not None and variant != "atc":
@@ -67,8 +91,13 @@ def dpsgd(
     checks.one_of("variant", variant, ("atc", "cta"))
     checks.positive_int("gossip_every", gossip_every)
     checks.positive_int("gossip_rounds", gossip_rounds)
+    _check_aggregator(aggregator, variant, gossip_every, gossip_rounds)
 
-    if variant == "atc":
+    if aggregator is not None:
+        tx = optax.chain(
+            optimizer, aggregator.transform(topology, faults=faults, axis_name=axis_name)
+        )
+    elif variant == "atc":
         tx = optax.chain(
             optimizer,
             gossip(
@@ -175,6 +204,7 @@ def push_sum(
     optimizer: optax.GradientTransformation,
     topology: Topology,
     *,
+    faults=None,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Stochastic Gradient Push (Assran et al. 2019, "Stochastic Gradient Push for Distributed
@@ -190,8 +220,21 @@ def push_sum(
     Column stochasticity keeps :math:`\sum_i x_i` and :math:`\sum_i w_i = W`; the ratio
     :math:`z_i` converges to the average even though no worker averages with uniform weights.
     ``Algorithm.params`` returns :math:`z_i`.
+
+    ``faults`` (``jdo.faults.link_drop(p)``, ``node_crash(workers, at_step, rejoin_step)``):
+    step t mixes with ``topology.effective_matrix(t, M, lost_to="sender")``, ``M =
+    faults.delivered(t, W, directed=jdo.faults.is_directed(topology))``: a sender whose
+    message is lost keeps its weight (it must learn of the loss, e.g. by an acknowledgement),
+    so every column still sums to 1 and :math:`\sum_i x_i`, :math:`\sum_i w_i = W` are
+    conserved at every step; rows are not stochastic (plain gossip's guarantee is the
+    opposite one). A down worker takes no local step and, its links lost, keeps its mass
+    until it rejoins.
     """
     _check(loss_fn, optimizer, topology, "push_sum", stochastic=("doubly", "column"))
+    faults = network_faults("faults", faults)
+    if faults is not None:
+        faults.check(topology.n)
+    directed = is_directed(topology)
 
     def init(params, key):
         del key
@@ -203,8 +246,16 @@ def push_sum(
         z = _debiased(state)
         grads, metrics = _grad(loss_fn, z, batch, key)  # 1. gradient at the de-biased params
         updates, opt_state = optimizer.update(grads, state.opt_state, z)  # 2. local step
+        if faults is not None and faults.crashes:  # a down worker takes no local step
+            up = faults.alive_traced(state.step, topology.n)[jax.lax.axis_index(axis_name)]
+            updates = jax.tree.map(lambda u: jnp.where(up, u, 0), updates)
         numerator = optax.apply_updates(state.numerator, updates)
-        numerator, weight = mix((numerator, state.weight), topology, state.step, axis_name)  # 3.
+        lost = {}
+        if faults is not None:  # a lost message's weight stays with its sender
+            delivered = faults.delivered_traced(state.step, topology.n, directed)
+            lost = {"delivered": delivered, "lost_to": "sender"}
+        pair = (numerator, state.weight)
+        numerator, weight = mix(pair, topology, state.step, axis_name, **lost)  # 3.
         return PushSumState(numerator, weight, opt_state, state.step + 1), metrics
 
     return Algorithm(init, step, params=_debiased)

@@ -34,6 +34,7 @@ from jdo.comm.gossip import (
     neighbour_sum,
     push_sum_average,
 )
+from jdo.comm.robust_gossip import clipped_mix
 
 __all__ = [
     "KINDS",
@@ -42,6 +43,7 @@ __all__ = [
     "backup_mean",
     "all_gather_reference",
     "collective_bytes",
+    "clipped_mix",
     "collective_ops",
     "cond",
     "fori_loop",

@@ -32,9 +32,17 @@ def _check_size(topology: Topology, axis_name: str) -> None:
         )
 
 
-def _apply(schedule: Schedule, x, axis_name: str, decode, delivered=None, rejoining=None):
+def _apply(
+    schedule: Schedule,
+    x,
+    axis_name: str,
+    decode,
+    delivered=None,
+    rejoining=None,
+    lost_to="receiver",
+):
     if delivered is not None:
-        return _apply_delivered(schedule, x, axis_name, decode, delivered, rejoining)
+        return _apply_delivered(schedule, x, axis_name, decode, delivered, rejoining, lost_to)
     me = jax.lax.axis_index(axis_name)
 
     def weight(values, like):
@@ -48,13 +56,27 @@ def _apply(schedule: Schedule, x, axis_name: str, decode, delivered=None, rejoin
     return out
 
 
-def _apply_delivered(schedule: Schedule, x, axis_name: str, decode, delivered, rejoining):
+def _sent_but_lost(perm, w, delivered, me) -> jax.Array:
+    """The weight my message of this round carried if it was lost (0 if it arrived)."""
+    dest = np.arange(len(w))
+    for src, dst in perm:
+        dest[src] = dst
+    to = jnp.asarray(dest)[me]
+    w_out = jnp.asarray(np.asarray(w, np.float32))[to]  # what my receiver weighs me by
+    return jnp.where(delivered[to, me], 0, w_out)
+
+
+def _apply_delivered(
+    schedule: Schedule, x, axis_name: str, decode, delivered, rejoining, lost_to="receiver"
+):
     """:func:`_apply` when only the ``delivered`` links work: a message that did not arrive is
     never read (``where``, so a NaN in it goes nowhere), its weight goes to the receiver's own
-    value, and a ``rejoining`` worker takes the weighted mean of what reached it instead."""
+    value (``lost_to="sender"``: to the sender's, which needs the full ``[W, W]`` mask), and a
+    ``rejoining`` worker takes the weighted mean of what reached it instead."""
     me = jax.lax.axis_index(axis_name)
     row = delivered[me] if jnp.ndim(delivered) == 2 else delivered  # [W]: j's message arrives
     arrived, weights = [], []
+    kept_back = jnp.zeros((), jnp.float32)  # lost_to="sender": my lost messages' weights
     for perm, w in schedule.rounds:
         sender = np.arange(len(w))
         for src, dst in perm:
@@ -62,6 +84,8 @@ def _apply_delivered(schedule: Schedule, x, axis_name: str, decode, delivered, r
         w_me = jnp.asarray(np.asarray(w, np.float32))[me]
         arrived.append(row[jnp.asarray(sender)[me]] & (w_me != 0))
         weights.append(w_me)
+        if lost_to == "sender":
+            kept_back = kept_back + _sent_but_lost(perm, w, delivered, me)
     clock.exchange([p for p, _ in schedule.rounds], clock.tree_bytes(x), axis_name, arrived)
     own = decode(x)
     received = jax.tree.map(jnp.zeros_like, own)
@@ -71,7 +95,8 @@ def _apply_delivered(schedule: Schedule, x, axis_name: str, decode, delivered, r
         add = lambda o, v, ok=ok, w=w: o + jnp.where(ok, w.astype(v.dtype) * v, 0)
         received = jax.tree.map(add, received, r)
         kept, lost = kept + jnp.where(ok, w, 0), lost + jnp.where(ok, 0, w)
-    self_weight = jnp.asarray(np.asarray(schedule.self_weights, np.float32))[me] + lost
+    own_weight = jnp.asarray(np.asarray(schedule.self_weights, np.float32))[me]
+    self_weight = own_weight + (kept_back if lost_to == "sender" else lost)
     out = jax.tree.map(lambda a, v: self_weight.astype(a.dtype) * a + v, own, received)
     if rejoining is None:
         return out
@@ -89,6 +114,7 @@ def mix(
     decode=None,
     delivered=None,
     rejoining=None,
+    lost_to: str = "receiver",
 ):
     """One gossip step: ``x_i ← Σ_j W(step)_ij x_j`` for a pytree ``x`` (one worker's value).
 
@@ -107,8 +133,18 @@ def mix(
       rejoining: traced bool (this worker's): with ``delivered``, a worker coming back from a
         crash takes ``Σ_j W_ij x_j / Σ_j W_ij`` over the neighbours whose message arrived (its
         own stale value left out; kept if nothing arrived).
+      lost_to: with ``delivered``, who keeps a lost message's weight: ``"receiver"`` (rows keep
+        their sums: doubly stochastic stays doubly stochastic on an undirected graph) or
+        ``"sender"`` (push-sum: columns keep their sums, so ``Σ_i x_i`` is conserved; needs the
+        full ``[W, W]`` mask, i.e. a sender that learns its message was lost).
+        ``topology.effective_matrix(step, delivered, lost_to=...)`` is the matrix applied.
     """
     _check_size(topology, axis_name)
+    checks.one_of("lost_to", lost_to, ("receiver", "sender"))
+    if lost_to == "sender" and delivered is not None and jnp.ndim(delivered) != 2:
+        raise checks.InvalidArgument("delivered", "must be the [W, W] mask for lost_to='sender'")
+    if lost_to == "sender" and rejoining is not None:
+        raise checks.InvalidArgument("rejoining", "is only taken with lost_to='receiver'")
     if topology.n == 1:  # W = [1]: nothing to send (not even to itself)
         return x if decode is None else decode(x)
     if topology.is_complete and delivered is None:  # typed per-worker again, like any graph
@@ -116,7 +152,7 @@ def mix(
             return varying(gather_mean(x, decode, axis_name), axis_name)
         return varying(mean(x, axis_name), axis_name)
     decode = decode or (lambda v: v)
-    faults = {"delivered": delivered, "rejoining": rejoining}
+    faults = {"delivered": delivered, "rejoining": rejoining, "lost_to": lost_to}
     branches = [
         functools.partial(_apply, s, axis_name=axis_name, decode=decode, **faults)
         for s in topology.schedules

@@ -70,7 +70,7 @@ class Topology:
         """``W(step)`` as a read-only numpy array."""
         return self.matrices[step % self.period]
 
-    def effective_matrix(self, step: int, delivered) -> np.ndarray:
+    def effective_matrix(self, step: int, delivered, lost_to: str = "receiver") -> np.ndarray:
         """The mixing matrix actually applied at ``step`` when only the ``delivered`` links
         work (``[n, n]`` bool, entry ``[i, j]``: j's message reached i; e.g.
         ``jdo.faults.link_drop(p).delivered(step, n)``): ``W(step)_ij`` on delivered links, 0 on
@@ -82,7 +82,13 @@ class Topology:
         column-stochastic (push-sum) W does not stay column stochastic: what a lost message
         carried is replaced by the receiver's own value, so push-sum's weights no longer sum to
         W and its ratio tends to a perturbed average; a directed doubly stochastic W (the
-        exponential graph) stays row stochastic only (consensus, not the exact mean)."""
+        exponential graph) stays row stochastic only (consensus, not the exact mean).
+
+        ``lost_to="sender"`` (push-sum under lost links): each lost weight goes to the
+        *sender's* own weight ``W_jj`` instead, so every column keeps its sum (a
+        column-stochastic W stays column stochastic: ``Σ_i x_i`` is conserved) and rows do
+        not."""
+        checks.one_of("lost_to", lost_to, ("receiver", "sender"))
         w = self.mixing_matrix(step)
         mask = np.asarray(delivered)
         if mask.shape != w.shape or mask.dtype != bool:
@@ -92,7 +98,9 @@ class Topology:
             )
         mask = mask | np.eye(self.n, dtype=bool)
         out = np.where(mask, w, 0.0)
-        out[np.diag_indices(self.n)] += np.where(mask, 0.0, w).sum(axis=1)
+        out[np.diag_indices(self.n)] += np.where(mask, 0.0, w).sum(
+            axis=1 if lost_to == "receiver" else 0
+        )
         return out
 
     def peers(self, step: int = 0) -> list[list[int]]:

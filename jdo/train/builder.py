@@ -25,6 +25,7 @@ from jdo.data.synthetic import optimum_of_parts
 from jdo.models import functional
 from jdo.train.config import ConfigError
 from jdo.train.experiment import Experiment
+from jdo.transforms import ClippedGossip
 
 RL_TASK_KEYS = (
     "kind",
@@ -92,7 +93,7 @@ def _check_faults(cfg: Mapping, workers: int) -> None:
     """The faults, the aggregator and the backup workers, under their own keys, and only with
     an algorithm that takes them."""
     algorithm, name = cfg["algorithm"], _target(cfg["algorithm"]).rsplit(".", 1)[-1]
-    takes = {"faults": "allreduce_sgd, dpsgd", "aggregator": "allreduce_sgd"}
+    takes = {"faults": "allreduce_sgd, dpsgd, push_sum", "aggregator": "allreduce_sgd, dpsgd"}
     made = {}
     for key, which in takes.items():
         if cfg.get(key) is None:
@@ -115,6 +116,7 @@ def _check_faults(cfg: Mapping, workers: int) -> None:
             "jdo.faults.Byzantine.labels in your own loss); choose sign_flip, alie, ipm or "
             "gaussian",
         )
+    _check_rule_kind(rule, name)
     try:
         if rule is not None:
             rule.check(workers, byzantine=getattr(fault, "f", 0))
@@ -137,6 +139,25 @@ def _check_faults(cfg: Mapping, workers: int) -> None:
             raise ConfigError(
                 "trainer.backup_workers", f"must be an integer in [0, {workers}), got {backup!r}"
             )
+
+
+def _check_rule_kind(rule, name: str) -> None:
+    """All-gather rules go with allreduce_sgd, ClippedGossip with dpsgd (gossip)."""
+    if rule is None:
+        return
+    gossip = isinstance(rule, ClippedGossip)
+    if name == "dpsgd" and not gossip:
+        raise ConfigError(
+            "aggregator",
+            f"{rule} needs every worker's update (an all-gather): it goes with "
+            "algorithm=allreduce_sgd; dpsgd takes aggregator=clipped_gossip",
+        )
+    if name != "dpsgd" and gossip:
+        raise ConfigError(
+            "aggregator",
+            f"clipped_gossip clips the pull of a worker's gossip neighbours: it goes with "
+            f"algorithm=dpsgd, not {name}",
+        )
 
 
 def _check_init(algorithm, params, node) -> None:

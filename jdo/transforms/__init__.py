@@ -2,6 +2,7 @@
 
 from jdo.transforms.all_reduce import all_reduce
 from jdo.transforms.choco import ChocoState, choco
+from jdo.transforms.clipped_gossip import ClippedGossip, ClippedGossipState, clipped_gossip
 from jdo.transforms.compressed import CompressedAllReduceState, compressed_all_reduce
 from jdo.transforms.diloco import DiLoCoState, diloco
 from jdo.transforms.gossip import GossipState, gossip
@@ -11,6 +12,8 @@ from jdo.transforms.robust import RobustAllReduceState, robust_all_reduce
 
 __all__ = [
     "ChocoState",
+    "ClippedGossip",
+    "ClippedGossipState",
     "CompressedAllReduceState",
     "DiLoCoState",
     "GossipState",
@@ -19,6 +22,7 @@ __all__ = [
     "RobustAllReduceState",
     "all_reduce",
     "choco",
+    "clipped_gossip",
     "compressed_all_reduce",
     "diloco",
     "gossip",

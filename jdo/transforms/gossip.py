@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -12,8 +13,10 @@ from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm.control import cond
 from jdo.comm.gossip import mix_rounds
-from jdo.faults import is_directed, network_faults, rejoining
+from jdo.comm.robust_gossip import gossip_faults
+from jdo.faults import is_directed, rejoining
 from jdo.topology import Topology, check_topology
+from jdo.transforms.clipped_gossip import clipped_gossip
 
 
 class GossipState(NamedTuple):
@@ -58,8 +61,9 @@ def gossip(
       every: mix on updates ``0, H, 2H, ...``.
       rounds: gossip steps per mixing.
       axis_name: the workers' named axis.
-      faults: None, a network fault (``jdo.faults.link_drop(p)``, ``node_crash(...)``) or a
-        list of them.
+      faults: None, a network fault (``jdo.faults.link_drop(p)``, ``node_crash(...)``),
+        ``jdo.faults.byzantine(workers, attack)`` (their messages forged at each receiver, as
+        in :func:`jdo.transforms.clipped_gossip` with ``tau=inf``) or a list of them.
     """
     check_topology(
         "topology",
@@ -69,7 +73,11 @@ def gossip(
     )
     checks.positive_int("every", every)
     checks.positive_int("rounds", rounds)
-    faults = network_faults("faults", faults)
+    faults, byzantine = gossip_faults("faults", faults)
+    if byzantine is not None:  # Byzantine senders: the clipped path without clipping
+        if every != 1 or rounds != 1:
+            raise checks.InvalidArgument("faults", "byzantine(...) needs every=1 and rounds=1")
+        return clipped_gossip(topology, math.inf, faults=[faults, byzantine], axis_name=axis_name)
     if faults is not None:
         faults.check(topology.n)
     directed = is_directed(topology)
