@@ -23,6 +23,7 @@ from jdo.algorithms.decentralized import (
     gradient_tracking,
     push_sum,
 )
+from jdo.algorithms.parameter_server import parameter_server
 
 __all__ = [
     "Algorithm",
@@ -43,6 +44,7 @@ __all__ = [
     "get",
     "gradient_tracking",
     "local_sgd",
+    "parameter_server",
     "powersgd",
     "push_sum",
     "register",
