@@ -258,6 +258,16 @@ CASES = [
         "the Newton x-update needs the Hessian of 26122 parameters",
     ),
     Case(
+        ("algorithm=parameter_server", "algorithm.mode=hogwild"),
+        2,
+        "error: algorithm.mode: must be one of 'sync', 'async', 'ssp', 'k_async'; got 'hogwild'",
+    ),
+    Case(
+        ("algorithm=parameter_server", "algorithm.mode=ssp"),
+        2,
+        "error: algorithm.staleness: is required with mode='ssp', got None",
+    ),
+    Case(
         ("checkpoint.resume=sometimes",),
         2,
         "error: checkpoint.resume: must be one of auto, force; got 'sometimes'",

@@ -94,6 +94,7 @@ sgd = optax.sgd
 # make(loss_fn, lr) -> Algorithm
 MAKERS = {
     "allreduce_sgd": lambda f, lr: A.allreduce_sgd(f, sgd(lr)),
+    "parameter_server": lambda f, lr: A.parameter_server(f, sgd(lr)),  # sync, sharded
     "gradient_tracking": lambda f, lr: A.gradient_tracking(f, sgd(lr), RING),
     # EF21 converges linearly with full gradients (Richtárik et al. 2021), any heterogeneity
     "compressed_sgd": lambda f, lr: A.compressed_sgd(
@@ -113,6 +114,7 @@ TABLE = [
     # exact methods: the optimum at both step sizes
     Row("allreduce_sgd", "heterogeneous", 0.2, 1500, "exact", 1e-5),
     Row("allreduce_sgd", "ridge", 0.2, 600, "exact", 1e-5),
+    Row("parameter_server", "heterogeneous", 0.2, 1500, "exact", 1e-5),
     Row("gradient_tracking", "heterogeneous", 0.1, 3000, "exact", 1e-5),
     Row("compressed_sgd", "heterogeneous", 0.1, 3000, "exact", 1e-5),
     # PowerSGD's error memories (M_i − mean M, as in the paper's and PyTorch's code) grow with
@@ -173,6 +175,7 @@ def test_distance_to_the_optimum_is_what_theory_says(row):
 def test_the_table_covers_every_supervised_algorithm():
     supervised = {
         "allreduce_sgd",
+        "parameter_server",
         "dpsgd",
         "gradient_tracking",
         "push_sum",

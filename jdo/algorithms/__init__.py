@@ -29,6 +29,7 @@ from jdo.algorithms.decentralized import (
     gradient_tracking,
     push_sum,
 )
+from jdo.algorithms.parameter_server import parameter_server
 
 __all__ = [
     "ADPSGDState",
@@ -53,6 +54,7 @@ __all__ = [
     "gossip_simulation_of",
     "gradient_tracking",
     "local_sgd",
+    "parameter_server",
     "powersgd",
     "push_sum",
     "register",

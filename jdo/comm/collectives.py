@@ -68,6 +68,25 @@ def all_gather(x, axis_name: str = WORKERS):
     return jax.lax.all_gather(x, axis_name)
 
 
+def reduce_scatter(x, axis_name: str = WORKERS, *, op: str = "mean"):
+    """Reduce-scatter of a pytree: every leaf's leading axis (a multiple of W) is cut into W
+    equal blocks and worker ``i`` gets block ``i`` of ``Σ_j x_j`` (``op="mean"``: of
+    ``(1/W) Σ_j x_j``). One reduce-scatter of the pytree's bytes (nccl-tests' buffer size is
+    its input; a barrier for the clock)."""
+    checks.one_of("op", op, ("mean", "sum"))
+    n = jax.lax.axis_size(axis_name)
+    for leaf in jax.tree.leaves(x):
+        if not jnp.ndim(leaf) or jnp.shape(leaf)[0] % n:
+            raise checks.InvalidArgument(
+                "x",
+                f"leaves need a leading axis that is a multiple of the {n} workers, "
+                f"got shape {jnp.shape(leaf)}",
+            )
+    clock.barrier("reduce-scatter", clock.tree_bytes(x), axis_name)
+    out = jax.lax.psum_scatter(x, axis_name, scatter_dimension=0, tiled=True)
+    return out if op == "sum" else jax.tree.map(lambda a: a / n, out)
+
+
 def gather_mean(payloads, decode, axis_name: str = WORKERS, weights=None):
     """The all-reduce of compressed values: all-gathers every worker's ``payloads`` (what
     travels) and returns ``Σ_j weights_j · decode(payload_j)`` (the plain mean without
@@ -95,3 +114,11 @@ def sum_reference(xs: np.ndarray) -> np.ndarray:
     """Dense reference for :func:`sum` on stacked ``xs: [W, ...]``."""
     xs = np.asarray(xs)
     return np.broadcast_to(xs.sum(axis=0, keepdims=True), xs.shape).copy()
+
+
+def reduce_scatter_reference(xs: np.ndarray, op: str = "mean") -> np.ndarray:
+    """Dense reference for :func:`reduce_scatter` on stacked ``xs: [W, W·S, ...]``: worker
+    ``i`` holds rows ``[i·S, (i+1)·S)`` of the sum (or mean) over workers, ``[W, S, ...]``."""
+    xs = np.asarray(xs)
+    total = xs.sum(axis=0) if op == "sum" else xs.mean(axis=0)
+    return total.reshape(xs.shape[0], xs.shape[1] // xs.shape[0], *xs.shape[2:])

@@ -19,6 +19,7 @@ import jax
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
+from jdo._axis import WORKERS
 from jdo.checks import ArgumentError
 from jdo.data import make_loss, partition
 from jdo.data.synthetic import optimum_of_parts
@@ -161,8 +162,10 @@ def _check_rule_kind(rule, name: str) -> None:
 
 
 def _check_init(algorithm, params, node) -> None:
+    # init is per worker and may read its worker axis (a sharded server's shard): one worker
+    init = jax.vmap(algorithm.init, in_axes=(None, None), axis_name=WORKERS, axis_size=1)
     try:  # an algorithm may refuse the model at init (e.g. a Newton solve on a big model)
-        jax.eval_shape(algorithm.init, params, jax.random.key(0))
+        jax.eval_shape(init, params, jax.random.key(0))
     except ValueError as e:
         raise _config_error(e, node, "algorithm") from None
 

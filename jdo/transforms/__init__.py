@@ -9,6 +9,7 @@ from jdo.transforms.gossip import GossipState, gossip
 from jdo.transforms.local import LocalSGDState, hierarchical_local_sgd, local_sgd
 from jdo.transforms.powersgd import PowerSGDState, powersgd
 from jdo.transforms.robust import RobustAllReduceState, robust_all_reduce
+from jdo.transforms.sharded import ShardedState, sharded_update
 
 __all__ = [
     "ChocoState",
@@ -20,6 +21,7 @@ __all__ = [
     "LocalSGDState",
     "PowerSGDState",
     "RobustAllReduceState",
+    "ShardedState",
     "all_reduce",
     "choco",
     "clipped_gossip",
@@ -30,4 +32,5 @@ __all__ = [
     "local_sgd",
     "powersgd",
     "robust_all_reduce",
+    "sharded_update",
 ]
