@@ -14,7 +14,6 @@ from jdo.system import Cluster, Link, clock
 from jdo.transforms.sharded import shard_size
 
 W = 8
-RNG = np.random.default_rng(0)
 
 
 def _run(fn, lifting, mesh, *args, in_axes=0):
@@ -24,7 +23,8 @@ def _run(fn, lifting, mesh, *args, in_axes=0):
 @pytest.mark.parametrize("lifting", jdo.LIFTINGS)
 @pytest.mark.parametrize("op", ["mean", "sum"])
 def test_reduce_scatter_matches_reference(lifting, op, mesh8):
-    xs = {"a": RNG.normal(size=(W, 2 * W, 3)).astype(np.float32), "b": np.arange(W * W * 1.0)}
+    rng = np.random.default_rng(0)  # each test its own draws: the same under any test order
+    xs = {"a": rng.normal(size=(W, 2 * W, 3)).astype(np.float32), "b": np.arange(W * W * 1.0)}
     xs["b"] = xs["b"].reshape(W, W).astype(np.float32)
     out = _run(lambda x: comm.reduce_scatter(x, op=op), lifting, mesh8, xs)
     for k in xs:
@@ -55,10 +55,11 @@ def test_each_worker_keeps_adamw_state_of_its_own_padded_shard(lifting, mesh8):
     # P = 3 + 4 + 12 = 19 entries over 8 workers: shards of S = 3, the last 5 entries padding;
     # weight decay reads each worker's shard of the params
     shapes = {"a": (3,), "b": (2, 2), "c": (4, 3)}
-    one = {k: RNG.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    rng = np.random.default_rng(2)  # its own draws: the same under any test order
+    one = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     params = {k: np.broadcast_to(v, (W, *v.shape)) for k, v in one.items()}
     grads_seq = [
-        {k: RNG.normal(size=(W, *s)).astype(np.float32) for k, s in shapes.items()}
+        {k: rng.normal(size=(W, *s)).astype(np.float32) for k, s in shapes.items()}
         for _ in range(3)
     ]
     tx = jdo.transforms.sharded_update(optax.adamw(0.1, weight_decay=0.5))
@@ -70,7 +71,13 @@ def test_each_worker_keeps_adamw_state_of_its_own_padded_shard(lifting, mesh8):
     reference = _adamw_reference([flat(g).astype(np.float64) for g in grads_seq], x)
     for grads, (ref_update, ref_mu) in zip(grads_seq, reference, strict=True):
         updates, state = update(grads, state, params)
-        np.testing.assert_allclose(flat(updates), np.broadcast_to(ref_update, (W, 19)), atol=1e-6)
+        # float32 Adam's own rounding: unsharded optax.adamw on the float32 mean gradient is
+        # up to 1.01e-6 from this float64 reference on updates of ~0.1 (these draws), so the
+        # bound is relative; the sharded step equals unsharded Adam to 1e-6 in
+        # tests/algorithms/test_parameter_server.py
+        np.testing.assert_allclose(
+            flat(updates), np.broadcast_to(ref_update, (W, 19)), rtol=2e-5, atol=1e-6
+        )
         mu = np.asarray(state.inner[0].mu)  # [W, S]: worker i's moments of entries i·S..i·S+S
         assert mu.shape == (W, size)
         padded = np.concatenate([ref_mu, np.zeros(W * size - 19)])
