@@ -115,11 +115,23 @@ def clean_of(records, dataset, data, f, name):
     return float("nan")
 
 
+def _groups(records) -> list[tuple[str, str]]:
+    """The (data set, data) pairs recorded: digits first, iid before Dirichlet."""
+    order = lambda g: (g[0] != "digits", list(DATA).index(g[1]))
+    return sorted({(k[0], k[1]) for k in records}, key=order)
+
+
+def worst_case(records, dataset, data, f, name) -> float:
+    """The lowest accuracy over the attacks; NaN until every attack has run."""
+    accs = [records.get((dataset, data, f, name, a)) for a in ATTACKS]
+    return min(r["accuracy"] for r in accs) if all(accs) else float("nan")
+
+
 def table(records) -> str:
     """Markdown: per dataset and data, each aggregator's accuracy without attack (configured
     for f = 2 when it takes f) and its worst case over the attacks for every f run; then, per
     f, the accuracy under every attack."""
-    groups = sorted({(k[0], k[1]) for k in records}, key=lambda g: (g[0] != "digits", g[1]))
+    groups = _groups(records)
     fs = sorted({k[2] for k in records if k[4] != "none"})
     out = [
         "| data set | data | aggregator | no attack | "
@@ -129,11 +141,8 @@ def table(records) -> str:
     ]
     for dataset, data in groups:
         for name in AGGREGATORS:
-            worst = []
-            for f in fs:
-                accs = [records.get((dataset, data, f, name, a)) for a in ATTACKS]
-                done = [r["accuracy"] for r in accs if r is not None]
-                worst.append(f"**{min(done):.3f}**" if len(done) == len(ATTACKS) else "–")
+            worst = [worst_case(records, dataset, data, f, name) for f in fs]
+            worst = ["–" if np.isnan(w) else f"**{w:.3f}**" for w in worst]
             clean = clean_of(records, dataset, data, 2 if 2 in fs else fs[0], name)
             out.append(f"| {dataset} | {data} | {name} | {clean:.3f} | " + " | ".join(worst) + " |")
     for f in fs:
@@ -158,7 +167,7 @@ def heat_maps(records, path: str, f: int = 2) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(k[0], k[1]) for k in records}, key=lambda g: (g[0] != "digits", g[1]))
+    groups = _groups(records)
     cols = ["no attack", *ATTACKS]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2), squeeze=False)
     for ax, (dataset, data) in zip(axes[0], groups, strict=True):
@@ -180,12 +189,50 @@ def heat_maps(records, path: str, f: int = 2) -> None:
     plt.close(fig)
 
 
+def worst_case_maps(records, path: str) -> None:
+    """One panel per (data set, data) with more than one f: aggregator x f, the worst case
+    over the attacks, beside the attack-free accuracy (f = 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fs_of = {
+        g: sorted({k[2] for k in records if (k[0], k[1]) == g and k[4] != "none"})
+        for g in _groups(records)
+    }
+    groups = [g for g, fs in fs_of.items() if len(fs) > 1]
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 4.2), squeeze=False)
+    for ax, (dataset, data) in zip(axes[0], groups, strict=True):
+        fs = fs_of[(dataset, data)]
+        grid = np.array(
+            [
+                [clean_of(records, dataset, data, 2, name)]
+                + [worst_case(records, dataset, data, f, name) for f in fs]
+                for name in AGGREGATORS
+            ]
+        )
+        ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, "–" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center")
+        ax.set_xticks(range(len(fs) + 1), ["no attack", *(f"f = {f}" for f in fs)])
+        ax.set_yticks(range(len(AGGREGATORS)), list(AGGREGATORS) if ax is axes[0][0] else [])
+        ax.set_title(f"{dataset}, {data}")
+    fig.suptitle("worst-case test accuracy (%) over the attacks, 10 workers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(raw: str, out: str) -> None:
     records = load(raw)
     text = table(records)
     with open(os.path.join(out, "byzantine.md"), "w", encoding="utf-8") as f:
         f.write(text + "\n")
     heat_maps(records, os.path.join(out, "byzantine_f2.png"))
+    worst_case_maps(records, os.path.join(out, "byzantine_worst_case.png"))
     print(text)
 
 
