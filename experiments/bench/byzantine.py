@@ -204,7 +204,8 @@ def worst_case_maps(records, path: str) -> None:
     groups = [g for g, fs in fs_of.items() if len(fs) > 1]
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 4.2), squeeze=False)
+    width = max(6.0, 3.6 * len(groups))
+    fig, axes = plt.subplots(1, len(groups), figsize=(width, 4.4), squeeze=False)
     for ax, (dataset, data) in zip(axes[0], groups, strict=True):
         fs = fs_of[(dataset, data)]
         grid = np.array(
@@ -217,10 +218,11 @@ def worst_case_maps(records, path: str) -> None:
         ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, "–" if np.isnan(v) else f"{100 * v:.0f}", ha="center", va="center")
-        ax.set_xticks(range(len(fs) + 1), ["no attack", *(f"f = {f}" for f in fs)])
+        ticks = ["no attack", *(f"f = {f}" for f in fs)]
+        ax.set_xticks(range(len(fs) + 1), ticks, rotation=45, ha="right")
         ax.set_yticks(range(len(AGGREGATORS)), list(AGGREGATORS) if ax is axes[0][0] else [])
         ax.set_title(f"{dataset}, {data}")
-    fig.suptitle("worst-case test accuracy (%) over the attacks, 10 workers")
+    fig.suptitle("worst case over the attacks: test accuracy (%), 10 workers")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
