@@ -148,9 +148,10 @@ CASES = [
         "error: aggregator: byzantine must be fewer than half the workers for krum(f=1)",
     ),
     Case(
-        ("faults=byzantine", "faults.attack=label_flip", "aggregator=coordinate_median"),
+        ("faults=byzantine", "faults.attack=label_flip", "task=least_squares"),
         2,
-        "error: faults.attack: label_flip is a data attack the runner does not apply yet",
+        "error: faults.attack: label_flip needs class labels, but task least_squares is a "
+        "regression",
     ),
     Case(
         ("trainer.backup_workers=2",),

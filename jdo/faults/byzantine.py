@@ -17,10 +17,11 @@ attack              a Byzantine worker sends                                    
 ``label_flip()``    its honest update, computed on labels ``C − 1 − y``          ByzFL
 ==================  ==========================================================  ============
 
-``label_flip`` is a data attack: the update is left alone and the loss must see the flipped
-labels, through :meth:`Byzantine.labels` (``labels = faults.labels(y, num_classes,
-jdo.comm.worker_index())`` inside the per-worker loss; the identity for every other attack and
-every honest worker).
+``label_flip`` is a data attack: the update is left alone and the Byzantine workers train on
+flipped labels. The runner flips them once in those workers' training parts
+(:func:`jdo.train.builder.poison`); in one's own loop, flip them in the per-worker loss with
+:meth:`Byzantine.labels` (``labels = faults.labels(y, num_classes,
+jdo.comm.worker_index())``; the identity for every other attack and every honest worker).
 """
 
 from __future__ import annotations

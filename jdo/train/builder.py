@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra.utils
 import jax
+import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,7 @@ from jdo._axis import WORKERS
 from jdo.checks import ArgumentError
 from jdo.data import make_loss, partition
 from jdo.data.synthetic import optimum_of_parts
+from jdo.faults import flip_labels
 from jdo.models import functional
 from jdo.train.config import ConfigError
 from jdo.train.experiment import Experiment
@@ -110,13 +112,6 @@ def _check_faults(cfg: Mapping, workers: int) -> None:
             fault.check(workers)
     except ArgumentError as e:
         raise _config_error(e, cfg["faults"], "faults") from None
-    if getattr(getattr(fault, "attack", None), "is_data_attack", False):
-        raise ConfigError(
-            "faults.attack",
-            "label_flip is a data attack the runner does not apply yet (use "
-            "jdo.faults.Byzantine.labels in your own loss); choose sign_flip, alie, ipm or "
-            "gaussian",
-        )
     _check_rule_kind(rule, name)
     try:
         if rule is not None:
@@ -213,7 +208,33 @@ def build(cfg: Mapping, cluster=None) -> Experiment:
         cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **run_values
     )
     _check_init(algorithm, params, cfg["algorithm"])
+    data = poison(
+        data, dataset, instantiate(cfg["faults"], "faults") if cfg.get("faults") else None
+    )
     return Experiment(algorithm, apply, loss_fn, params, data, dataset)
+
+
+def poison(data: partition.WorkerData, dataset, fault) -> partition.WorkerData:
+    """The training parts as the Byzantine workers of a data attack hold them: under
+    ``jdo.faults.byzantine(workers, label_flip)`` the listed workers' labels become
+    ``C − 1 − y`` (:func:`jdo.faults.flip_labels`; C = 2 for binary labels), so their honest
+    loss and gradient are computed on flipped labels and the robust aggregator sees those.
+    Every other worker's part, and every other fault, leaves ``data`` as it is (the same
+    object). The flip is a fixed permutation of the classes, so doing it once on the host is
+    the same as doing it in the loss at every step; the per-worker step stays unaware."""
+    if not getattr(getattr(fault, "attack", None), "is_data_attack", False):
+        return data
+    if dataset.kind == "regression":
+        raise ConfigError(
+            "faults.attack",
+            f"label_flip needs class labels, but task {dataset.name} is a regression: choose "
+            "sign_flip, alie, ipm or gaussian",
+        )
+    classes = dataset.num_outputs if dataset.kind == "classification" else 2
+    y = np.array(data.y)
+    for worker in fault.workers:  # fault.check(W) already ran: every index is a worker
+        y[worker] = np.asarray(flip_labels(y[worker], classes))
+    return data._replace(y=y)
 
 
 def _rl_task(cfg: Mapping) -> dict[str, Any]:

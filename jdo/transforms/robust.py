@@ -59,7 +59,8 @@ def robust_all_reduce(
         the Byzantine workers' rows are replaced by the attack at this step (the transform's
         update count, from 0), computed from the honest rows as the papers' omniscient
         attackers do (:mod:`jdo.faults.byzantine`); every worker sees the same forged rows.
-        A data attack (``label_flip``) changes nothing here: the loss flips the labels.
+        A data attack (``label_flip``) changes nothing here: the Byzantine workers' labels are
+        flipped in their data (the runner does it; see :func:`jdo.train.builder.poison`).
 
     Returns:
       An ``optax.GradientTransformation`` whose state keeps the step count and the previous
