@@ -233,6 +233,11 @@ class ParameterServer:
             "dropped": np.int32(self.dropped),
         }
 
+    async def drain_with_state(self) -> dict:
+        """:meth:`drain` and :meth:`state` at once: a checkpoint the driver has seen every
+        event of (its metrics and event log are complete up to the checkpoint's version)."""
+        return {**(await self.drain()), "state": await self.state()}
+
     async def stop(self) -> None:
         """Ends the run now: every pull returns None."""
         self._stopped = True

@@ -54,6 +54,7 @@ log = logging.getLogger("jdo")
 
 RAY_KEYS = ("address", "num_cpus", "max_restarts", "jax_platforms", "poll_s")
 FAULT_ENV = "JDO_TEST_FAULT"  # test-only: "ray_kill_worker:<i>@<version>" SIGKILLs worker i
+INIT_ATTEMPTS = 3  # a local Ray node must start within 30 s (hard-coded in Ray)
 EVENT_COLUMNS = ("time", "worker", "read_version", "applied_version", "loss")
 # Groups the SPMD runner reads that a real parameter server has no use for.
 NOT_TAKEN = ("cluster", "faults", "aggregator")
@@ -137,7 +138,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         options.update(num_cpus=num_cpus, include_dashboard=False)
     else:
         options["address"] = address
-    ray.init(**options)
+    for attempt in range(INIT_ATTEMPTS):
+        try:
+            ray.init(**options)
+            return True
+        except Exception as e:  # Ray raises a bare Exception when its node starts too slowly
+            if "timed out during startup" not in str(e) or attempt == INIT_ATTEMPTS - 1:
+                raise
+            log.warning("Ray's node did not start in time (a loaded machine?); trying again")
+            ray.shutdown()
     return True
 
 
@@ -314,8 +323,12 @@ def _open_events(path: str, keep_upto: int):
 
 
 def _kill_fault() -> tuple[int, int] | None:
-    """``(worker, version)`` from ``JDO_TEST_FAULT=ray_kill_worker:<i>@<version>``."""
+    """``(worker, version)`` from the test-only ``JDO_TEST_FAULT``: ``ray_kill_worker:<i>@<v>``
+    SIGKILLs worker i's process once the server passed version v; ``ray_kill_driver@<v>``
+    (worker -1) SIGKILLs the driver itself once a checkpoint at or after v is committed."""
     value = os.environ.get(FAULT_ENV, "")
+    if value.startswith("ray_kill_driver@"):
+        return -1, int(value.split("@", 1)[1])
     if not value.startswith("ray_kill_worker:"):
         return None
     worker, _, version = value.split(":", 1)[1].partition("@")
@@ -419,12 +432,19 @@ class Driver:
         """Checkpoints the server's state when the cadence says so (or ``force``); a forced
         call also keeps the state as the run's final one."""
         opts, now = self.opts, time.perf_counter()
-        due = self.ckpt is not None and self.training and (
-            self.save_pending or (opts.every_s is not None and now - self.last_save >= opts.every_s)
+        due = (
+            self.ckpt is not None
+            and self.training
+            and (
+                self.save_pending
+                or (opts.every_s is not None and now - self.last_save >= opts.every_s)
+            )
         )
         if not (due or force):
             return
-        state = import_ray().get(server.state.remote())
+        report = import_ray().get(server.drain_with_state.remote())
+        self.take(report)
+        state = report["state"]
         version = int(state["version"])
         self.save_pending, self.last_save, self.state = False, now, state
         if self.ckpt is None or version == self.saved_version:
@@ -446,10 +466,17 @@ class Driver:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def maybe_kill(self) -> None:
-        """The test-only fault: SIGKILL worker i's process once the version passes X."""
+    def maybe_kill(self, server) -> None:
+        """The test-only faults of :func:`_kill_fault`."""
         if self.kill is None or self.version < self.kill[1]:
             return
+        if self.kill[0] < 0:  # the driver: after a checkpoint at or past the version
+            if self.saved_version < self.kill[1]:
+                self.maybe_save(server, force=True)
+            self.ckpt.wait()
+            log.warning("fault injection: SIGKILL the driver at update %d", self.saved_version)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
         worker, self.kill = self.kill[0], None
         pid = self.report["pids"][worker][-1]
         log.warning(
@@ -480,11 +507,11 @@ def _watch(driver: Driver, server, refs: dict, ray_cfg: Mapping) -> None:
         while True:
             time.sleep(ray_cfg["poll_s"])
             driver.take(ray.get(server.drain.remote()))
-            if driver.version >= driver.spec.steps:
-                return
-            driver.maybe_kill()
             _check_workers(ray, refs, ray_cfg["max_restarts"])
             driver.maybe_save(server)
+            driver.maybe_kill(server)
+            if driver.version >= driver.spec.steps:
+                return
             if watch.signum is not None:
                 ray.get(server.stop.remote())
                 driver.take(ray.get(server.drain.remote()))
@@ -560,6 +587,9 @@ def _summary(driver: Driver, spec: Spec, overrides: Sequence[str], wall_s: float
     hist = hist[: max(np.flatnonzero(hist).tolist() or [0]) + 1]
     trained_s = float(events[-1, 0]) if len(events) else 0.0
     leads = [n - low for _, n, low, _ in driver.all_releases]
+    record = driver.record  # resumed at the end (nothing trained): evaluate the checkpoint
+    if not record and state is not None:
+        record = driver.evaluate(state["params"])
     summary = {
         "backend": "ray",
         "workers": spec.workers,
@@ -567,9 +597,9 @@ def _summary(driver: Driver, spec: Spec, overrides: Sequence[str], wall_s: float
         "staleness": spec.staleness,
         "steps": spec.steps,
         "overrides": list(overrides),
-        **{k: v for k, v in driver.record.items() if not k.startswith("staleness/")},
+        **{k: v for k, v in record.items() if not k.startswith("staleness/")},
         "updates": int(driver.version),
-        "updates/by_worker": list((driver.report or {}).get("done", [])),
+        "updates/by_worker": np.asarray(state["done"]).tolist() if state is not None else [],
         "staleness/histogram": hist.tolist(),
         "staleness/mean": float(np.arange(len(hist)) @ hist / max(hist.sum(), 1)),
         "staleness/max": len(hist) - 1,
@@ -586,7 +616,8 @@ def _summary(driver: Driver, spec: Spec, overrides: Sequence[str], wall_s: float
         summary["ssp/max_lead"] = int(max(leads, default=0))
     if driver.resumed:
         summary["resumed_from"] = driver.resumed
-    if driver.output_dir is not None and len(events):
+    summary_path = os.path.join(driver.output_dir or "", "summary.json")
+    if driver.output_dir is not None and (len(events) or not os.path.exists(summary_path)):
         with open(os.path.join(driver.output_dir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=float)
     summary["events"] = np.asarray(driver.all_events, np.float64).reshape(-1, len(EVENT_COLUMNS))
