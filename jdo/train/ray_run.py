@@ -524,6 +524,7 @@ def prepare(cfg: DictConfig | Mapping, container: Mapping) -> tuple[Problem, Spe
     """Checks the config (:func:`check_config`) and builds the problem on the driver (a bad
     value fails here, before any actor starts): ``(problem, spec)``."""
     mode, staleness = check_config(container)
+    import_ray()  # installed? (before the problem is built)
     problem = build_problem(cfg)
     trainer = container["trainer"]
     spec = Spec(

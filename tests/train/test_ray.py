@@ -123,15 +123,18 @@ def _cli(run_dir, *overrides, env=None):
     )
 
 
+@pytest.mark.slow  # two fresh driver processes
 def test_cli_joins_the_cluster_and_a_killed_driver_resumes(ray_instance, tmp_path):
-    """``python -m experiments.train backend=ray ... ray.address=auto``: the first driver is
-    SIGKILLed after its checkpoint at update 100; the same command resumes from it."""
+    """``python -m experiments.train backend=ray ... ray.address=<this module's instance>``
+    (``auto`` would pick the newest instance on the machine, maybe another test process's):
+    the first driver is SIGKILLed after its checkpoint at update 100 or later; the same command
+    resumes from it."""
     args = (
         "parameter_server.mode=async",
         "workers=2",
         "trainer.steps=200",
         "checkpoint.every=50",
-        "ray.address=auto",
+        f"ray.address={ray.get_runtime_context().gcs_address}",
     )
     first = _cli(tmp_path, *args, env={FAULT_ENV: "ray_kill_driver@100"})
     assert first.returncode == -9, first.stderr[-2000:]
