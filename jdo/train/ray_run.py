@@ -75,10 +75,10 @@ def check_config(cfg: Mapping) -> tuple[str, int | None]:
     algorithm = cfg["algorithm"]
     target = str(algorithm.get("_target_", ""))
     if not target.endswith("parameter_server"):
+        name = target.rsplit(".", 1)[-1] or repr(algorithm)
         raise ConfigError(
             "algorithm",
-            f"backend=ray runs algorithm=parameter_server (modes {', '.join(MODES)}), got "
-            f"{target.rsplit('.', 1)[-1] or algorithm!r}",
+            f"backend=ray runs algorithm=parameter_server (modes {', '.join(MODES)}), got {name}",
         )
     if cfg["task"].get("kind") == "rl":
         raise ConfigError("task", "backend=ray trains supervised tasks only")
