@@ -105,7 +105,8 @@ def _fmt(x, digits=3):
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: the median over repeats of each method's numbers."""
+    """Markdown: the median over repeats of each method's numbers (the staleness histogram:
+    their mean)."""
     head = (
         "| method | updates/s | gradients/s | updates to target | time to target (s) | "
         "final test loss | mean staleness | staleness histogram (τ = 0, 1, ...) | start-up (s) |"
@@ -118,7 +119,10 @@ def table(rows: list[dict]) -> str:
             values = [r[key] for r in mine if r[key] is not None]
             return float(np.median(values)) if values else None
 
-        hist = mine[0]["staleness_hist"]
+        width = max(len(r["staleness_hist"]) for r in mine)
+        hist = np.mean(
+            [np.pad(r["staleness_hist"], (0, width - len(r["staleness_hist"]))) for r in mine], 0
+        )
         out.append(
             f"| {method} | {_fmt(med('updates_per_s'))} | {_fmt(med('gradients_per_s'))} | "
             f"{_fmt(med('updates_to_target'))} | {_fmt(med('time_to_target_s'))} | "
@@ -134,7 +138,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=os.path.join("experiments", "bench", "results"))
+    parser.add_argument("--table", action="store_true", help="only redo the table from the JSON")
     args = parser.parse_args()
+    if args.table:
+        with open(os.path.join(args.out, "ray_vs_spmd.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        write_table(saved["rows"], saved["load_1min"], saved["date"], args.out)
+        return
     from jdo.train.ray_run import import_ray, init_ray
 
     started = init_ray(None, num_cpus=max(args.workers) + 1)  # one instance for every Ray run
@@ -152,11 +162,17 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "ray_vs_spmd.json"), "w", encoding="utf-8") as f:
         json.dump({"rows": rows, "load_1min": load, "date": time.ctime()}, f, indent=1)
+    write_table(rows, load, time.ctime(), args.out)
+
+
+def write_table(rows: list[dict], load: list[float], date: str, out: str) -> None:
+    repeats = len(rows) // len({r["method"] for r in rows})
     text = table(rows) + (
-        f"\n\n{len(rows)} runs, {args.repeats} repeat(s), medians; 1-minute load average during "
-        f"the runs: {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores ({time.ctime()}).\n"
+        f"\n\n{len(rows)} runs, {repeats} repeat(s) interleaved, medians; 1-minute load "
+        f"average during the runs: {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores "
+        f"({date}).\n"
     )
-    with open(os.path.join(args.out, "ray_vs_spmd.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out, "ray_vs_spmd.md"), "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
 
