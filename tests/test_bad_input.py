@@ -104,6 +104,16 @@ CASES = [
         "error: algorithm.staleness: ssp needs a non-negative integer staleness "
         "(parameter_server.staleness=2), got None",
     ),
+    Case(
+        (
+            "backend=ray",
+            "algorithm=parameter_server",
+            "parameter_server.mode=async",
+            "trainer.nonfinite=skip",
+        ),
+        2,
+        "error: trainer.nonfinite: backend=ray stops on a non-finite loss (stop)",
+    ),
     # config values
     Case(
         ("trainer.steps=abc",),

@@ -31,6 +31,7 @@ import os
 import signal
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,14 +42,14 @@ from omegaconf import DictConfig
 
 from jdo.train.builder import Problem, build_problem
 from jdo.train.checkpoint import Checkpointer, IncompatibleCheckpoint
-from jdo.train.config import ConfigError, boolean, known_keys, one_of, positive_float, positive_int
+from jdo.train.config import ConfigError, known_keys, one_of, positive_float, positive_int
 from jdo.train.evaluate import make_evaluate
 from jdo.train.experiment import Experiment
 from jdo.train.loop import NonFiniteError
 from jdo.train.ray_ps import MODES, ParameterServer, Spec, Worker, initial_state
 from jdo.train.records import line
 from jdo.train.restore import CheckpointOptions
-from jdo.train.tracker import JsonlTracker
+from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
 
 log = logging.getLogger("jdo")
 
@@ -109,7 +110,11 @@ def check_config(cfg: Mapping) -> tuple[str, int | None]:
     if not isinstance(cfg["ray"]["jax_platforms"], str):
         raise ConfigError("ray.jax_platforms", "must be a string such as cpu or cuda")
     positive_float(cfg, "ray.poll_s")
-    boolean(cfg, "checkpoint.enabled")
+    if cfg["trainer"]["nonfinite"] != "stop":
+        raise ConfigError(
+            "trainer.nonfinite",
+            "backend=ray stops on a non-finite loss (stop); skipping a step is not supported",
+        )
     return mode, staleness
 
 
@@ -140,7 +145,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         options["address"] = address
     for attempt in range(INIT_ATTEMPTS):
         try:
-            ray.init(**options)
+            with warnings.catch_warnings():  # Ray forks only to exec its own processes
+                warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+                ray.init(**options)
             return True
         except Exception as e:  # Ray raises a bare Exception when its node starts too slowly
             if "timed out during startup" not in str(e) or attempt == INIT_ATTEMPTS - 1:
@@ -367,8 +374,12 @@ class Driver:
         self.save_pending, self.training = False, False
         self.kill = _kill_fault()
         self.tracker = self.events_file = None
-        if output_dir is not None:
-            self.tracker = JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), self.start)
+        if output_dir is not None:  # the runner's trackers; lines after the checkpoint dropped
+            trackers = [JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), self.start)]
+            if container["logger"]["tensorboard"]:
+                tb = os.path.join(output_dir, "tb")
+                trackers.append(TensorBoardTracker(tb, self.start))
+            self.tracker = MultiTracker(trackers)
             self.events_file = _open_events(os.path.join(output_dir, "events.csv"), self.start)
 
     def close(self) -> None:
