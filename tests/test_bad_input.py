@@ -78,6 +78,42 @@ CASES = [
         cli=True,
         without=("gymnax",),
     ),
+    Case(
+        ("backend=ray", "algorithm=parameter_server", "parameter_server.mode=async"),
+        2,
+        "error: backend: backend=ray needs Ray: pip install 'jdo[ray]'",
+        cli=True,
+        without=("ray",),
+    ),
+    # backend=ray (jdo/train/ray_run.py): refused before Ray starts
+    Case(("backend=mpi",), 2, "error: backend: must be one of spmd, ray; got 'mpi'"),
+    Case(
+        ("backend=ray",),
+        2,
+        "error: algorithm: backend=ray runs algorithm=parameter_server (modes async, ssp), "
+        "got allreduce_sgd",
+    ),
+    Case(
+        ("backend=ray", "algorithm=parameter_server", "parameter_server.mode=sync"),
+        2,
+        "error: algorithm.mode: must be one of async, ssp; got 'sync'",
+    ),
+    Case(
+        ("backend=ray", "algorithm=parameter_server", "parameter_server.mode=ssp"),
+        2,
+        "error: algorithm.staleness: ssp needs a non-negative integer staleness "
+        "(parameter_server.staleness=2), got None",
+    ),
+    Case(
+        (
+            "backend=ray",
+            "algorithm=parameter_server",
+            "parameter_server.mode=async",
+            "trainer.nonfinite=skip",
+        ),
+        2,
+        "error: trainer.nonfinite: backend=ray stops on a non-finite loss (stop)",
+    ),
     # config values
     Case(
         ("trainer.steps=abc",),

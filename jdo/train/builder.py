@@ -165,13 +165,25 @@ def _check_init(algorithm, params, node) -> None:
         raise _config_error(e, node, "algorithm") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A supervised task without its algorithm: what :func:`build` hands the algorithm, and
+    what the Ray backend's actors rebuild in their own processes (:mod:`jdo.train.ray_ps`)."""
+
+    dataset: Any
+    data: Any
+    apply: Any
+    params: Any
+    loss_fn: Any
+    optimizer: Any
+
+
 def build(cfg: Mapping, cluster=None) -> Experiment:
     """Data, model and algorithm from a validated config (see ``jdo/conf``). An algorithm whose
     YAML names a ``cluster`` key (an asynchronous parameter server, whose events come from the
     cluster's clock) is given the run's :class:`~jdo.system.Cluster` (None without one)."""
     if cfg["task"].get("kind") == "rl":  # environments instead of a dataset
         return build_rl(cfg)
-    workers, seed = int(cfg["workers"]), int(cfg["seed"])
     target = _target(cfg["algorithm"])
     if target.startswith(RL_PACKAGE):
         raise ConfigError(
@@ -180,6 +192,24 @@ def build(cfg: Mapping, cluster=None) -> Experiment:
             "learning algorithm: use it with an RL task (task=cartpole, acrobot, "
             "pendulum)",
         )
+    p = build_problem(cfg)
+    _check_parts(cfg, int(cfg["workers"]))
+    run_values = {"cluster": cluster} if "cluster" in cfg["algorithm"] else {}
+    algorithm = instantiate(
+        cfg["algorithm"], "algorithm", loss_fn=p.loss_fn, optimizer=p.optimizer, **run_values
+    )
+    _check_init(algorithm, p.params, cfg["algorithm"])
+    fault = instantiate(cfg["faults"], "faults") if cfg.get("faults") else None
+    data = poison(p.data, p.dataset, fault)
+    return Experiment(algorithm, p.apply, p.loss_fn, p.params, data, p.dataset)
+
+
+def build_problem(cfg: Mapping) -> Problem:
+    """The dataset, every worker's part, the model, its loss and the optimizer of a supervised
+    task (no algorithm)."""
+    if cfg["task"].get("kind") == "rl":
+        raise ConfigError("task", "must be a supervised task here (not reinforcement learning)")
+    workers, seed = int(cfg["workers"]), int(cfg["seed"])
     dataset = instantiate(cfg["task"]["data"], "task.data")
     split = instantiate(
         cfg["partition"], "partition", dataset=dataset, num_workers=workers, seed=seed
@@ -202,16 +232,7 @@ def build(cfg: Mapping, cluster=None) -> Experiment:
     apply, params = functional(model)
     loss_fn = make_loss(apply, dataset.kind, dataset.l2)
     optimizer = instantiate(cfg["optimizer"], "optimizer")
-    _check_parts(cfg, workers)
-    run_values = {"cluster": cluster} if "cluster" in cfg["algorithm"] else {}
-    algorithm = instantiate(
-        cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **run_values
-    )
-    _check_init(algorithm, params, cfg["algorithm"])
-    data = poison(
-        data, dataset, instantiate(cfg["faults"], "faults") if cfg.get("faults") else None
-    )
-    return Experiment(algorithm, apply, loss_fn, params, data, dataset)
+    return Problem(dataset, data, apply, params, loss_fn, optimizer)
 
 
 def poison(data: partition.WorkerData, dataset, fault) -> partition.WorkerData:

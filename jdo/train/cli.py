@@ -57,6 +57,14 @@ SUMMARY_KEYS = (
     "time/compute",
     "time/comm",
     "time/wait",
+    # backend=ray
+    "train/objective_gap",
+    "updates",
+    "updates_per_s",
+    "staleness/mean",
+    "staleness/max",
+    "ssp/max_lead",
+    "startup_s",
 )
 
 

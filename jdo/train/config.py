@@ -60,7 +60,11 @@ TOP_KEYS = (
     "cluster",
     "faults",
     "aggregator",
+    "backend",
+    "parameter_server",
+    "ray",
 )
+BACKENDS = ("spmd", "ray")
 # Keys a resumed run may change: how long and where it runs, not what it computes.
 RESUME_MAY_DIFFER = (
     "trainer.steps",
@@ -76,6 +80,7 @@ RESUME_MAY_DIFFER = (
     "checkpoint",
     "distributed",
     "deterministic",
+    "ray",
 )
 
 
@@ -167,6 +172,8 @@ def validate(cfg: Mapping) -> None:
             f"unknown top-level key; allowed: {', '.join(TOP_KEYS)} "
             "(a config group is chosen with group=option, e.g. optimizer=sgd)",
         )
+    if "backend" in cfg:
+        one_of(cfg, "backend", BACKENDS)
     workers = positive_int(cfg, "workers")
     seed = _get(cfg, "seed")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:

@@ -96,6 +96,18 @@ def run(
     except Exception as e:
         raise ConfigError("config", str(e)) from None
     validate(container)
+    if container.get("backend", "spmd") == "ray":  # a real asynchronous parameter server
+        from jdo.train import ray_run
+
+        if output_dir is not None:
+            _check_writable(output_dir)
+        return ray_run.run(
+            cfg,
+            container,
+            output_dir,
+            tuple(overrides),
+            lambda: _checkpoint_options(container, output_dir),
+        )
     cluster = cluster_from_config(cfg.get("cluster"), container["workers"])
     exp = build(cfg, cluster=cluster)
     if output_dir is not None:
