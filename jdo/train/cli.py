@@ -44,6 +44,7 @@ SUMMARY_KEYS = (
     "bytes/step_payload",
     "bytes/step_quiet",
     "bytes/total",
+    "bytes/wire_per_update",
     "steps_per_s",
     "samples_per_s",
     "env_steps_per_s",
@@ -57,6 +58,9 @@ SUMMARY_KEYS = (
     "time/compute",
     "time/comm",
     "time/wait",
+    "asynchrony/updates",
+    "asynchrony/gradients",
+    "staleness/mean",
 )
 
 
