@@ -280,7 +280,7 @@ def table(rows: list[dict], problem: str) -> str:
             epochs = None if g is None else g * BATCH / r["samples"]
             cells += [
                 _fmt(r["time_to_target"]),
-                "not reached" if g is None else f"{g:.0f} ({epochs:.2g})",
+                "not reached" if g is None else f"{g:.0f} ({epochs:.3g})",
                 _fmt(r["loss_at_budget"], ".4f"),
                 _fmt(r["staleness_mean"], ".2f"),
             ]
