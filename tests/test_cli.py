@@ -22,6 +22,18 @@ def test_run_writes_config_metrics_summary_and_prints_a_table(tmp_path):
     assert "eval/avg_model/accuracy" in log and "bytes/step" in log
 
 
+def test_summary_table_shows_the_asynchrony_keys():
+    from jdo.train.cli import summary_table
+
+    summary = {"steps": 30, "staleness/mean": 2.5, "asynchrony/updates": 30.0, "other": 1.0}
+    summary |= {"asynchrony/gradients": 31.0, "bytes/wire_per_update": 1536.0}
+    lines = summary_table(summary).splitlines()
+    for key in ("staleness/mean", "asynchrony/updates", "asynchrony/gradients"):
+        assert any(line.split()[0] == key for line in lines), key
+    assert any(line.split()[0] == "bytes/wire_per_update" for line in lines)
+    assert not any(line.split()[0] == "other" for line in lines)
+
+
 @pytest.mark.slow
 def test_multirun_sweep(tmp_path):
     out = run_cli("--multirun", "debug=smoke", "workers=1,4", f"hydra.sweep.dir={tmp_path}")

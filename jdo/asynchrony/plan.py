@@ -1,6 +1,6 @@
 """An event list as the constant per-update arrays the simulated parameter server replays
 (host-side numpy): who is applied at each update, with what staleness, who pulls the new
-version, the running staleness statistics and every worker's simulated clock."""
+version, the running staleness and traffic statistics and every worker's simulated clock."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import numpy as np
 from jdo import checks
 from jdo.asynchrony.schedule import COMM, COMPUTE, WAIT, Event
 
-# Leading entries of the statistics vector; the staleness histogram follows.
-STATS = ("updates", "gradients", "dropped", "staleness_sum")
+# Leading entries of the statistics vector; the staleness histogram follows. ``messages`` counts
+# the pushes and pulls (two per gradient that reached the server, dropped ones included: the
+# worker pushed it and pulls after it); ``message_hi + message_lo`` is the bytes of one message
+# (a constant, split in two float32 so it stays exact; NaN when not known).
+STATS = ("updates", "gradients", "dropped", "staleness_sum", "messages", "message_hi", "message_lo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +28,9 @@ class Plan:
       staleness: ``[U, W]`` int32, its staleness (0 where nothing arrives).
       pull: ``[U, W]`` bool, worker i reads version ``u + 1`` (the copy its next gradient is
         computed on).
-      stats: ``[U, 4 + H]`` float32, running totals after update u: ``STATS`` then the count of
-        applied gradients of staleness ``0 .. H - 1``.
+      stats: ``[U, 7 + H]`` float32, running totals after update u: ``STATS`` (the bytes of one
+        message are a constant) then the count of applied gradients of staleness
+        ``0 .. H - 1``.
       clock: ``[U, W, 9]`` float32, every worker's clock at update u's time in the layout of
         :func:`jdo.system.clock.as_vector`; None when the events carry no timelines.
     """
@@ -48,10 +52,13 @@ def make_plan(
     max_staleness: int | None = None,
     update_times=None,
     segments=None,
+    message_bytes: float | None = None,
 ) -> Plan:
     """The :class:`Plan` of ``events`` (a :func:`jdo.asynchrony.schedule`, or any list where
     each worker reads a version no older than its previous update and older than its own).
-    Gradients staler than ``max_staleness`` are dropped (the update goes on without them)."""
+    Gradients staler than ``max_staleness`` are dropped (the update goes on without them).
+    ``message_bytes``: the bytes of one push or pull, for the wire-traffic statistics (None:
+    not known, and :func:`stats_record` reports no ``bytes/wire_*``)."""
     num_updates = max((e.applied_version for e in events), default=0)
     if not num_updates:
         raise checks.InvalidArgument("events", "must not be empty")
@@ -76,13 +83,15 @@ def make_plan(
             pull[r - 1, w] = True
     if max_staleness is not None:
         checks.non_negative_int("max_staleness", max_staleness)
+    if message_bytes is not None:
+        checks.non_negative("message_bytes", message_bytes)
     kept = applied & (staleness <= (np.inf if max_staleness is None else max_staleness))
-    stats = _stats(applied, kept, staleness)
+    stats = _stats(applied, kept, staleness, message_bytes)
     clock = None if segments is None else clocks(np.asarray(update_times), segments)
     return Plan(kept, np.where(applied, staleness, 0).astype(np.int32), pull, stats, clock)
 
 
-def _stats(applied, kept, staleness) -> np.ndarray:
+def _stats(applied, kept, staleness, message_bytes) -> np.ndarray:
     height = int(staleness[applied].max(initial=0)) + 1
     hist = np.zeros((applied.shape[0], height), np.float64)
     rows, cols = np.nonzero(kept)
@@ -93,21 +102,37 @@ def _stats(applied, kept, staleness) -> np.ndarray:
             kept.sum(axis=1),
             (applied & ~kept).sum(axis=1),
             np.where(kept, staleness, 0).sum(axis=1),
+            2 * applied.sum(axis=1),  # a push and a pull per gradient that reached the server
+            np.zeros(applied.shape[0]),
+            np.zeros(applied.shape[0]),
         ],
         axis=1,
     )
-    return np.cumsum(np.concatenate([per_update, hist], axis=1), axis=0).astype(np.float32)
+    out = np.cumsum(np.concatenate([per_update, hist], axis=1), axis=0).astype(np.float32)
+    nbytes = np.nan if message_bytes is None else float(message_bytes)
+    hi = np.float32(nbytes)
+    out[:, STATS.index("message_hi")] = hi
+    out[:, STATS.index("message_lo")] = np.float32(nbytes - np.float64(hi))  # NaN: unknown
+    return out
 
 
 def stats_record(vector) -> dict[str, float]:
     """Host side: the metrics of one statistics vector (a :class:`Plan` ``stats`` row):
     ``asynchrony/updates``, ``asynchrony/gradients`` (applied), ``asynchrony/dropped``,
-    ``staleness/mean`` (over the applied gradients) and ``staleness/k`` (counts), all since
-    the run began."""
+    ``asynchrony/messages`` (pushes + pulls), ``staleness/mean`` (over the applied gradients)
+    and ``staleness/k`` (counts), all since the run began; and, when the plan knows the bytes
+    of a message, the simulated wire traffic of the server's pushes and pulls:
+    ``bytes/wire_total`` (messages x message bytes, all workers together) and
+    ``bytes/wire_per_update`` (that over the updates)."""
     v = np.asarray(vector, np.float64)
     totals = dict(zip(STATS, v[: len(STATS)], strict=True))
-    record = {f"asynchrony/{k}": float(totals[k]) for k in ("updates", "gradients", "dropped")}
+    names = ("updates", "gradients", "dropped", "messages")
+    record = {f"asynchrony/{k}": float(totals[k]) for k in names}
     record["staleness/mean"] = float(totals["staleness_sum"] / max(totals["gradients"], 1.0))
+    message = totals["message_hi"] + totals["message_lo"]
+    if np.isfinite(message):
+        record["bytes/wire_total"] = float(totals["messages"] * message)
+        record["bytes/wire_per_update"] = record["bytes/wire_total"] / max(totals["updates"], 1.0)
     for k, count in enumerate(v[len(STATS) :]):
         record[f"staleness/{k}"] = float(count)
     return record

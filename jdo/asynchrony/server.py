@@ -162,7 +162,7 @@ class SimulatedPS:
             profile,
         )
         return make_plan(
-            sim.events, num_workers, self.max_staleness, sim.update_times, sim.segments
+            sim.events, num_workers, self.max_staleness, sim.update_times, sim.segments, nbytes
         )
 
     def bind(self, num_updates: int | None, profile=None) -> Algorithm:

@@ -44,6 +44,7 @@ SUMMARY_KEYS = (
     "bytes/step_payload",
     "bytes/step_quiet",
     "bytes/total",
+    "bytes/wire_per_update",
     "steps_per_s",
     "samples_per_s",
     "env_steps_per_s",
@@ -57,11 +58,14 @@ SUMMARY_KEYS = (
     "time/compute",
     "time/comm",
     "time/wait",
+    # a simulated asynchronous parameter server
+    "asynchrony/updates",
+    "asynchrony/gradients",
+    "staleness/mean",
     # backend=ray
     "train/objective_gap",
     "updates",
     "updates_per_s",
-    "staleness/mean",
     "staleness/max",
     "ssp/max_lead",
     "startup_s",

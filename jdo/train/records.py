@@ -34,8 +34,10 @@ def train_record(
     algorithm); ``payload_bytes``, the operands, is ``bytes/step_payload``. A clocked run's
     ``clock`` metric (each ``[W, K, 9]``) gives the simulated ``time/*`` at the interval's
     end (:func:`jdo.system.clock.times`); a simulated asynchronous parameter server's
-    ``asynchrony`` metric its updates, gradients and staleness histogram
-    (:func:`jdo.asynchrony.stats_record`)."""
+    ``asynchrony`` metric its updates, gradients, staleness histogram and the simulated wire
+    traffic of its pushes and pulls, ``bytes/wire_total`` and ``bytes/wire_per_update``
+    (:func:`jdo.asynchrony.stats_record`; ``bytes/step`` stays what the compiled SPMD step
+    sends, the masked all-reduce that replays the server)."""
     clock, schedule = metrics.get("clock"), metrics.get("asynchrony")
     metrics = {k: v for k, v in metrics.items() if k not in ("clock", "asynchrony")}
     if mask is not None and not np.any(mask):  # every step of the interval was skipped

@@ -46,6 +46,8 @@ def test_time_and_staleness_come_from_the_schedule(make_cfg, tmp_path):
     assert summary[f"staleness/{max(staleness)}"] == staleness.count(max(staleness)) > 0
     assert summary["asynchrony/updates"] == 30
     assert summary["asynchrony/gradients"] == len(events)
+    assert summary["bytes/wire_total"] == 2 * len(events) * nbytes  # pushes + pulls
+    assert summary["bytes/wire_per_update"] == 2 * len(events) * nbytes / 30
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["asynchrony/updates"] for x in lines] == [15, 30]
     assert lines[0]["time/total"] < lines[1]["time/total"]

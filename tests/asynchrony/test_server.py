@@ -156,6 +156,10 @@ def test_stale_updates_equal_a_numpy_replay(lifting, mode, kw, corr):
     assert record["asynchrony/updates"] == steps
     assert record["asynchrony/gradients"] == len(kept)
     assert record["asynchrony/dropped"] == len(events) - len(kept)
+    # every gradient that reached the server (dropped ones too) is one push and one pull
+    assert record["asynchrony/messages"] == 2 * len(events)
+    assert record["bytes/wire_total"] == 2 * len(events) * 4 * (D + 1)
+    assert record["bytes/wire_per_update"] == record["bytes/wire_total"] / steps
     counts = collections.Counter(e.staleness for e in kept)
     for k in range(max(counts) + 1):
         assert record[f"staleness/{k}"] == counts.get(k, 0)
@@ -186,6 +190,22 @@ def test_async_with_no_staleness_is_sequential_sgd_on_the_arrival_order():
         np.testing.assert_allclose(got[u]["w"][0], w, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[u]["b"][0], b, rtol=1e-5, atol=1e-6)
     assert {len([e for e in events if e.applied_version == u + 1]) for u in range(steps)} != {W}
+
+
+def test_wire_traffic_counts_a_push_and_a_pull_per_gradient_that_reached_the_server():
+    E = asynchrony.Event
+    # update 1: workers 0 and 1 together; update 2: worker 2 (stale 1, dropped at 0);
+    # update 3: worker 0 again (read version 1: stale 1, dropped)
+    events = [E(1.0, 0, 0, 1), E(1.0, 1, 0, 1), E(2.0, 2, 0, 2), E(3.0, 0, 1, 3)]
+    nbytes = 2**26 + 3  # beyond float32's exact integers: kept exact as a hi + lo pair
+    plan = asynchrony.make_plan(events, 3, max_staleness=0, message_bytes=nbytes)
+    records = [asynchrony.stats_record(row) for row in plan.stats]
+    assert [r["asynchrony/messages"] for r in records] == [4, 6, 8]
+    assert [r["asynchrony/dropped"] for r in records] == [0, 1, 2]
+    assert [r["bytes/wire_total"] for r in records] == [4 * nbytes, 6 * nbytes, 8 * nbytes]
+    assert records[-1]["bytes/wire_per_update"] == 8 * nbytes / 3
+    unknown = asynchrony.stats_record(asynchrony.make_plan(events, 3).stats[-1])
+    assert unknown["asynchrony/messages"] == 8 and "bytes/wire_total" not in unknown
 
 
 def test_corrections_against_their_formulas():
