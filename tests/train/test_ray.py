@@ -76,6 +76,7 @@ def _check_events(summary):
     return taus
 
 
+@pytest.mark.slow  # Ray and three worker processes start (the server logic: test_ray_ps.py)
 def test_async_reaches_the_target_with_measured_staleness(ray_instance, make_cfg, tmp_path):
     summary = _run(make_cfg, tmp_path, "parameter_server.mode=async")
     taus = _check_events(summary)
@@ -88,6 +89,7 @@ def test_async_reaches_the_target_with_measured_staleness(ray_instance, make_cfg
     assert all(x["updates_per_s"] > 0 and "staleness/mean" in x for x in lines)
 
 
+@pytest.mark.slow  # Ray and three worker processes start (the server logic: test_ray_ps.py)
 def test_ssp_keeps_its_progress_rule_and_survives_a_killed_worker(
     ray_instance, make_cfg, tmp_path, monkeypatch
 ):
