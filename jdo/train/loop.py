@@ -413,6 +413,7 @@ def _close_interval(run: Run, end: int) -> None:
         run.exp.counters,
         mask,
         payload_bytes=program.payload_per_step,
+        device_bytes=program.device_bytes,
     )
     if skips is not None:
         record["skipped_steps"] = run.skipped
