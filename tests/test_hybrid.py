@@ -15,6 +15,7 @@ import jdo
 from jdo import comm
 from jdo import topology as T
 from jdo._logical import plan, ppermute
+from tests.conftest import compose_cfg
 
 B, STEPS, IN, OUT = 4, 10, 8, 3
 
@@ -169,3 +170,31 @@ def test_no_full_gather_and_a_ring_moves_two_rows_per_device(mesh8):
     # the check can fail: vmap over the same 8 devices gathers the whole stacked state
     vmapped = comm.hlo_collective_ops(_dpsgd_ring_hlo(w, "vmap", mesh8))
     assert [op for op in vmapped if stacked(op)]
+
+
+# ---- the runner ----------------------------------------------------------------------------
+
+RUN = (
+    "task=least_squares",
+    "algorithm=dpsgd",
+    "topology=ring",
+    "workers=16",
+    "trainer.steps=20",
+    "trainer.log_every=10",
+    "trainer.eval_every=20",
+    "trainer.progress=false",
+    "checkpoint=none",
+)
+
+
+def test_runner_hybrid_equals_vmap_and_reports_device_bytes(tmp_path):
+    """``lifting=hybrid lifting.devices=4`` through the runner: the vmap run's params and
+    logical ``bytes/step``; ``bytes/step_device`` two rows of the params (a ring)."""
+    hybrid = jdo.train.run(
+        compose_cfg(*RUN, "lifting=hybrid", "lifting.devices=4"), output_dir=str(tmp_path / "h")
+    )
+    vmapped = jdo.train.run(compose_cfg(*RUN, "lifting=vmap"), output_dir=str(tmp_path / "v"))
+    _assert_equal(vmapped["state"].params, hybrid["state"].params)
+    row = sum(4 * x[0].size for x in jax.tree.leaves(hybrid["state"].params))
+    assert hybrid["bytes/step"] == vmapped["bytes/step"] == 2 * row  # per worker: 2 messages
+    assert (hybrid["bytes/step_device"], vmapped["bytes/step_device"]) == (2 * row, 0)
