@@ -85,6 +85,18 @@ def realised(name) -> Realised | None:
     return found[-1]
 
 
+def agreed(index):
+    """The branch index of control flow around collectives, which every worker must agree on
+    (a collective in a branch needs all of them): under the hybrid lifting the first local
+    worker's, unbatched, so the device runs ONE branch (a ``cond`` under ``vmap`` with a
+    per-worker index runs every branch, and every branch's collectives); elsewhere
+    ``index``."""
+    active = [r for r in _REALISED.get() if not _bound(r.name)]
+    if not active:
+        return index
+    return jax.lax.all_gather(jnp.asarray(index), active[-1].local)[0]
+
+
 def axis_index(name) -> jax.Array:
     """This worker's index on ``name`` (int32 scalar), like ``jax.lax.axis_index``."""
     r = realised(name)

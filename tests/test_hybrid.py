@@ -198,3 +198,19 @@ def test_runner_hybrid_equals_vmap_and_reports_device_bytes(tmp_path):
     row = sum(4 * x[0].size for x in jax.tree.leaves(hybrid["state"].params))
     assert hybrid["bytes/step"] == vmapped["bytes/step"] == 2 * row  # per worker: 2 messages
     assert (hybrid["bytes/step_device"], vmapped["bytes/step_device"]) == (2 * row, 0)
+
+
+def test_a_time_varying_graph_runs_one_schedule_per_step(mesh8):
+    """One-peer exponential over 16 workers, 2 per device: step t sends to the worker 2^t
+    further on (1 row crosses devices for t = 0, both rows after). The compiled step sends
+    the worst branch's 2 rows, not every branch's (a per-worker ``switch`` index under vmap
+    would run all four)."""
+    w, d = 16, 5
+    topo = T.one_peer_exponential(w)
+    xs = np.random.default_rng(0).normal(size=(w, d)).astype(np.float32)
+    f = _hybrid(lambda x, t: comm.mix(x, topo, t), mesh8)
+    for t in range(topo.period + 1):
+        out = f(xs, np.full(w, t, np.int32))
+        np.testing.assert_allclose(out, comm.mix_reference(xs, topo, t), rtol=1e-6, atol=1e-6)
+    hlo = f.lower(xs, np.zeros(w, np.int32)).compile().as_text()
+    assert comm.hlo_collective_bytes(hlo)["collective-permute"] == 2 * d * 4

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS, varying
+from jdo._logical import agreed, axis_index, axis_size, ppermute
 from jdo._logical import all_gather as gather_workers
-from jdo._logical import axis_index, axis_size, ppermute
 
 # ----------------------------------------------------------------------------------------------
 # Double-float seconds
@@ -353,7 +353,10 @@ def _threaded(clock: _StepClock, fn: Callable) -> Callable:
 
 def switch(index, branches: Sequence[Callable], *operands):
     """``jax.lax.switch`` that carries the running clock through its branches (a branch that
-    communicates advances it; the others do not)."""
+    communicates advances it; the others do not). ``index`` must be the same on every worker
+    (as the collectives in the branches need); under the hybrid lifting each device runs the
+    branch of its first worker's index (:func:`jdo._logical.agreed`)."""
+    index = agreed(index)
     clock = _innermost()
     if clock is None:
         return jax.lax.switch(index, branches, *operands)
@@ -364,9 +367,10 @@ def switch(index, branches: Sequence[Callable], *operands):
 
 
 def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
-    """``jax.lax.cond`` that carries the running clock through its branches."""
+    """``jax.lax.cond`` that carries the running clock through its branches (``pred`` the same
+    on every worker, as for :func:`switch`)."""
     if _innermost() is None:
-        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+        return jax.lax.cond(agreed(pred), true_fn, false_fn, *operands)
     return switch(jnp.asarray(pred).astype(jnp.int32), [false_fn, true_fn], *operands)
 
 
