@@ -178,6 +178,7 @@ RUN = (
     "task=least_squares",
     "algorithm=dpsgd",
     "topology=ring",
+    "cluster=datacenter",
     "workers=16",
     "trainer.steps=20",
     "trainer.log_every=10",
@@ -188,14 +189,17 @@ RUN = (
 
 
 def test_runner_hybrid_equals_vmap_and_reports_device_bytes(tmp_path):
-    """``lifting=hybrid lifting.devices=4`` through the runner: the vmap run's params and
-    logical ``bytes/step``; ``bytes/step_device`` two rows of the params (a ring)."""
+    """``lifting=hybrid lifting.devices=4`` through the runner, clocked on a simulated
+    cluster: the vmap run's params, simulated time and logical ``bytes/step``;
+    ``bytes/step_device`` two rows of the params (a ring)."""
     hybrid = jdo.train.run(
         compose_cfg(*RUN, "lifting=hybrid", "lifting.devices=4"), output_dir=str(tmp_path / "h")
     )
     vmapped = jdo.train.run(compose_cfg(*RUN, "lifting=vmap"), output_dir=str(tmp_path / "v"))
-    _assert_equal(vmapped["state"].params, hybrid["state"].params)
-    row = sum(4 * x[0].size for x in jax.tree.leaves(hybrid["state"].params))
+    params = [jax.device_get(s["state"].inner.params) for s in (vmapped, hybrid)]
+    _assert_equal(*params)
+    assert hybrid["time/total"] == pytest.approx(vmapped["time/total"], rel=1e-6)
+    row = sum(4 * x[0].size for x in jax.tree.leaves(params[0]))
     assert hybrid["bytes/step"] == vmapped["bytes/step"] == 2 * row  # per worker: 2 messages
     assert (hybrid["bytes/step_device"], vmapped["bytes/step_device"]) == (2 * row, 0)
 
