@@ -218,3 +218,14 @@ def test_a_time_varying_graph_runs_one_schedule_per_step(mesh8):
         np.testing.assert_allclose(out, comm.mix_reference(xs, topo, t), rtol=1e-6, atol=1e-6)
     hlo = f.lower(xs, np.zeros(w, np.int32)).compile().as_text()
     assert comm.hlo_collective_bytes(hlo)["collective-permute"] == 2 * d * 4
+
+
+def test_a_group_of_one_device_averages_without_communication(mesh8):
+    """``group_mean`` over groups of k = 2 (hierarchical local SGD's groups) is local to each
+    device under the hybrid lifting: the compiled step has no collective at all."""
+    w = 16
+    xs = np.random.default_rng(1).normal(size=(w, 3)).astype(np.float32)
+    f = _hybrid(lambda x: comm.group_mean(x, 2), mesh8)
+    want = np.repeat(xs.reshape(8, 2, 3).mean(axis=1), 2, axis=0)
+    np.testing.assert_allclose(f(xs), want, rtol=1e-6, atol=1e-6)
+    assert sum(comm.hlo_collective_bytes(f.lower(xs).compile().as_text()).values()) == 0
