@@ -147,9 +147,11 @@ def test_devices_must_divide_workers(mesh8):
 # ---- the compiled program ------------------------------------------------------------------
 
 
-def _dpsgd_ring_hlo(workers, lifting, mesh):
+def _step_hlo(name, workers, lifting, mesh):
+    """The compiled HLO of one step of ``name`` lifted over the 8 devices."""
     loss_fn, params, batch = _problem(workers)
-    algo = jdo.algorithms.dpsgd(loss_fn, optax.sgd(0.1), T.ring(workers))
+    algo_name = "dpsgd" if name.startswith("dpsgd") else name
+    algo = jdo.algorithms.get(algo_name)(loss_fn, optax.sgd(0.1), **ALGORITHMS[name](workers))
     keys = jax.random.split(jax.random.key(0), workers)
     state = jax.vmap(algo.init, in_axes=(None, 0), axis_name=jdo.WORKERS)(params, keys)
     lifted = jdo.lift(
@@ -161,14 +163,20 @@ def _dpsgd_ring_hlo(workers, lifting, mesh):
 
 
 def test_no_full_gather_and_a_ring_moves_two_rows_per_device(mesh8):
+    """D-PSGD on a ring and all-reduce SGD: no all-gather/all-reduce/all-to-all holds the
+    stacked [W, ...] params; the all-reduce carries one worker's gradient (plus the loss
+    metrics); the ring's permutes move 2 rows per device."""
     w, row = 16, IN * OUT * 4  # one worker's params: one f32 [IN, OUT] leaf
     stacked = lambda op: op.kind != "collective-permute" and op.nbytes >= w * row
-    ops = comm.hlo_collective_ops(_dpsgd_ring_hlo(w, "hybrid", mesh8))
+    ops = comm.hlo_collective_ops(_step_hlo("dpsgd_ring", w, "hybrid", mesh8))
     assert not [op for op in ops if stacked(op)]
+    reduced = comm.hlo_collective_ops(_step_hlo("allreduce_sgd", w, "hybrid", mesh8))
+    assert not [op for op in reduced if stacked(op)]
+    assert row <= sum(op.nbytes for op in reduced if op.kind == "all-reduce") < 2 * row
     permutes = [op for op in ops if op.kind == "collective-permute"]
     assert sum(op.nbytes * op.count for op in permutes) == 2 * row  # one row each way
     # the check can fail: vmap over the same 8 devices gathers the whole stacked state
-    vmapped = comm.hlo_collective_ops(_dpsgd_ring_hlo(w, "vmap", mesh8))
+    vmapped = comm.hlo_collective_ops(_step_hlo("dpsgd_ring", w, "vmap", mesh8))
     assert [op for op in vmapped if stacked(op)]
 
 
