@@ -110,6 +110,8 @@ def hybrid_workers(fn: Callable, mesh, in_axes: InAxes = 0, axis_name: str = WOR
                 return jax.vmap(fn, in_axes=axes, axis_name=local_axis)(*blocks)
 
         in_specs = tuple(P() if a is None else P(device_axis) for a in axes)
+        # check_vma=False: a reduction over the vmap axis followed by one over the mesh axis
+        # (the local + cross-device all-reduce) fails JAX's varying-axes check (an assertion)
         mapped = jax.shard_map(
             block, mesh=device_mesh, in_specs=in_specs, out_specs=P(device_axis), check_vma=False
         )
