@@ -73,8 +73,8 @@ def _assert_equal(a, b):
         assert err.max() <= 1e-6, f"max relative error {err.max():.3g}"
 
 
-@pytest.mark.parametrize("name", ALGORITHMS)
-def test_hybrid_equals_vmap_16_workers(name, mesh8):
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "dpsgd_exponential"])
+def test_hybrid_equals_vmap_16_workers(name, mesh8):  # exponential: at 64 workers below
     _assert_equal(_train(name, 16, "vmap", None), _train(name, 16, "hybrid", mesh8))
 
 
