@@ -241,24 +241,35 @@ def _take(block, index):
     return jnp.where(keep, block[jnp.maximum(index, 0)], 0)
 
 
+def _permute_block(block, p: _Plan, r: Realised, device):
+    """The permuted ``[k, n]`` block of one device: local rows gathered, crossing rows
+    received from one cross-device ``ppermute`` per offset."""
+    out = _take(block, _table(p.local, device))
+    for off in p.offsets:
+        sent = block[_table(off.send, device)]  # [rows, n]: only the crossing rows
+        got = jax.lax.ppermute(sent, r.devices, off.pairs)
+        slot = _table(off.slot, device)
+        out = jnp.where((slot >= 0)[:, None], _take(got, slot), out)
+    return out
+
+
 def ppermute(x, name, perm):
     """``jax.lax.ppermute(x, name, perm)``: worker ``dst`` gets ``x`` of ``src`` for every
-    ``(src, dst)`` pair, zeros if none (hybrid: see the module docstring)."""
+    ``(src, dst)`` pair, zeros if none (hybrid: see the module docstring; the leaves of one
+    dtype travel packed in one buffer, one cross-device message per offset)."""
     r = realised(name)
     if r is None:
         return jax.lax.ppermute(x, name, perm)
     p = plan(tuple((int(s), int(d)) for s, d in perm), r.num_devices, r.per_device)
     device, mine = jax.lax.axis_index(r.devices), jax.lax.axis_index(r.local)
-
-    def leaf(a):
-        block = jax.lax.all_gather(a, r.local)  # [k, ...]: this device's workers
-        out = _take(block, _table(p.local, device))
-        for off in p.offsets:
-            sent = block[_table(off.send, device)]  # [rows, ...]: only the crossing rows
-            got = jax.lax.ppermute(sent, r.devices, off.pairs)
-            slot = _table(off.slot, device)
-            keep = (slot >= 0).reshape(-1, *([1] * (block.ndim - 1)))
-            out = jnp.where(keep, _take(got, slot), out)
-        return out[mine]
-
-    return jax.tree.map(leaf, x)
+    leaves, treedef = jax.tree.flatten(x)
+    out = [None] * len(leaves)
+    for dtype in dict.fromkeys(jnp.result_type(a) for a in leaves):
+        idx = [i for i, a in enumerate(leaves) if jnp.result_type(a) == dtype]
+        blocks = [jax.lax.all_gather(leaves[i], r.local) for i in idx]  # [k, ...] each
+        packed = jnp.concatenate([b.reshape(r.per_device, -1) for b in blocks], axis=1)
+        moved = _permute_block(packed, p, r, device)[mine]  # this worker's row
+        sizes = np.cumsum([int(np.prod(jnp.shape(leaves[i]))) for i in idx])[:-1]
+        for i, part in zip(idx, jnp.split(moved, sizes), strict=True):
+            out[i] = part.reshape(jnp.shape(leaves[i]))
+    return jax.tree.unflatten(treedef, out)

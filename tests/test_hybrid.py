@@ -108,17 +108,23 @@ def test_collectives_equal_dense_references(mesh8):
 
 def test_irregular_permutation_equals_numpy(mesh8):
     """A permutation where devices send different numbers of rows at the same offset (padded)
-    and some workers receive nothing (zeros, as ``jax.lax.ppermute`` gives)."""
+    and some workers receive nothing (zeros, as ``jax.lax.ppermute`` gives), on a pytree of
+    two dtypes (each dtype's leaves travel packed in one buffer)."""
     w = 16
     rng = np.random.default_rng(3)
     dst = rng.permutation(w)
     perm = [(int(s), int(d)) for s, d in zip(range(w), dst, strict=True) if s % 5]
-    xs = rng.normal(size=(w, 2)).astype(np.float32)
-    want = np.zeros_like(xs)
-    for s, d in perm:
-        want[d] = xs[s]
-    send = lambda x: ppermute(x, jdo.WORKERS, perm)
-    np.testing.assert_array_equal(_hybrid(send, mesh8)(xs), want)
+    xs = {
+        "a": rng.normal(size=(w, 2)).astype(np.float32),
+        "b": rng.normal(size=(w, 3, 2)).astype(np.float32),
+        "c": rng.integers(-9, 9, size=(w,)).astype(np.int32),
+    }
+    out = _hybrid(lambda x: ppermute(x, jdo.WORKERS, perm), mesh8)(xs)
+    for name, x in xs.items():
+        want = np.zeros_like(x)
+        for s, d in perm:
+            want[d] = x[s]
+        np.testing.assert_array_equal(out[name], want)
 
 
 def test_ring_plan_sends_one_row_each_way():
