@@ -243,3 +243,9 @@ def test_a_group_of_one_device_averages_without_communication(mesh8):
     want = np.repeat(xs.reshape(8, 2, 3).mean(axis=1), 2, axis=0)
     np.testing.assert_allclose(f(xs), want, rtol=1e-6, atol=1e-6)
     assert sum(comm.hlo_collective_bytes(f.lower(xs).compile().as_text()).values()) == 0
+
+
+def test_a_bad_hybrid_config_names_its_key():
+    with pytest.raises(jdo.train.ConfigError, match="must divide workers") as err:
+        jdo.train.validate(compose_cfg("lifting=hybrid", "lifting.devices=3", "workers=16"))
+    assert err.value.key == "lifting.devices"
