@@ -1,16 +1,24 @@
-"""Lifting a per-worker function to all workers: ``vmap`` (W workers on one device) or
-``shard_map`` (one worker per device). Both give the same results to float tolerance."""
+"""Lifting a per-worker function to all workers: ``vmap`` (W workers on one device),
+``shard_map`` (one worker per device) or ``hybrid`` (k = W/D workers on each of D devices).
+All give the same results to float tolerance."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
 from jax.sharding import PartitionSpec as P
 
 from jdo._axis import WORKERS
+from jdo._logical import Realised, realising
 
+# The liftings that bind the worker axis itself (every test runs under both); "hybrid" realises
+# it as two physical axes and needs a mesh whose device count divides W.
 LIFTINGS = ("vmap", "shard_map")
+HYBRID = "hybrid"
+ALL_LIFTINGS = (*LIFTINGS, HYBRID)
 InAxes = int | None | Sequence[int | None]
 
 
@@ -51,6 +59,76 @@ def shard_map_workers(
     return lifted
 
 
+def _num_workers(args, axes) -> int:
+    sizes = {
+        int(leaf.shape[0])
+        for arg, a in zip(args, axes, strict=True)
+        if a is not None
+        for leaf in jax.tree.leaves(arg)
+    }
+    if len(sizes) != 1:
+        raise ValueError(
+            "lift(..., 'hybrid') needs per-worker arguments whose leaves all have the same "
+            f"leading [W] axis, got sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def hybrid_workers(fn: Callable, mesh, in_axes: InAxes = 0, axis_name: str = WORKERS) -> Callable:
+    r"""``fn`` (per worker) over W = D·k workers, k on each of the D devices of ``mesh``: a
+    ``shard_map`` over the devices with a ``vmap`` over each device's k workers inside
+    (worker ``device·k + local``; the hybrid of DrJAX, Rush et al. 2024).
+
+    ``axis_name`` is then a *logical* axis bound by neither map: :mod:`jdo.comm`'s
+    collectives (and :mod:`jdo.system.clock`'s) lower themselves to a local part over the k
+    workers of a device plus a cross-device part that moves only what crosses devices (see
+    :mod:`jdo._logical`): an all-reduce is a local sum and one cross-device all-reduce of one
+    worker's value; a gossip ``ppermute`` is a local gather plus a ``ppermute`` of only the
+    rows that cross (ring: 2 rows per device). A raw ``jax.lax`` collective on ``axis_name``
+    fails with a one-line ``NameError`` naming :mod:`jdo.comm`.
+
+    Arguments and outputs are as for :func:`shard_map_workers` (stacked ``[W, ...]``); D (all
+    of ``mesh``'s devices) must divide W.
+    """
+    devices = np.asarray(mesh.devices).reshape(-1)
+    num_devices = devices.size
+    device_axis, local_axis = f"{axis_name}_devices", f"{axis_name}_local"
+    device_mesh = Mesh(devices, (device_axis,), axis_types=(AxisType.Auto,))
+
+    def lifted(*args):
+        axes = normalize_in_axes(in_axes, len(args))
+        workers = _num_workers(args, axes)
+        if workers % num_devices:
+            raise ValueError(
+                f"lift(..., 'hybrid') puts W/D workers on each of D devices: the mesh's "
+                f"D={num_devices} devices must divide W={workers} workers"
+            )
+        where = Realised(axis_name, device_axis, local_axis, num_devices, workers // num_devices)
+
+        def block(*blocks):
+            with realising(where):
+                return jax.vmap(fn, in_axes=axes, axis_name=local_axis)(*blocks)
+
+        in_specs = tuple(P() if a is None else P(device_axis) for a in axes)
+        # check_vma=False: a reduction over the vmap axis followed by one over the mesh axis
+        # (the local + cross-device all-reduce) fails JAX's varying-axes check (an assertion)
+        mapped = jax.shard_map(
+            block, mesh=device_mesh, in_specs=in_specs, out_specs=P(device_axis), check_vma=False
+        )
+        try:
+            return mapped(*args)
+        except NameError as err:
+            if f"unbound axis name: {axis_name}" not in str(err):
+                raise
+            raise NameError(
+                f"lifting='hybrid' realises the {axis_name!r} axis as (devices, local): call "
+                f"jdo.comm's collectives (jdo.comm.mean, sum, all_gather, mix, worker_index, ...)"
+                f" instead of jax.lax collectives on {axis_name!r}"
+            ) from None
+
+    return lifted
+
+
 def lift(
     fn: Callable,
     lifting: str = "vmap",
@@ -63,9 +141,10 @@ def lift(
 
     Args:
       fn: written for one worker; communicates only through collectives on ``axis_name``.
-      lifting: ``"vmap"`` (W workers on one device) or ``"shard_map"`` (one worker per device
-        of ``mesh``, whose ``axis_name`` axis has size W).
-      mesh: the device mesh, for ``"shard_map"``.
+      lifting: ``"vmap"`` (W workers on one device), ``"shard_map"`` (one worker per device
+        of ``mesh``, whose ``axis_name`` axis has size W) or ``"hybrid"`` (W/D workers on
+        each of the D devices of ``mesh``; :func:`hybrid_workers`).
+      mesh: the device mesh, for ``"shard_map"`` and ``"hybrid"``.
       in_axes: per argument, ``0`` for per-worker (stacked) values, ``None`` for shared ones.
       axis_name: the workers' named axis.
 
@@ -78,4 +157,8 @@ def lift(
         if mesh is None:
             raise ValueError("lift(..., 'shard_map') needs a mesh (see jdo.train.make_mesh)")
         return shard_map_workers(fn, mesh, in_axes, axis_name)
-    raise ValueError(f"unknown lifting {lifting!r}; allowed: {', '.join(LIFTINGS)}")
+    if lifting == HYBRID:
+        if mesh is None:
+            raise ValueError("lift(..., 'hybrid') needs a mesh (see jdo.train.make_mesh)")
+        return hybrid_workers(fn, mesh, in_axes, axis_name)
+    raise ValueError(f"unknown lifting {lifting!r}; allowed: {', '.join(ALL_LIFTINGS)}")

@@ -13,6 +13,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.asynchrony.gossip import GossipSchedule, gossip_schedule, neighbours, pairwise_average
 from jdo.system import Cluster, StepProfile, clock
@@ -128,7 +129,7 @@ class _Bound:
 
     def step(self, state, batch, key):
         sim, tab, horizon = self.sim, self.tables_for(state.params), self.horizon
-        me = jax.lax.axis_index(sim.axis_name)
+        me = axis_index(sim.axis_name)
         beyond = state.step >= horizon
         wave = jnp.minimum(state.step, horizon - 1)
         partner = jnp.where(beyond, me, jnp.asarray(tab.partners)[wave, me])

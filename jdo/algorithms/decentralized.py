@@ -10,6 +10,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.control import cond
 from jdo.comm.gossip import mix, mix_rounds
@@ -247,7 +248,7 @@ def push_sum(
         grads, metrics = _grad(loss_fn, z, batch, key)  # 1. gradient at the de-biased params
         updates, opt_state = optimizer.update(grads, state.opt_state, z)  # 2. local step
         if faults is not None and faults.crashes:  # a down worker takes no local step
-            up = faults.alive_traced(state.step, topology.n)[jax.lax.axis_index(axis_name)]
+            up = faults.alive_traced(state.step, topology.n)[axis_index(axis_name)]
             updates = jax.tree.map(lambda u: jnp.where(up, u, 0), updates)
         numerator = optax.apply_updates(state.numerator, updates)
         lost = {}

@@ -55,6 +55,7 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index, axis_size, ppermute
 from jdo.system import Cluster, StepProfile
 from jdo.topology import Topology, check_topology, make_schedule
 
@@ -124,17 +125,17 @@ def partner_value(x, partner, topology: Topology, axis_name: str = WORKERS):
     Collectives go through ``jax.lax`` directly: the time of an exchange is the schedule's
     (:func:`gossip_schedule`), not the synchronous clock's.
     """
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     if n != topology.n:
         raise checks.InvalidArgument(
             "topology", f"has {topology.n} nodes but the {axis_name!r} axis has {n} workers"
         )
     plan = exchange_plan(topology)
-    me = jax.lax.axis_index(axis_name)
+    me = axis_index(axis_name)
     which = jnp.asarray(plan.round_of)[me, partner]
     out = x
     for r, perm in enumerate(plan.rounds):
-        received = jax.lax.ppermute(x, axis_name, perm)
+        received = ppermute(x, axis_name, perm)
         out = jax.tree.map(lambda o, v, r=r: jnp.where(which == r, v, o), out, received)
     return out
 
@@ -143,7 +144,7 @@ def pairwise_average(x, partner, topology: Topology, axis_name: str = WORKERS):
     """One worker's side of a pairwise gossip: ``(x + x_partner) / 2``, or ``x`` itself when
     ``partner`` is this worker (idle). With the partners of a matching (``partner[partner[i]]
     = i``) this is ``x ← (I + P) x / 2``, symmetric and doubly stochastic."""
-    me = jax.lax.axis_index(axis_name)
+    me = axis_index(axis_name)
     other = partner_value(x, partner, topology, axis_name)
     return jax.tree.map(lambda a, b: jnp.where(partner == me, a, (a + b) * 0.5), x, other)
 

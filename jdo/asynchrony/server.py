@@ -33,6 +33,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_size
 from jdo.algorithms.base import Algorithm, LossFn
 from jdo.asynchrony.corrections import corrections
 from jdo.asynchrony.plan import Plan, make_plan
@@ -199,7 +200,7 @@ class _Bound:
                 "jdo.asynchrony.simulation_of(algo).bind(steps)",
             )
         sim = self.sim
-        workers = jax.lax.axis_size(sim.axis_name)
+        workers = axis_size(sim.axis_name)
         nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
         if (workers, nbytes) not in self.steps:
             plan = sim.plan(workers, self.num_updates, nbytes, self.profile)

@@ -36,6 +36,12 @@ from jdo.comm.gossip import (
     neighbour_sum,
     push_sum_average,
 )
+from jdo.comm.hierarchical import (
+    hierarchical_bytes,
+    hierarchical_mean,
+    hierarchical_mean_reference,
+    hierarchical_sum,
+)
 from jdo.comm.robust_gossip import clipped_mix
 
 __all__ = [
@@ -52,6 +58,10 @@ __all__ = [
     "gather_mean",
     "gossip_average",
     "group_mean",
+    "hierarchical_bytes",
+    "hierarchical_mean",
+    "hierarchical_mean_reference",
+    "hierarchical_sum",
     "hlo_collective_bytes",
     "hlo_collective_ops",
     "hlo_num_devices",

@@ -13,30 +13,33 @@ import numpy as np
 from jdo import checks
 from jdo._axis import WORKERS
 from jdo._axis import varying as varying  # re-exported: jdo.comm.varying
+from jdo._logical import all_gather as gather_workers
+from jdo._logical import axis_index, axis_size, pmean, psum, psum_scatter
 from jdo.system import clock
 
 
 def worker_index(axis_name: str = WORKERS) -> jax.Array:
-    """This worker's index in ``[0, W)`` (int32 scalar)."""
-    return jax.lax.axis_index(axis_name)
+    """This worker's index in ``[0, W)`` (int32 scalar; under the hybrid lifting the logical
+    index ``device·k + local``)."""
+    return axis_index(axis_name)
 
 
 def num_workers(axis_name: str = WORKERS) -> int:
     """The number of workers W on ``axis_name`` (a static Python int)."""
-    return jax.lax.axis_size(axis_name)
+    return axis_size(axis_name)
 
 
 def mean(x, axis_name: str = WORKERS):
     """All-reduce mean of a pytree: every worker gets ``(1/W) Σ_j x_j`` (one all-reduce: a
     barrier for the clock, :mod:`jdo.system.clock`)."""
     clock.barrier("all-reduce", clock.tree_bytes(x), axis_name)
-    return jax.lax.pmean(x, axis_name)
+    return pmean(x, axis_name)
 
 
 def sum(x, axis_name: str = WORKERS):  # noqa: A001 - mirrors lax.psum
     """All-reduce sum of a pytree: every worker gets ``Σ_j x_j`` (one all-reduce)."""
     clock.barrier("all-reduce", clock.tree_bytes(x), axis_name)
-    return jax.lax.psum(x, axis_name)
+    return psum(x, axis_name)
 
 
 def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
@@ -46,7 +49,7 @@ def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
     The order of arrival is the running simulated clock's (:mod:`jdo.system.clock`); with none
     every worker is ready at once and the tie rule keeps the ``W − b`` lowest indices. One
     all-reduce of the masked values (its clock starts at the (W−b)-th arrival)."""
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     b = checks.integer("backup_workers", backup_workers, minimum=0)
     if b >= n:
         raise checks.InvalidArgument(
@@ -57,15 +60,15 @@ def backup_mean(x, backup_workers: int, axis_name: str = WORKERS):
     keep = clock.first_to_arrive(n - b, axis_name)
     clock.barrier("all-reduce", clock.tree_bytes(x), axis_name, wait_for=n - b)
     masked = jax.tree.map(lambda a: jnp.where(keep, a, jnp.zeros_like(a)), x)
-    return jax.tree.map(lambda a: a / (n - b), jax.lax.psum(masked, axis_name))
+    return jax.tree.map(lambda a: a / (n - b), psum(masked, axis_name))
 
 
 def all_gather(x, axis_name: str = WORKERS):
     """All-gather of a pytree: every worker gets the stacked ``[W, ...]`` pytree of all the
     workers' ``x`` (one all-gather of ``W ·`` the pytree's bytes: a barrier for the clock)."""
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     clock.barrier("all-gather", n * clock.tree_bytes(x), axis_name)
-    return jax.lax.all_gather(x, axis_name)
+    return gather_workers(x, axis_name)
 
 
 def reduce_scatter(x, axis_name: str = WORKERS, *, op: str = "mean"):
@@ -74,7 +77,7 @@ def reduce_scatter(x, axis_name: str = WORKERS, *, op: str = "mean"):
     ``(1/W) Σ_j x_j``). One reduce-scatter of the pytree's bytes (nccl-tests' buffer size is
     its input; a barrier for the clock)."""
     checks.one_of("op", op, ("mean", "sum"))
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     for leaf in jax.tree.leaves(x):
         if not jnp.ndim(leaf) or jnp.shape(leaf)[0] % n:
             raise checks.InvalidArgument(
@@ -83,7 +86,7 @@ def reduce_scatter(x, axis_name: str = WORKERS, *, op: str = "mean"):
                 f"got shape {jnp.shape(leaf)}",
             )
     clock.barrier("reduce-scatter", clock.tree_bytes(x), axis_name)
-    out = jax.lax.psum_scatter(x, axis_name, scatter_dimension=0, tiled=True)
+    out = psum_scatter(x, axis_name)
     return out if op == "sum" else jax.tree.map(lambda a: a / n, out)
 
 

@@ -17,13 +17,14 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index, axis_size, ppermute
 from jdo.comm.collectives import gather_mean, mean, varying
 from jdo.system import clock
 from jdo.topology import Schedule, Topology, make_schedule
 
 
 def _check_size(topology: Topology, axis_name: str) -> None:
-    workers = jax.lax.axis_size(axis_name)
+    workers = axis_size(axis_name)
     if workers != topology.n:
         raise checks.InvalidArgument(
             "topology",
@@ -43,7 +44,7 @@ def _apply(
 ):
     if delivered is not None:
         return _apply_delivered(schedule, x, axis_name, decode, delivered, rejoining, lost_to)
-    me = jax.lax.axis_index(axis_name)
+    me = axis_index(axis_name)
 
     def weight(values, like):
         return jnp.asarray(np.asarray(values), like.dtype)[me]
@@ -51,7 +52,7 @@ def _apply(
     out = jax.tree.map(lambda a: weight(schedule.self_weights, a) * a, decode(x))
     clock.exchange([perm for perm, _ in schedule.rounds], clock.tree_bytes(x), axis_name)
     for perm, weights in schedule.rounds:
-        received = decode(jax.lax.ppermute(x, axis_name, perm))
+        received = decode(ppermute(x, axis_name, perm))
         out = jax.tree.map(lambda o, r, w=weights: o + weight(w, r) * r, out, received)
     return out
 
@@ -73,7 +74,7 @@ def _apply_delivered(
     never read (``where``, so a NaN in it goes nowhere), its weight goes to the receiver's own
     value (``lost_to="sender"``: to the sender's, which needs the full ``[W, W]`` mask), and a
     ``rejoining`` worker takes the weighted mean of what reached it instead."""
-    me = jax.lax.axis_index(axis_name)
+    me = axis_index(axis_name)
     row = delivered[me] if jnp.ndim(delivered) == 2 else delivered  # [W]: j's message arrives
     arrived, weights = [], []
     kept_back = jnp.zeros((), jnp.float32)  # lost_to="sender": my lost messages' weights
@@ -91,7 +92,7 @@ def _apply_delivered(
     received = jax.tree.map(jnp.zeros_like, own)
     kept = lost = jnp.zeros((), jnp.float32)
     for (perm, _), ok, w in zip(schedule.rounds, arrived, weights, strict=True):
-        r = decode(jax.lax.ppermute(x, axis_name, perm))
+        r = decode(ppermute(x, axis_name, perm))
         add = lambda o, v, ok=ok, w=w: o + jnp.where(ok, w.astype(v.dtype) * v, 0)
         received = jax.tree.map(add, received, r)
         kept, lost = kept + jnp.where(ok, w, 0), lost + jnp.where(ok, 0, w)
@@ -192,7 +193,7 @@ def neighbour_sum(x, topology: Topology, axis_name: str = WORKERS, step: int = 0
 def group_mean(x, group_size: int, axis_name: str = WORKERS):
     """Mean within consecutive groups of ``group_size`` workers (workers ``[k·g, (k+1)·g)``):
     ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured)."""
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     checks.positive_int("group_size", group_size)
     if n % group_size:
         raise checks.InvalidArgument("group_size", f"must divide the {n} workers, got {group_size}")

@@ -34,6 +34,7 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index, axis_size, ppermute
 from jdo.faults import (
     ALIE,
     IPM,
@@ -133,7 +134,7 @@ def _clip_scale(norm: jax.Array, tau) -> jax.Array:
 
 
 def _apply_clipped(schedule: Schedule, x, axis_name, tau, clip_farthest, row, byzantine, step):
-    n, me = len(schedule.self_weights), jax.lax.axis_index(axis_name)
+    n, me = len(schedule.self_weights), axis_index(axis_name)
     senders, weights, valid = [], [], []
     for perm, w in schedule.rounds:
         sender = np.arange(n)
@@ -144,7 +145,7 @@ def _apply_clipped(schedule: Schedule, x, axis_name, tau, clip_farthest, row, by
         ok = weights[-1] != 0  # a padding pair of the permutation carries no weight
         valid.append(ok if row is None else ok & row[senders[-1]])
     clock.exchange([p for p, _ in schedule.rounds], clock.tree_bytes(x), axis_name, valid)
-    received = [jax.lax.ppermute(x, axis_name, perm) for perm, _ in schedule.rounds]
+    received = [ppermute(x, axis_name, perm) for perm, _ in schedule.rounds]
     valid = jnp.stack(valid)
     if byzantine is not None and not isinstance(byzantine.attack, LabelFlip):
         bad = jnp.asarray(byzantine.mask(n))[jnp.stack(senders)] & valid
@@ -194,14 +195,14 @@ def clipped_mix(
       byzantine: Byzantine senders whose messages are forged at their receivers.
       attack_step: the step the attack draws with (default ``step``).
     """
-    workers = jax.lax.axis_size(axis_name)
+    workers = axis_size(axis_name)
     if workers != topology.n:
         raise checks.InvalidArgument(
             "topology", f"has {topology.n} nodes but the {axis_name!r} axis has {workers} workers"
         )
     if topology.n == 1:
         return x
-    me = jax.lax.axis_index(axis_name)
+    me = axis_index(axis_name)
     row = None if delivered is None else (delivered[me] if jnp.ndim(delivered) == 2 else delivered)
     at = step if attack_step is None else attack_step
     branches = [

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index, axis_size, psum
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.collectives import mean, varying
 from jdo.comm.gossip import neighbour_sum
@@ -177,7 +178,7 @@ def consensus_admm(
         )
 
     def step(state, batch, key):
-        n = jax.lax.axis_size(axis_name)
+        n = axis_size(axis_name)
         rho_t = state.rho
         # 1. local x-update
         v = jax.tree.map(jnp.subtract, state.z, state.u)
@@ -189,15 +190,13 @@ def consensus_admm(
         # 3. dual update
         u = jax.tree.map(lambda a, b, c: a + b - c, state.u, x_hat, z)
         # 4. residuals and the stopping rule (Boyd §3.3, §7.1)
-        r = jnp.sqrt(jax.lax.psum(_sq(jax.tree.map(jnp.subtract, x, z)), axis_name))
+        r = jnp.sqrt(psum(_sq(jax.tree.map(jnp.subtract, x, z)), axis_name))
         s = rho_t * jnp.sqrt(n) * jnp.sqrt(_sq(jax.tree.map(jnp.subtract, z, state.z)))
         dim = _size(x)
         eps_pri = jnp.sqrt(n * dim) * eps_abs + eps_rel * jnp.maximum(
-            jnp.sqrt(jax.lax.psum(_sq(x), axis_name)), jnp.sqrt(n * _sq(z))
+            jnp.sqrt(psum(_sq(x), axis_name)), jnp.sqrt(n * _sq(z))
         )
-        eps_dual = jnp.sqrt(n * dim) * eps_abs + eps_rel * rho_t * jnp.sqrt(
-            jax.lax.psum(_sq(u), axis_name)
-        )
+        eps_dual = jnp.sqrt(n * dim) * eps_abs + eps_rel * rho_t * jnp.sqrt(psum(_sq(u), axis_name))
         # 5. residual balancing (Boyd §3.4.1): the scaled dual u = y/ρ is rescaled with ρ
         new_rho = rho_t
         if residual_balancing:
@@ -274,7 +273,7 @@ def decentralized_admm(
         )
 
     def step(state, batch, key):
-        d = jnp.asarray(degree, float)[jax.lax.axis_index(axis_name)]  # the default float
+        d = jnp.asarray(degree, float)[axis_index(axis_name)]  # the default float
         # 1. the step's one exchange: Σ_{j∈N_i} x_j^k
         others = neighbour_sum(state.x, topology, axis_name)
         # 2. the dual update x^k owes, α^k = α^{k-1} + c Σ_j (x_i^k − x_j^k) (none at k = 0,

@@ -21,6 +21,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import pmax, pmean
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.comm.collectives import mean, varying
 
@@ -47,7 +48,7 @@ def _values(fn, params, batch, axis_name, shared):
     if fn is None:
         return jnp.zeros((0,))
     values = _flat(fn(params, batch)).astype(float)
-    return jax.lax.pmean(values, axis_name) if shared else values
+    return pmean(values, axis_name) if shared else values
 
 
 def _count(fn, params, given: int | None, name: str) -> int:
@@ -124,8 +125,8 @@ def _make(
         # worker adds cᵀg_i: averaging the workers' gradients then gives exactly
         # ∇[f̄ + penalty(ḡ)] (the penalty is not linear in g, so penalty(g_i) would not).
         # varying(): typed per worker, else shard_map sums the gradient over the workers.
-        g_bar = varying(jax.lax.stop_gradient(jax.lax.pmean(g, axis_name)), axis_name)
-        h_bar = varying(jax.lax.stop_gradient(jax.lax.pmean(h, axis_name)), axis_name)
+        g_bar = varying(jax.lax.stop_gradient(pmean(g, axis_name)), axis_name)
+        h_bar = varying(jax.lax.stop_gradient(pmean(h, axis_name)), axis_name)
         cg, ch = jax.grad(_penalty, argnums=(2, 3))(lam, mu, g_bar, h_bar, rho_t, kind)
         return loss + jnp.dot(cg, g) + jnp.dot(ch, h), (loss, metrics)
 
@@ -190,7 +191,7 @@ def _make(
             jnp.max(jnp.maximum(g, 0.0), initial=0.0), jnp.max(jnp.abs(h), initial=0.0)
         )
         if not shared:  # the worst worker's constraint
-            violation = jax.lax.pmax(violation, axis_name)
+            violation = pmax(violation, axis_name)
         metrics = {"loss": loss, **metrics, "violation": violation, "rho": state.rho}
         keep = lambda new_value, old: None if old is None else new_value
         new = LagrangianState(

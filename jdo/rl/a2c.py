@@ -18,6 +18,7 @@ import optax
 
 from jdo import checks, comm
 from jdo._axis import WORKERS
+from jdo._logical import psum
 from jdo.algorithms.base import Algorithm
 from jdo.rl.envs import Env, check_vector_env
 from jdo.rl.networks import Policy, make_policy
@@ -168,7 +169,7 @@ def flatten_batch(traj, advantages, returns) -> dict[str, jax.Array]:
 
 def env_steps(step, env: Env, num_steps: int, axis_name: str) -> jax.Array:
     """Environment steps taken by ALL workers after ``step`` updates (f32: no overflow)."""
-    per_update = num_steps * env.num_envs * jax.lax.psum(1, axis_name)  # psum(1) is static
+    per_update = num_steps * env.num_envs * psum(1, axis_name)  # psum(1) is static
     return step.astype(jnp.float32) * per_update
 
 

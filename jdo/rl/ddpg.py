@@ -21,6 +21,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import psum
 from jdo.algorithms.base import Algorithm
 from jdo.comm.collectives import mean
 from jdo.comm.control import scan
@@ -278,7 +279,7 @@ def _step(c: _Config, bounds, state: DDPGState, key):
     params, target, opt_state = jax.tree.map(lambda n, o: jnp.where(ready, n, o), new, learner)
     metrics = {k: jnp.where(ready, jnp.mean(v), 0.0) for k, v in metrics.items()}
     new_step = state.step + 1
-    per_step = c.num_steps * c.env.num_envs * jax.lax.psum(1, c.axis_name)  # static
+    per_step = c.num_steps * c.env.num_envs * psum(1, c.axis_name)  # static
     metrics = {
         **metrics,
         **episode_stats_metrics(episodes),

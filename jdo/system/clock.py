@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo._axis import WORKERS, varying
+from jdo._logical import agreed, axis_index, axis_size, ppermute
+from jdo._logical import all_gather as gather_workers
 
 # ----------------------------------------------------------------------------------------------
 # Double-float seconds
@@ -143,7 +145,7 @@ def start(compute_s, axis_name: str = WORKERS) -> ClockState:
     per_worker = np.asarray(compute_s, np.float32)
     c = jnp.asarray(per_worker)
     if per_worker.ndim:
-        c = c[jax.lax.axis_index(axis_name)]
+        c = c[axis_index(axis_name)]
     return ClockState(
         zero_time(), zero_time(), zero_time(), zero_time(), c, jnp.zeros((), jnp.int32)
     )
@@ -253,7 +255,7 @@ def barrier(kind: str, nbytes: int, axis_name: str = WORKERS, wait_for: int | No
     collective's end; the compute they did not finish is not counted). Does nothing when no
     clock runs."""
     clock = _on(axis_name)
-    n = jax.lax.axis_size(axis_name)
+    n = axis_size(axis_name)
     if clock is None or n == 1:
         return
     cost = jnp.float32(clock.cluster.collective_time(kind, nbytes, n))
@@ -268,7 +270,7 @@ def barrier(kind: str, nbytes: int, axis_name: str = WORKERS, wait_for: int | No
 
 
 def _gathered(t: Time, axis_name: str) -> tuple[jax.Array, jax.Array]:
-    both = jax.lax.all_gather(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
+    both = gather_workers(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
     return both[:, 0], both[:, 1]
 
 
@@ -293,8 +295,8 @@ def first_to_arrive(count: int, axis_name: str = WORKERS) -> jax.Array:
     keeps the ``count`` lowest indices."""
     clock = _on(axis_name)
     if clock is None:
-        return jax.lax.axis_index(axis_name) < count
-    return _ranks(clock.ready, axis_name)[jax.lax.axis_index(axis_name)] < count
+        return axis_index(axis_name) < count
+    return _ranks(clock.ready, axis_name)[axis_index(axis_name)] < count
 
 
 def exchange(
@@ -314,7 +316,7 @@ def exchange(
         return
     if received is None:
         received = [True] * len(rounds)
-    n, me = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    n, me = axis_size(axis_name), axis_index(axis_name)
     best, binding = clock.ready, jnp.zeros((), jnp.float32)
     for perm, arrived in zip(rounds, received, strict=True):
         if not perm:
@@ -323,7 +325,7 @@ def exchange(
         for src, dst in perm:
             delay[dst] = clock.cluster.message_time(src, dst, nbytes)
             receives[dst] = True
-        sent = Time(*jax.lax.ppermute(jnp.stack(clock.ready), axis_name, perm))  # one message
+        sent = Time(*ppermute(jnp.stack(clock.ready), axis_name, perm))  # one message
         arrival = add(sent, jnp.asarray(delay)[me])
         take = jnp.asarray(receives)[me] & arrived & later(arrival, best)
         best = select(take, arrival, best)
@@ -351,7 +353,10 @@ def _threaded(clock: _StepClock, fn: Callable) -> Callable:
 
 def switch(index, branches: Sequence[Callable], *operands):
     """``jax.lax.switch`` that carries the running clock through its branches (a branch that
-    communicates advances it; the others do not)."""
+    communicates advances it; the others do not). ``index`` must be the same on every worker
+    (as the collectives in the branches need); under the hybrid lifting each device runs the
+    branch of its first worker's index (:func:`jdo._logical.agreed`)."""
+    index = agreed(index)
     clock = _innermost()
     if clock is None:
         return jax.lax.switch(index, branches, *operands)
@@ -362,9 +367,10 @@ def switch(index, branches: Sequence[Callable], *operands):
 
 
 def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
-    """``jax.lax.cond`` that carries the running clock through its branches."""
+    """``jax.lax.cond`` that carries the running clock through its branches (``pred`` the same
+    on every worker, as for :func:`switch`)."""
     if _innermost() is None:
-        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+        return jax.lax.cond(agreed(pred), true_fn, false_fn, *operands)
     return switch(jnp.asarray(pred).astype(jnp.int32), [false_fn, true_fn], *operands)
 
 
@@ -413,7 +419,7 @@ def compute_time(cluster, clock: ClockState, axis_name: str = WORKERS) -> jax.Ar
     if cluster.stragglers is None:
         return clock.compute_s
     key = jax.random.key(cluster.seed)
-    worker = jax.lax.axis_index(axis_name)
+    worker = axis_index(axis_name)
     return jnp.asarray(
         cluster.stragglers.sample(key, worker, clock.steps, clock.compute_s), jnp.float32
     )

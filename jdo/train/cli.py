@@ -42,6 +42,7 @@ SUMMARY_KEYS = (
     "dist_to_opt",
     "bytes/step",
     "bytes/step_payload",
+    "bytes/step_device",
     "bytes/step_quiet",
     "bytes/total",
     "bytes/wire_per_update",

@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 
-from jdo.lifting import LIFTINGS
+from jdo.lifting import ALL_LIFTINGS
 
 TRAINER_KEYS = (
     "steps",
@@ -179,7 +179,7 @@ def validate(cfg: Mapping) -> None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ConfigError("seed", f"must be a non-negative integer, got {seed!r}")
     lifting = _lifting(cfg)
-    if lifting.name == "vmap":
+    if lifting.name in ("vmap", "hybrid"):
         devices = lifting.devices
         if devices > jax.device_count() or workers % devices:
             raise ConfigError(
@@ -195,7 +195,7 @@ def validate(cfg: Mapping) -> None:
                 "lifting",
                 f"a run over {jax.process_count()} processes must use all "
                 f"{jax.device_count()} devices (shard_map with workers={jax.device_count()}, or "
-                f"vmap with lifting.devices={jax.device_count()}); it uses {used}",
+                f"vmap or hybrid with lifting.devices={jax.device_count()}); it uses {used}",
             )
     if lifting.name == "shard_map" and workers > jax.device_count():
         raise ConfigError(
@@ -268,9 +268,9 @@ def _lifting(cfg: Mapping):
         argument = getattr(cause, "argument", None)
         key = f"lifting.{argument}" if argument in node else "lifting"
         raise ConfigError(key, getattr(cause, "message", str(cause))) from None
-    if not isinstance(lifting, Lifting) or lifting.name not in LIFTINGS:
+    if not isinstance(lifting, Lifting) or lifting.name not in ALL_LIFTINGS:
         raise ConfigError(
             "lifting._target_",
-            f"must make a jdo.train.mesh.Lifting ({', '.join(LIFTINGS)}), got {lifting!r}",
+            f"must make a jdo.train.mesh.Lifting ({', '.join(ALL_LIFTINGS)}), got {lifting!r}",
         )
     return lifting

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jdo._axis import WORKERS
+from jdo._logical import pmin
 from jdo.algorithms import Algorithm
 
 NONFINITE_MODES = ("stop", "skip")
@@ -41,7 +42,7 @@ def guard_nonfinite(algorithm: Algorithm, mode: str, axis_name: str = WORKERS) -
         if mode == "stop":
             return new_state, {**metrics, "nonfinite": ~jnp.isfinite(metrics["loss"])}
         finite = jnp.isfinite(metrics["loss"]) & all_finite(new_state)
-        ok = jax.lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+        ok = pmin(finite.astype(jnp.int32), axis_name) > 0
         kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
         return kept, {**metrics, "skipped": 1 - ok.astype(jnp.int32)}
 

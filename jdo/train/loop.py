@@ -188,7 +188,9 @@ def fit(exp: Experiment, **options) -> dict[str, Any]:
     ``divergence``: a mean loss above this many times the first one raises
     :class:`DivergenceError` (supervised tasks; None: off).
 
-    ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices.
+    ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices;
+    ``lifting="hybrid"`` puts ``workers / devices`` on each (shard_map × vmap, collectives
+    lowered to what crosses devices; ``bytes/step_device`` in the records).
     ``wrappers``: per-step extensions, each ``Algorithm -> Algorithm``, applied in order.
     ``clock``: the simulated cluster's clock (:func:`jdo.train.clocked.with_clock`), applied
     first; ``cluster``: the :class:`~jdo.system.Cluster` whose collective algorithm prices the
@@ -413,6 +415,7 @@ def _close_interval(run: Run, end: int) -> None:
         run.exp.counters,
         mask,
         payload_bytes=program.payload_per_step,
+        device_bytes=program.device_bytes,
     )
     if skips is not None:
         record["skipped_steps"] = run.skipped

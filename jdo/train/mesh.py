@@ -30,8 +30,8 @@ def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
 @dataclasses.dataclass(frozen=True)
 class Lifting:
     """How the per-worker step is lifted: ``name`` is ``"vmap"`` (the worker axis spread over
-    ``devices`` devices, ``workers / devices`` per device) or ``"shard_map"`` (one worker per
-    device)."""
+    ``devices`` devices, ``workers / devices`` per device), ``"shard_map"`` (one worker per
+    device) or ``"hybrid"`` (``workers / devices`` per device, shard_map × vmap)."""
 
     name: str
     devices: int = 1
@@ -45,6 +45,13 @@ def vmap_lifting(devices: int = 1) -> Lifting:
 def shard_map_lifting() -> Lifting:
     """One worker per device with ``jax.shard_map`` (config: lifting=shard_map)."""
     return Lifting("shard_map", 1)
+
+
+def hybrid_lifting(devices: int = 1) -> Lifting:
+    """``workers / devices`` workers on each of ``devices`` devices: ``shard_map`` over the
+    devices, ``vmap`` inside, collectives lowered to what crosses devices
+    (:func:`jdo.lifting.hybrid_workers`; config: lifting=hybrid lifting.devices=D)."""
+    return Lifting("hybrid", checks.positive_int("devices", devices))
 
 
 def lifting_of(node) -> Lifting:

@@ -36,12 +36,13 @@ from jdo.train.mesh import make_mesh
 
 
 def worker_mesh(workers: int, lifting: str, devices: int) -> Mesh:
-    """shard_map: one worker per device; vmap: the worker axis spread over ``devices``."""
+    """shard_map: one worker per device; vmap, hybrid: the worker axis spread over
+    ``devices``."""
     if lifting == "shard_map":
         return make_mesh(workers)
     if workers % devices or devices > jax.device_count():
         raise ValueError(
-            f"the vmap lifting spreads workers={workers} over devices={devices}: devices "
+            f"the {lifting} lifting spreads workers={workers} over devices={devices}: devices "
             f"must divide workers and be <= {jax.device_count()}"
         )
     return make_mesh(devices)
@@ -110,6 +111,8 @@ class Program:
     quiet_bytes: int = 0  # wire bytes of the other steps
     payload_by_kind: dict = dataclasses.field(default_factory=dict)  # operand bytes by kind
     payload_per_step: int = 0
+    lift: Callable | None = None  # the run's lifting: lift(fn, in_axes=...) -> stacked fn
+    device_bytes: int = 0  # bytes/step_device: what one device sends per step in this run
 
 
 def _one_worker(tree):
@@ -131,7 +134,7 @@ def make_program(
     yet (see :func:`compile_program`)."""
     mesh = worker_mesh(workers, lifting, devices)
     per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
-    lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting == "shard_map" else None)
+    lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting != "vmap" else None)
     step = functools.partial(worker_step, algo, batch_size)
     stacked_step = lift_(step, in_axes=(0, 0, None, None))
     one_step_shapes = lambda state, data, key: jax.eval_shape(
@@ -152,6 +155,7 @@ def make_program(
         params_of=jax.jit(jax.vmap(algo.params)),
         # metrics and flags replicated: every process of a multi-process run reads them all
         chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)),
+        lift=lift_,
     )
 
 
@@ -190,6 +194,9 @@ def compile_program(
     quiet, _ = step_traffic(ops("min"), cluster)
     evaluate = make_state_evaluate(exp, program, eval_batch_size)
     evaluate = evaluate.lower(state, key).compile()
+    device = device_bytes(
+        program, functools.partial(worker_step, algo, batch_size), state, data, key
+    )
     return dataclasses.replace(
         program,
         chunk=chunk,
@@ -199,7 +206,24 @@ def compile_program(
         quiet_bytes=sum(quiet.values()),
         payload_by_kind=payload,
         payload_per_step=sum(payload.values()),
+        device_bytes=device,
     )
+
+
+def device_bytes(program: Program, step: Callable, state, data, key) -> int:
+    """``bytes/step_device``: the bytes one device sends per step in this run, read from the
+    compiled HLO of ``step`` (one worker's step, unclocked) lifted as the run lifts it, under
+    ring collective algorithms (a device is not one of the cluster's workers). With one
+    worker per device (shard_map) it matches ``bytes/step``; ``vmap`` on one device sends 0;
+    ``vmap`` over D devices gathers whole stacked arrays, ``hybrid`` only what crosses."""
+    if program.lift is None or program.mesh.size == 1:
+        return 0
+    per_worker, replicated = program.per_worker, program.replicated
+    lifted = program.lift(step, in_axes=(0, 0, None, None))
+    jitted = jax.jit(lifted, in_shardings=(per_worker, per_worker, replicated, replicated))
+    hlo = jitted.lower(unwrap(state), data, key, jnp.zeros((), jnp.int32)).compile().as_text()
+    wire, _ = step_traffic(comm.hlo_collective_ops(hlo))
+    return sum(wire.values())
 
 
 def step_traffic(ops, cluster=None) -> tuple[dict[str, int], dict[str, int]]:

@@ -24,6 +24,7 @@ def train_record(
     counters: Sequence[str] = (),
     mask=None,
     payload_bytes: int | None = None,
+    device_bytes: int | None = None,
 ) -> dict[str, float]:
     """Host-side metrics of one logging interval (``metrics``: each ``[W, K]``; ``mask``: the
     ``[K]`` steps to average, None = all). ``counters`` (running totals such as RL's
@@ -31,7 +32,9 @@ def train_record(
     communicate on some steps only, ``bytes/step`` is a communicating step,
     ``bytes/step_quiet`` another step, and ``bytes/total`` the upper bound
     ``bytes/step · step``. Bytes are wire bytes (what one worker sends under the collective
-    algorithm); ``payload_bytes``, the operands, is ``bytes/step_payload``. A clocked run's
+    algorithm); ``payload_bytes``, the operands, is ``bytes/step_payload``; ``device_bytes``,
+    what one device of this run sends per step (its compiled program), ``bytes/step_device``.
+    A clocked run's
     ``clock`` metric (each ``[W, K, 9]``) gives the simulated ``time/*`` at the interval's
     end (:func:`jdo.system.clock.times`); a simulated asynchronous parameter server's
     ``asynchrony`` metric its updates, gradients, staleness histogram and the simulated wire
@@ -65,6 +68,8 @@ def train_record(
     record["bytes/step"] = int(bytes_per_step)
     if payload_bytes is not None:
         record["bytes/step_payload"] = int(payload_bytes)
+    if device_bytes is not None:
+        record["bytes/step_device"] = int(device_bytes)
     if quiet_bytes != bytes_per_step:
         record["bytes/step_quiet"] = int(quiet_bytes)
     record["bytes/total"] = int(bytes_per_step * step)

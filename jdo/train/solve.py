@@ -16,6 +16,7 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.lifting import lift
 from jdo.rl import evaluate_policy, make_env, make_train
 
@@ -53,7 +54,7 @@ def train_until(
 
     def worker_chunk(state, key, t0):
         def body(s, t):
-            k = jax.random.fold_in(jax.random.fold_in(key, jax.lax.axis_index(WORKERS)), t)
+            k = jax.random.fold_in(jax.random.fold_in(key, axis_index(WORKERS)), t)
             return algo.step(s, None, k)
 
         return jax.lax.scan(body, state, t0 + jnp.arange(eval_every))

@@ -12,6 +12,7 @@ from jdo import checks
 from jdo._axis import WORKERS
 from jdo.comm import collectives
 from jdo.comm.control import cond
+from jdo.comm.hierarchical import hierarchical_mean, hierarchical_sum
 from jdo.faults import NetworkFault, network_faults, rejoining
 
 
@@ -20,11 +21,12 @@ class FaultyAllReduceState(NamedTuple):
 
 
 def all_reduce(
-    axis_name: str = WORKERS,
+    axis_name: str | tuple[str, str] = WORKERS,
     *,
     op: Literal["mean", "sum"] = "mean",
     faults=None,
     backup_workers: int = 0,
+    hierarchical: bool = False,
 ) -> optax.GradientTransformation:
     r"""Averages (or sums) the incoming updates over the workers on ``axis_name``.
 
@@ -64,6 +66,10 @@ def all_reduce(
         simulated time and drops the ``b`` latest (Chen et al. 2016, "Revisiting Distributed
         Synchronous SGD"; :func:`jdo.comm.backup_mean`): needs a simulated cluster's clock
         (a run with ``cluster=...``); ``op="mean"``, no ``faults``.
+      hierarchical: the hierarchical all-reduce over a two-level worker axis (Horovod, NCCL;
+        :func:`jdo.comm.hierarchical_mean`): ``axis_name`` is then ``(nodes, local)``, e.g.
+        ``("nodes", "local")`` of a 2-D mesh; reduce-scatter inside the node, all-reduce
+        across nodes, all-gather inside the node (same result; no ``faults``, no backups).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -75,9 +81,22 @@ def all_reduce(
         raise checks.InvalidArgument(
             "backup_workers", "work with op='mean' and no faults (they drop the latest workers)"
         )
+    if hierarchical:
+        if faults is not None or backup:
+            raise checks.InvalidArgument(
+                "hierarchical", "does not combine with faults or backup_workers"
+            )
+        if not isinstance(axis_name, tuple | list) or len(axis_name) != 2:
+            raise checks.InvalidArgument(
+                "axis_name",
+                f"must be the pair (nodes, local) with hierarchical=True, got {axis_name!r}",
+            )
+        axis_name = tuple(axis_name)
     if faults is not None:
         return _all_reduce_with_faults(axis_name, op, faults)
     reduce = collectives.mean if op == "mean" else collectives.sum
+    if hierarchical:
+        reduce = hierarchical_mean if op == "mean" else hierarchical_sum
     if backup:
         reduce = lambda x, axis: collectives.backup_mean(x, backup, axis)  # noqa: E731
 

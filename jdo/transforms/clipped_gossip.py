@@ -11,6 +11,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.comm.robust_gossip import clipped_mix, gossip_faults
 from jdo.faults import is_directed
 from jdo.topology import Topology, check_topology
@@ -91,7 +92,7 @@ def clipped_gossip(
                 "params", "is required by clipped_gossip: call update(updates, state, params)"
             )
         local = optax.apply_updates(params, updates)
-        n, me = topology.n, jax.lax.axis_index(axis_name)
+        n, me = topology.n, axis_index(axis_name)
         delivered = None if network is None else network.delivered_traced(state.count, n, directed)
         mixed = clipped_mix(
             local,

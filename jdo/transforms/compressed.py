@@ -10,6 +10,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.comm.collectives import gather_mean, mean, varying
 from jdo.comm.control import cond
 from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
@@ -25,7 +26,7 @@ class CompressedAllReduceState(NamedTuple):
 
 def worker_key(seed: int, count, axis_name: str = WORKERS) -> jax.Array:
     """A key for this worker and step: ``fold_in(fold_in(key(seed), worker), count)``."""
-    key = jax.random.fold_in(jax.random.key(seed), jax.lax.axis_index(axis_name))
+    key = jax.random.fold_in(jax.random.key(seed), axis_index(axis_name))
     return jax.random.fold_in(key, count)
 
 

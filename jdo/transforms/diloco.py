@@ -10,6 +10,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index, axis_size
 from jdo.comm.collectives import gather_mean, sum, varying  # noqa: A004
 from jdo.comm.control import cond
 from jdo.compress import Compressor, check_compressor, compress_tree, decompress_tree
@@ -82,7 +83,7 @@ class _Outer(NamedTuple):
 
 def _participants(cfg: _Outer, round_, fragment):
     """This round's mask over all workers (the same on every worker) and its size."""
-    n = jax.lax.axis_size(cfg.axis_name)
+    n = axis_size(cfg.axis_name)
     k = max(1, round(cfg.participation * n))
     if k == n:
         return jnp.ones((n,), jnp.float32), n
@@ -97,7 +98,7 @@ def _averaged_delta(cfg: _Outer, anchor, local, round_, fragment):
     delta = jax.tree.map(jnp.subtract, anchor, local)
     axis_name, compressor = cfg.axis_name, cfg.compressor
     if compressor is None:
-        me = mask[jax.lax.axis_index(axis_name)]
+        me = mask[axis_index(axis_name)]
         total = sum(jax.tree.map(lambda d: d * me, delta), axis_name)  # one all-reduce
         return jax.tree.map(lambda d: d / k, total)
     key = worker_key(cfg.seed, round_ * cfg.fragments + fragment, axis_name)

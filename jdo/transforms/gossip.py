@@ -11,6 +11,7 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import axis_index
 from jdo.comm.control import cond
 from jdo.comm.gossip import mix_rounds
 from jdo.comm.robust_gossip import gossip_faults
@@ -95,7 +96,7 @@ def gossip(
         event = state.count // every  # the gossip event's index selects W(t)
         lost = {}
         if faults is not None:
-            n, me = topology.n, jax.lax.axis_index(axis_name)
+            n, me = topology.n, axis_index(axis_name)
             lost["delivered"] = faults.delivered_traced(state.count, n, directed)[me]
             if faults.rejoins:  # down at any update since the last mixing
                 lost["rejoining"] = rejoining(faults, state.count, n, every)[me]
@@ -106,7 +107,7 @@ def gossip(
             mixed = cond(state.count % every == 0, gossip_now, lambda x: x, local)
         new_updates = jax.tree.map(lambda m, p: (m - p).astype(p.dtype), mixed, params)
         if faults is not None and faults.crashes:  # a down worker does not move
-            up = faults.alive_traced(state.count, topology.n)[jax.lax.axis_index(axis_name)]
+            up = faults.alive_traced(state.count, topology.n)[axis_index(axis_name)]
             new_updates = jax.tree.map(lambda u: jnp.where(up, u, 0), new_updates)
         return new_updates, GossipState(state.count + 1)
 
