@@ -170,6 +170,16 @@ def _check_init(algorithm, params, node) -> None:
         raise _config_error(e, node, "algorithm") from None
 
 
+def model_init(node, **kwargs):
+    """``init_params(key) -> params``: the model of config ``node`` built with
+    ``nnx.Rngs(key)`` (traceable: ``jax.vmap`` it over per-worker keys)."""
+
+    def init_params(key):
+        return functional(instantiate(node, "model", rngs=nnx.Rngs(key), **kwargs))[1]
+
+    return init_params
+
+
 def build(cfg: Mapping, cluster=None) -> Experiment:
     """Data, model and algorithm from a validated config (see ``jdo/conf``). An algorithm whose
     YAML names a ``cluster`` key (an asynchronous parameter server, whose events come from the
@@ -213,7 +223,10 @@ def build(cfg: Mapping, cluster=None) -> Experiment:
         cfg["algorithm"], "algorithm", loss_fn=loss_fn, optimizer=optimizer, **run_values
     )
     _check_init(algorithm, params, cfg["algorithm"])
-    return Experiment(algorithm, apply, loss_fn, params, data, dataset)
+    init_params = model_init(
+        cfg["model"], in_shape=dataset.in_shape, num_outputs=dataset.num_outputs
+    )
+    return Experiment(algorithm, apply, loss_fn, params, data, dataset, init_params=init_params)
 
 
 def _rl_task(cfg: Mapping) -> dict[str, Any]:
@@ -297,6 +310,9 @@ def build_rl(cfg: Mapping) -> Experiment:
         None,
         counters=("env_steps",),
         evaluate_worker=evaluate_worker,
+        init_params=model_init(
+            cfg["model"], obs_size=env.observation_size, action_space=env.action_space
+        ),
     )
 
 

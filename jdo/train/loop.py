@@ -34,6 +34,7 @@ from jdo.train.restore import CheckpointOptions, restore_or_init
 from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
 
 log = logging.getLogger("jdo")
+INITS = ("shared", "per_worker")  # trainer.init
 
 
 class NonFiniteError(FloatingPointError):
@@ -107,8 +108,11 @@ class FitOptions:
     wrappers: Sequence[Callable[[Algorithm], Algorithm]] = ()
     clock: Callable[[Algorithm], Algorithm] | None = None  # see jdo.train.clocked.with_clock
     cluster: Any = None  # a jdo.system.Cluster: its collective algorithm prices bytes/step
+    init: str = "shared"  # "per_worker": each worker initialises its own params (see restore)
 
     def check(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("steps", "eval_every"):
             value = getattr(self, name)
             if value < 1 or value % self.log_every:
@@ -189,6 +193,9 @@ def fit(exp: Experiment, **options) -> dict[str, Any]:
     :class:`DivergenceError` (supervised tasks; None: off).
 
     ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices.
+    ``init="per_worker"``: each worker initialises its own params from
+    ``exp.init_params(fold_in(key(seed), worker))`` (default ``"shared"``: all from
+    ``exp.params``).
     ``wrappers``: per-step extensions, each ``Algorithm -> Algorithm``, applied in order.
     ``clock``: the simulated cluster's clock (:func:`jdo.train.clocked.with_clock`), applied
     first; ``cluster``: the :class:`~jdo.system.Cluster` whose collective algorithm prices the

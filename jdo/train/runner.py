@@ -110,6 +110,7 @@ def run(
         workers=container["workers"],
         steps=trainer["steps"],
         batch_size=trainer["batch_size"],
+        init=trainer.get("init", "shared"),
         lifting=lifting.name,
         devices=lifting.devices,
         log_every=trainer["log_every"],
