@@ -91,6 +91,8 @@ class FitOptions:
     batch_size: int | None
     lifting: str = "vmap"
     devices: int = 1
+    chunk: int | None = None  # vmap: per-worker compute this many workers at a time
+    map: str = "vmap"  # vmap: per-worker compute by vmap | scan | auto (jdo.worker_map)
     log_every: int = 50
     eval_every: int = 250
     eval_batch_size: int = 1024
@@ -192,7 +194,9 @@ def fit(exp: Experiment, **options) -> dict[str, Any]:
     ``divergence``: a mean loss above this many times the first one raises
     :class:`DivergenceError` (supervised tasks; None: off).
 
-    ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices.
+    ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices;
+    ``chunk``/``map`` evaluate the step's per-worker compute ``chunk`` workers at a time or
+    one by one (``map="scan"``; :mod:`jdo.worker_map`).
     ``init="per_worker"``: each worker initialises its own params from
     ``exp.init_params(fold_in(key(seed), worker))`` (default ``"shared"``: all from
     ``exp.params``).
@@ -237,6 +241,8 @@ def _program(exp: Experiment, opts: FitOptions) -> Run:
         batch_size=opts.batch_size,
         length=opts.log_every,
         check_state=opts.nonfinite == "stop",
+        chunk=opts.chunk,
+        map=opts.map,
     )
     data = place(tuple(exp.data), program.per_worker) if exp.data is not None else ()
     init_key, key = jax.random.split(jax.random.key(opts.seed))

@@ -29,10 +29,12 @@ from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
 from jdo.lifting import lift
 from jdo.system.clock import unwrap
+from jdo.train.config import ConfigError
 from jdo.train.evaluate import make_evaluate
 from jdo.train.experiment import Experiment
 from jdo.train.guard import all_finite
 from jdo.train.mesh import make_mesh
+from jdo.worker_map import NoPerWorkerCompute
 
 
 def worker_mesh(workers: int, lifting: str, devices: int) -> Mesh:
@@ -126,9 +128,12 @@ def make_program(
     batch_size: int | None,
     length: int,
     check_state: bool,
+    chunk: int | None = None,
+    map: str = "vmap",  # noqa: A002 - lifting.map
 ) -> Program:
     """Lifts and jits ``algo`` (already wrapped) for ``workers`` workers; nothing compiles
-    yet (see :func:`compile_program`)."""
+    yet (see :func:`compile_program`). ``chunk``, ``map``: how the vmap lifting evaluates
+    the step's per-worker compute (:mod:`jdo.worker_map`; init and evaluation: plain)."""
     mesh = worker_mesh(workers, lifting, devices)
     per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
     lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting == "shard_map" else None)
@@ -138,10 +143,12 @@ def make_program(
         stacked_step, state, data, key, jnp.int32(0)
     )[1]
 
-    def chunk(state, data, key, step0, n):
+    mapped = functools.partial(lift_, chunk=chunk, map=map) if lifting == "vmap" else lift_
+
+    def run_chunk(state, data, key, step0, n):
         shapes = _one_worker(one_step_shapes(state, data, key))
         body = worker_chunk(step, length, shapes, check_state, lifting == "shard_map")
-        return lift_(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
+        return mapped(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
 
     return Program(
         mesh=mesh,
@@ -151,7 +158,9 @@ def make_program(
         init_per_worker=jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker),
         params_of=jax.jit(jax.vmap(algo.params)),
         # metrics and flags replicated: every process of a multi-process run reads them all
-        chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)),
+        chunk=jax.jit(
+            run_chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)
+        ),
     )
 
 
@@ -174,7 +183,10 @@ def compile_program(
     step that communicates and (``quiet_bytes``) the other steps of algorithms that
     communicate on some steps only."""
     step0 = jnp.zeros((), jnp.int32)
-    chunk = program.chunk.lower(state, data, key, step0, step0).compile()
+    try:
+        chunk = program.chunk.lower(state, data, key, step0, step0).compile()
+    except NoPerWorkerCompute as e:
+        raise ConfigError("lifting", str(e)) from None
     ops = lambda conditionals: comm.worker_ops(
         functools.partial(worker_step, algo, batch_size),
         workers,

@@ -113,6 +113,8 @@ def run(
         init=trainer.get("init", "shared"),
         lifting=lifting.name,
         devices=lifting.devices,
+        chunk=lifting.chunk,
+        map=lifting.map,
         log_every=trainer["log_every"],
         eval_every=trainer["eval_every"],
         eval_batch_size=trainer["eval_batch_size"],
