@@ -158,15 +158,16 @@ def has_convolution(fn: Callable, *args) -> bool:
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def batch_size_for(policy: WorkerMap, fn: Callable, one_worker_args) -> int | None:
-    """``lax.map``'s ``batch_size`` for ``policy`` (None: sequential), ``auto`` resolved by
-    the compute's content and the backend."""
+def batch_size_for(policy: WorkerMap, fn: Callable, one_worker_args, workers: int) -> int | None:
+    """How many of the ``workers`` are evaluated together under ``policy`` (None: one at a
+    time, sequentially; ``workers``: all at once), ``auto`` resolved by the compute's
+    content and the backend."""
     if policy.map == "scan":
         return None
     if policy.map == "auto" and jax.default_backend() == "cpu":
         if has_convolution(fn, *one_worker_args):
             return None
-    return policy.chunk
+    return workers if policy.chunk is None else min(policy.chunk, workers)
 
 
 def _mapped(fn: Callable, policy: WorkerMap) -> Callable:
@@ -185,9 +186,9 @@ def _mapped(fn: Callable, policy: WorkerMap) -> Callable:
             return fn(*treedef.unflatten(full))
 
         first = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in stacked]
-        size = batch_size_for(policy, one, (first,))
+        size = batch_size_for(policy, one, (first,), axis_size)
         try:
-            if size is not None and size >= axis_size:
+            if size == axis_size:
                 out = jax.vmap(one)(stacked)
             else:
                 out = jax.lax.map(one, stacked, batch_size=size)

@@ -223,6 +223,8 @@ def _algorithm(exp: Experiment, opts: FitOptions, clocked: bool = True) -> Algor
     """The algorithm as the run steps it: the clock innermost (its own collectives are not
     counted in the run's bytes: ``clocked=False``), then ``wrappers``, then the guard."""
     algo = exp.algorithm
+    if opts.clock is not None or opts.wrappers:  # they wrap step: the cohort's would escape
+        algo = algo._replace(cohort=None)
     if clocked and opts.clock is not None:
         algo = opts.clock(algo)
     for wrap in opts.wrappers:

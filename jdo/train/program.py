@@ -94,6 +94,73 @@ def worker_chunk(
     return chunk
 
 
+def member_step(step: Callable, batch_size: int | None, state, data, key, t, worker):
+    """:func:`worker_step` for a cohort member whose global index ``worker`` is given (the
+    cohort's own axis index is its position in the cohort): the same draws as under the
+    plain lifting."""
+    k = jax.random.fold_in(jax.random.fold_in(key, worker), t)
+    batch_key, step_key = jax.random.split(k)
+    batch = sample_batch(*data, batch_key, batch_size) if data else None
+    return step(state, batch, step_key)
+
+
+def _spread(metrics, idx, workers: int):
+    """Cohort metrics ``[S]`` as ``[W]``: the members' own values, the others get the
+    members' mean (so means over W are means over the cohort; flags: False)."""
+
+    def one(m):
+        fill = jnp.zeros((), m.dtype) if m.dtype == bool else jnp.mean(m).astype(m.dtype)
+        return jnp.full((workers, *m.shape[1:]), fill, m.dtype).at[idx].set(m)
+
+    return jax.tree.map(one, metrics)
+
+
+def cohort_chunk(algo: Algorithm, batch_size, workers: int, length: int, check_state, lifted):
+    """Like :func:`worker_chunk`, lifted, for an algorithm with a
+    :class:`~jdo.algorithms.Cohort`: each step gathers the round's S members' state and data
+    (``[S, ...]``), runs ``cohort.step`` on them only (``lifted``: the vmap lifting; its
+    collectives span the S members), scatters them back, and after a round's last step the
+    other workers adopt the global state (DrJAX, Rush et al. 2024; FedJAX's sampled
+    rounds). Metrics: ``[W, length]`` (:func:`_spread`)."""
+    cohort = algo.cohort
+    step = lifted(
+        functools.partial(member_step, cohort.step, batch_size), in_axes=(0, 0, None, None, 0)
+    )
+
+    def one_step(states, data, key, t):
+        idx = cohort.members(t, workers)
+        take = lambda tree: jax.tree.map(lambda x: x[idx], tree)
+        sub, metrics = step(take(states), take(data), key, t, idx)
+        states = jax.tree.map(lambda x, s: x.at[idx].set(s), states, sub)
+
+        def adopt(states):
+            member = jax.tree.map(lambda x: x[idx[0]], states)
+            adopted = jax.vmap(lambda own: cohort.adopt(member, own))(states)
+            is_member = jnp.zeros((workers,), bool).at[idx].set(True)
+            keep = lambda a, b: jnp.where(is_member.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+            return jax.tree.map(keep, states, adopted)
+
+        ends = (t + 1) % cohort.period == 0
+        states = jax.lax.cond(ends, adopt, lambda s: s, states)
+        return states, _spread(metrics, idx, workers)
+
+    def chunk(states, data, key, step0, n):
+        shapes = jax.eval_shape(one_step, states, data, key, step0)[1]
+        buffers = jax.tree.map(lambda s: jnp.zeros((*s.shape, length), s.dtype), shapes)
+
+        def body(i, carry):
+            states, buffers = carry
+            states, metrics = one_step(states, data, key, step0 + i)
+            buffers = jax.tree.map(lambda b, v: b.at[:, i].set(v), buffers, metrics)
+            return states, buffers
+
+        states, buffers = jax.lax.fori_loop(0, n, body, (states, buffers))
+        finite = all_finite(states) if check_state else jnp.asarray(True)
+        return states, buffers, jnp.broadcast_to(finite, (workers,))
+
+    return chunk
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What the loop calls: jitted and compiled functions over the stacked ``[W, ...]`` state,
@@ -112,6 +179,12 @@ class Program:
     quiet_bytes: int = 0  # wire bytes of the other steps
     payload_by_kind: dict = dataclasses.field(default_factory=dict)  # operand bytes by kind
     payload_per_step: int = 0
+
+
+def uses_cohort(algo: Algorithm, lifting: str, devices: int) -> bool:
+    """Sampled participation computes only the sampled workers under the vmap lifting on one
+    device (a gather of the cohort); elsewhere every worker computes, masked."""
+    return algo.cohort is not None and lifting == "vmap" and devices == 1
 
 
 def _one_worker(tree):
@@ -149,6 +222,9 @@ def make_program(
         shapes = _one_worker(one_step_shapes(state, data, key))
         body = worker_chunk(step, length, shapes, check_state, lifting == "shard_map")
         return mapped(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
+
+    if uses_cohort(algo, lifting, devices):
+        run_chunk = cohort_chunk(algo, batch_size, workers, length, check_state, mapped)
 
     return Program(
         mesh=mesh,

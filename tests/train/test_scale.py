@@ -138,6 +138,58 @@ def test_auto_maps_convolutions_one_by_one_on_cpu():
     ).sum()
     dense = lambda k, x: (x.reshape(1, -1)[:, :9] @ k.reshape(9, 4)).sum()
     auto = WorkerMap("auto", chunk=4)
-    assert batch_size_for(auto, jax.grad(conv), (kernel, x)) is None  # sequential
-    assert batch_size_for(auto, jax.grad(dense), (kernel, x)) == 4
-    assert batch_size_for(WorkerMap("vmap", 4), jax.grad(conv), (kernel, x)) == 4
+    assert batch_size_for(auto, jax.grad(conv), (kernel, x), 16) is None  # sequential
+    assert batch_size_for(auto, jax.grad(dense), (kernel, x), 16) == 4
+    assert batch_size_for(WorkerMap("auto"), jax.grad(dense), (kernel, x), 16) == 16  # vmap
+    assert batch_size_for(WorkerMap("vmap", 4), jax.grad(conv), (kernel, x), 16) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# FedAvg with sampled participation: only the sampled cohort computes
+# ----------------------------------------------------------------------------------------------
+
+
+def test_sampled_fedavg_computes_only_the_cohort_and_equals_the_masked_rounds(make_cfg):
+    """20 clients, 10% sampled: the compiled chunk's FLOPs are under 0.2x the masked one's
+    (every client computing), and after two rounds the global model is the same (1e-6)."""
+    from jdo.train.builder import build
+    from jdo.train.guard import guard_nonfinite
+    from jdo.train.program import make_program, place
+
+    w = 20
+    exp = build(
+        make_cfg(
+            *TINY[:3],
+            f"workers={w}",
+            "algorithm=fedavg",
+            "algorithm.participation=0.1",
+            "algorithm.local_steps=4",
+            "optimizer=sgd",
+            "optimizer.learning_rate=0.1",
+        )
+    )
+    sampled = guard_nonfinite(exp.algorithm, "stop")
+    key, zero, flops, params = jax.random.key(5), jnp.int32(0), {}, {}
+    for name, algo in {"sampled": sampled, "masked": sampled._replace(cohort=None)}.items():
+        program = make_program(
+            exp,
+            algo,
+            workers=w,
+            lifting="vmap",
+            devices=1,
+            batch_size=32,
+            length=8,
+            check_state=True,
+        )
+        data = place(tuple(exp.data), program.per_worker)
+        state = program.init(exp.params, jax.random.split(jax.random.key(1), w))
+        compiled = program.chunk.lower(state, data, key, zero, zero).compile()
+        flops[name] = compiled.cost_analysis()["flops"]
+        state, metrics, finite = compiled(state, data, key, zero, jnp.int32(8))
+        assert np.all(finite) and np.all(np.isfinite(metrics["loss"]))
+        params[name] = jax.tree.leaves(jax.device_get(program.params_of(state)))
+    assert flops["sampled"] < 0.2 * flops["masked"], flops
+    for a, b in zip(params["sampled"], params["masked"], strict=True):
+        assert np.max(np.abs(a - b) / np.maximum(1, np.abs(a))) < 1e-6
+        assert np.allclose(a, a[0])  # every client holds the new global model
+    assert not np.allclose(params["sampled"][0][0], exp.params["head"]["bias"])  # it trained
