@@ -138,6 +138,10 @@ def per_worker_compute(fn: Callable) -> Callable:
         if scope is None or scope.policy.plain:
             return fn(*args)
         scope.marked += 1
+        if scope.policy.map == "auto" and scope.policy.chunk is None:
+            one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), x.dtype), args)
+            if batch_size_for(scope.policy, fn, one, 2) == 2:
+                return fn(*args)  # auto resolved to all at once: the plain vmap, no rule
         return _mapped(fn, scope.policy)(*args)
 
     return marked

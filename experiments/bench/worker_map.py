@@ -51,9 +51,12 @@ def compose(*overrides: str):
 
 
 class Chunk:
-    """The runner's compiled chunk with its (donated) state: each call runs K steps."""
+    """The runner's compiled chunk (``fn``: a ``jax.stages.Compiled``, so its
+    ``memory_analysis`` and ``cost_analysis`` can be read) with its (donated) state: each
+    call runs K steps. ``cohort=False``: an algorithm's sampled cohort is ignored (every
+    worker computes)."""
 
-    def __init__(self, cfg, k: int):
+    def __init__(self, cfg, k: int, cohort: bool = True):
         import jax
 
         from jdo.train.builder import build
@@ -63,6 +66,8 @@ class Chunk:
 
         exp, trainer, lifting = build(cfg), cfg.trainer, lifting_of(cfg.lifting)
         algo = guard_nonfinite(exp.algorithm, trainer.nonfinite)
+        if not cohort:  # sampled participation computed for every worker, masked
+            algo = algo._replace(cohort=None)
         program = make_program(
             exp,
             algo,
