@@ -179,6 +179,7 @@ class Program:
     quiet_bytes: int = 0  # wire bytes of the other steps
     payload_by_kind: dict = dataclasses.field(default_factory=dict)  # operand bytes by kind
     payload_per_step: int = 0
+    cohort_size: int | None = None  # sampled participation: the S workers a step computes
 
 
 def uses_cohort(algo: Algorithm, lifting: str, devices: int) -> bool:
@@ -223,7 +224,8 @@ def make_program(
         body = worker_chunk(step, length, shapes, check_state, lifting == "shard_map")
         return mapped(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
 
-    if uses_cohort(algo, lifting, devices):
+    cohort_size = algo.cohort.size(workers) if uses_cohort(algo, lifting, devices) else None
+    if cohort_size is not None:
         run_chunk = cohort_chunk(algo, batch_size, workers, length, check_state, mapped)
 
     return Program(
@@ -237,6 +239,7 @@ def make_program(
         chunk=jax.jit(
             run_chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)
         ),
+        cohort_size=cohort_size,
     )
 
 
@@ -257,12 +260,15 @@ def compile_program(
     bytes per worker from the lowered HLO of ``algo`` (unclocked): wire bytes under
     ``cluster``'s collective algorithm (ring without one) and operand bytes (payload), for a
     step that communicates and (``quiet_bytes``) the other steps of algorithms that
-    communicate on some steps only."""
+    communicate on some steps only. With a sampled cohort: a participant's bytes among the
+    S workers of its round (the others send nothing)."""
     step0 = jnp.zeros((), jnp.int32)
     try:
         chunk = program.chunk.lower(state, data, key, step0, step0).compile()
     except NoPerWorkerCompute as e:
         raise ConfigError("lifting", str(e)) from None
+    if program.cohort_size is not None:  # a participant's traffic, among the S of its round
+        algo, workers = algo._replace(step=algo.cohort.step), program.cohort_size
     ops = lambda conditionals: comm.worker_ops(
         functools.partial(worker_step, algo, batch_size),
         workers,

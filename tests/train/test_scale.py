@@ -193,3 +193,23 @@ def test_sampled_fedavg_computes_only_the_cohort_and_equals_the_masked_rounds(ma
         assert np.max(np.abs(a - b) / np.maximum(1, np.abs(a))) < 1e-6
         assert np.allclose(a, a[0])  # every client holds the new global model
     assert not np.allclose(params["sampled"][0][0], exp.params["head"]["bias"])  # it trained
+
+
+def test_sampled_fedavg_from_the_command_line_counts_a_participants_bytes(make_cfg):
+    """Half of 4 clients sampled: each participant's ring all-reduce among the 2 of its round
+    sends 2(2-1)/2 = 1x the float32 params per step; the run trains."""
+    cfg = make_cfg(
+        *TINY[:4],
+        "trainer.steps=4",
+        "trainer.log_every=2",
+        "trainer.eval_every=4",
+        *TINY[-2:],
+        "algorithm=fedavg",
+        "algorithm.participation=0.5",
+        "algorithm.local_steps=2",
+        "optimizer=sgd",
+    )
+    summary = run(cfg)
+    num_params = sum(x[0].size for x in jax.tree.leaves(jax.device_get(summary["state"].params)))
+    assert summary["bytes/step"] == 4 * num_params
+    assert np.isfinite(summary["train/loss"])
