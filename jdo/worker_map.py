@@ -138,8 +138,15 @@ def per_worker_compute(fn: Callable) -> Callable:
         if scope is None or scope.policy.plain:
             return fn(*args)
         scope.marked += 1
+        one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), x.dtype), args)
+        collectives = named_axis_ops(fn, *one)
+        if collectives:  # lax.map's chunks would each see themselves only
+            raise ValueError(
+                f"{getattr(fn, '__name__', fn)} is marked per_worker_compute but calls "
+                f"collectives ({', '.join(sorted(set(collectives)))}); only collective-free "
+                "compute can be chunked or mapped one worker at a time"
+            )
         if scope.policy.map == "auto" and scope.policy.chunk is None:
-            one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), x.dtype), args)
             if batch_size_for(scope.policy, fn, one, 2) == 2:
                 return fn(*args)  # auto resolved to all at once: the plain vmap, no rule
         return _mapped(fn, scope.policy)(*args)
@@ -147,19 +154,32 @@ def per_worker_compute(fn: Callable) -> Callable:
     return marked
 
 
-def has_convolution(fn: Callable, *args) -> bool:
-    """Whether ``fn(*args)``'s jaxpr holds a convolution (at any depth)."""
+def _primitives(fn: Callable, *args):
+    """Every equation of ``fn(*args)``'s jaxpr, at any depth."""
 
-    def walk(jaxpr) -> bool:
+    def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name in CONV_PRIMITIVES:
-                return True
+            yield eqn
             for sub in jax.core.jaxprs_in_params(eqn.params):
-                if walk(sub):
-                    return True
-        return False
+                yield from walk(sub)
 
     return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def has_convolution(fn: Callable, *args) -> bool:
+    """Whether ``fn(*args)``'s jaxpr holds a convolution (at any depth)."""
+    return any(e.primitive.name in CONV_PRIMITIVES for e in _primitives(fn, *args))
+
+
+def named_axis_ops(fn: Callable, *args) -> list[str]:
+    """The collectives (primitives over a named axis) in ``fn(*args)``'s jaxpr."""
+
+    def named(e) -> bool:
+        axes = e.params.get("axes", e.params.get("axis_name", ()))
+        axes = axes if isinstance(axes, tuple | list) else (axes,)
+        return any(isinstance(a, str) for a in axes)  # reductions name axes by number
+
+    return [e.primitive.name for e in _primitives(fn, *args) if named(e)]
 
 
 def batch_size_for(policy: WorkerMap, fn: Callable, one_worker_args, workers: int) -> int | None:
@@ -191,16 +211,10 @@ def _mapped(fn: Callable, policy: WorkerMap) -> Callable:
 
         first = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in stacked]
         size = batch_size_for(policy, one, (first,), axis_size)
-        try:
-            if size == axis_size:
-                out = jax.vmap(one)(stacked)
-            else:
-                out = jax.lax.map(one, stacked, batch_size=size)
-        except NameError as e:  # a collective on an axis lax.map does not bind
-            raise ValueError(
-                f"a function marked per_worker_compute calls a collective ({e}); only "
-                "collective-free compute can be chunked or mapped sequentially"
-            ) from None
+        if size == axis_size:
+            out = jax.vmap(one)(stacked)
+        else:
+            out = jax.lax.map(one, stacked, batch_size=size)
         return out, jax.tree.map(lambda _: True, out)
 
     return custom

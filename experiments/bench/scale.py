@@ -57,9 +57,9 @@ def _memory_mb(compiled) -> float:
     return (m.argument_size_in_bytes + m.temp_size_in_bytes) / 1e6
 
 
-def scale_rows(workers, k: int, rounds: int) -> list[dict]:
+def scale_rows(workers, k: int, rounds: int, models=tuple(MODELS)) -> list[dict]:
     rows = []
-    for model in MODELS:
+    for model in models:
         for algorithm, algo_overrides in ALGORITHMS.items():
             for w in workers:
                 variants = {"vmap": ()}
@@ -142,6 +142,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("scale", "fedavg", "all"), default="all")
     parser.add_argument("--workers", type=int, nargs="+", default=list(WORKERS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--fedavg-workers", type=int, default=1024)
     parser.add_argument("--k", type=int, default=4, help="steps per chunk call")
     parser.add_argument("--rounds", type=int, default=3)
@@ -151,11 +152,11 @@ def main(argv=None) -> None:
     import jax
 
     header = f"{jax.default_backend()}, jax {jax.__version__}; {load_line()} (at the start)"
-    scale = scale_rows(args.workers, args.k, args.rounds) if args.part != "fedavg" else []
+    scale = (
+        scale_rows(args.workers, args.k, args.rounds, args.models) if args.part != "fedavg" else []
+    )
     fedavg = (
-        fedavg_rows(args.fedavg_workers, 2 * args.k, args.rounds)
-        if args.part != "scale"
-        else []
+        fedavg_rows(args.fedavg_workers, 2 * args.k, args.rounds) if args.part != "scale" else []
     )
     text = (
         f"# Step time and memory vs simulated workers (one CPU device, K={args.k} steps per "

@@ -213,3 +213,11 @@ def test_sampled_fedavg_from_the_command_line_counts_a_participants_bytes(make_c
     num_params = sum(x[0].size for x in jax.tree.leaves(jax.device_get(summary["state"].params)))
     assert summary["bytes/step"] == 4 * num_params
     assert np.isfinite(summary["train/loss"])
+
+
+def test_a_marked_compute_with_a_collective_is_refused_when_chunked():
+    marked = jdo.worker_map.per_worker_compute(lambda x: jax.lax.psum(x, "workers"))
+    xs = jnp.arange(6.0)
+    np.testing.assert_array_equal(jdo.lift(marked, "vmap")(xs), np.full(6, 15.0))
+    with pytest.raises(ValueError, match="calls collectives"):
+        jdo.lift(marked, "vmap", chunk=2)(xs)
