@@ -29,6 +29,7 @@ _SUBPACKAGES = (
     "topology",
     "train",
     "transforms",
+    "worker_map",
 )
 _FROM_LIFTING = ("LIFTINGS", "lift")
 

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from jdo._axis import WORKERS
 from jdo._logical import Realised, realising
+from jdo.worker_map import WorkerMap, mapped_lift
 
 # The liftings that bind the worker axis itself (every test runs under both); "hybrid" realises
 # it as two physical axes and needs a mesh whose device count divides W.
@@ -136,6 +137,8 @@ def lift(
     mesh=None,
     in_axes: InAxes = 0,
     axis_name: str = WORKERS,
+    chunk: int | None = None,
+    map: str = "vmap",  # noqa: A002 - the config key lifting.map
 ) -> Callable:
     """Lifts the per-worker ``fn`` to stacked ``[W, ...]`` arguments and outputs.
 
@@ -147,12 +150,20 @@ def lift(
       mesh: the device mesh, for ``"shard_map"`` and ``"hybrid"``.
       in_axes: per argument, ``0`` for per-worker (stacked) values, ``None`` for shared ones.
       axis_name: the workers' named axis.
+      chunk, map: for ``"vmap"``, how the compute ``fn`` marks with
+        :func:`jdo.worker_map.per_worker_compute` is evaluated: ``chunk=c`` workers at a
+        time, ``map="scan"`` one at a time, ``map="auto"`` (see :mod:`jdo.worker_map`);
+        collectives always see all W workers.
 
     Returns:
       A function of the stacked arguments; wrap it in ``jax.jit``.
     """
     if lifting == "vmap":
-        return jax.vmap(fn, in_axes=in_axes, axis_name=axis_name)
+        vmapped = jax.vmap(fn, in_axes=in_axes, axis_name=axis_name)
+        policy = WorkerMap(map, chunk)
+        return vmapped if policy.plain else mapped_lift(vmapped, policy)
+    if chunk is not None or map != "vmap":
+        raise ValueError(f"chunk and map are options of the vmap lifting, not {lifting!r}")
     if lifting == "shard_map":
         if mesh is None:
             raise ValueError("lift(..., 'shard_map') needs a mesh (see jdo.train.make_mesh)")

@@ -12,7 +12,7 @@ from jdo.algorithms.allreduce_sgd import (
     allreduce_sgd,
     from_transform,
 )
-from jdo.algorithms.base import Algorithm, LossFn, available, get, register
+from jdo.algorithms.base import Algorithm, Cohort, LossFn, available, get, register
 from jdo.algorithms.communication import (
     choco_sgd,
     compressed_sgd,
@@ -34,6 +34,7 @@ from jdo.algorithms.parameter_server import parameter_server
 __all__ = [
     "ADPSGDState",
     "Algorithm",
+    "Cohort",
     "AllReduceSGDState",
     "DPSGDState",
     "GossipSimulation",

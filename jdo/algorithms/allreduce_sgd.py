@@ -13,6 +13,7 @@ from jdo._axis import WORKERS
 from jdo.algorithms.base import Algorithm, LossFn, register
 from jdo.faults import Byzantine, network_faults
 from jdo.transforms import all_reduce, robust_all_reduce
+from jdo.worker_map import per_worker_compute
 
 
 class TrainState(NamedTuple):
@@ -37,7 +38,8 @@ def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorit
         return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
     def step(state, batch, key):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        grad_fn = per_worker_compute(jax.value_and_grad(loss_fn, has_aux=True))
+        (loss, metrics), grads = grad_fn(state.params, batch, key)  # chunkable: no collectives
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), {"loss": loss, **metrics}

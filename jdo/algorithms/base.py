@@ -24,11 +24,33 @@ class Algorithm(NamedTuple):
       params: ``params(state) -> params``: the model parameters held in ONE worker's state
         (what is evaluated, averaged and compared across workers); ``jax.vmap`` it for the
         stacked state.
+      cohort: for sampled participation (FedAvg), how a runner may compute only the sampled
+        workers (:class:`Cohort`); None: every worker computes every step. ``step`` alone
+        stays correct (non-participants compute and are masked out).
     """
 
     init: Callable[[PyTree, jax.Array], PyTree]
     step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, Metrics]]
     params: Callable[[PyTree], PyTree] = operator.attrgetter("params")
+    cohort: Cohort | None = None
+
+
+class Cohort(NamedTuple):
+    """Sampled participation computed only for the sampled workers (issue 16).
+
+    A round is ``period`` steps; its sampled workers (``members(t, W)``: the sorted ``[S]``
+    indices for the round of step ``t``; ``S = size(W)``, static) run ``step``, the
+    per-worker step with every worker of the cohort participating (its collectives span the
+    S members only), on their gathered ``[S, ...]`` state and data; the other workers do not
+    compute. After a round's last step each non-member takes the new global model and server
+    state from a member: ``adopt(member_state, own_state) -> own_state``.
+    """
+
+    size: Callable[[int], int]
+    period: int
+    members: Callable[[jax.Array, int], jax.Array]
+    step: Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, Metrics]]
+    adopt: Callable[[PyTree, PyTree], PyTree]
 
 
 _REGISTRY: dict[str, Callable[..., Algorithm]] = {}

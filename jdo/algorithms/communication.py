@@ -8,10 +8,11 @@ import optax
 
 from jdo import checks, transforms
 from jdo._axis import WORKERS
-from jdo.algorithms.allreduce_sgd import from_transform
-from jdo.algorithms.base import Algorithm, LossFn, register
+from jdo.algorithms.allreduce_sgd import TrainState, from_transform
+from jdo.algorithms.base import Algorithm, Cohort, LossFn, register
 from jdo.compress import Compressor
 from jdo.topology import Topology
+from jdo.transforms.diloco import cohort_size, sampled_workers
 
 
 @register("compressed_sgd")
@@ -159,19 +160,47 @@ def fedavg(
     ``optimizer``, then the server averages the participating clients (``participation``
     fraction per round, deterministic by ``seed``). ``prox=μ``: FedProx (Li et al. 2020);
     ``server_optimizer`` (e.g. ``optax.adam``, ``optax.yogi``): FedOpt (Reddi et al. 2021) on
-    the pseudo-gradient; the default ``optax.sgd(1.0)`` is plain averaging."""
+    the pseudo-gradient; the default ``optax.sgd(1.0)`` is plain averaging.
+
+    With ``participation < 1`` the algorithm carries a :class:`~jdo.algorithms.Cohort`: the
+    runner's vmap lifting then gathers each round's S sampled clients into an ``[S, ...]``
+    block, runs only them (their all-reduce spans the S) and scatters them back, so a step
+    costs S clients' compute, not W's (FedJAX's and Flower's sampled rounds); a non-sampled
+    client does nothing and takes the new global model at the round's end. ``step`` on its
+    own (your own lifting, ``shard_map``, a simulated cluster's clock) computes every client
+    and masks the non-sampled ones out: the same global model when the client optimizer is
+    stateless (SGD); with a stateful one the non-sampled clients' own optimizer state
+    evolves there and stays put here."""
     checks.optimizer("optimizer", optimizer)
     checks.positive_int("local_steps", local_steps)
     if server_optimizer is not None:
         checks.optimizer("server_optimizer", server_optimizer)
     server = server_optimizer if server_optimizer is not None else optax.sgd(1.0)
-    tx = transforms.diloco(
+    make = lambda p: transforms.diloco(
         optimizer,
         server,
         sync_every=local_steps,
-        participation=participation,
+        participation=p,
         prox=prox,
         seed=seed,
         axis_name=axis_name,
     )
-    return from_transform(loss_fn, tx)
+    algorithm = from_transform(loss_fn, make(participation))
+    if participation == 1.0:
+        return algorithm
+    cohort = Cohort(
+        size=lambda n: cohort_size(participation, n),
+        period=local_steps,
+        # the round that step t belongs to syncs after inner step (t // H + 1) · H
+        members=lambda t, n: sampled_workers(seed, participation, n, t // local_steps + 1),
+        step=from_transform(loss_fn, make(1.0)).step,  # the cohort all participates
+        adopt=_adopt_global,
+    )
+    return algorithm._replace(cohort=cohort)
+
+
+def _adopt_global(member: TrainState, own: TrainState) -> TrainState:
+    """After a round: a non-sampled client takes the new global model, the server's state
+    and the counts from a sampled one; it keeps its own client optimizer state."""
+    opt_state = member.opt_state._replace(inner=own.opt_state.inner)
+    return TrainState(member.params, opt_state, member.step)

@@ -18,6 +18,7 @@ from jdo.faults import is_directed, network_faults
 from jdo.topology import Topology, check_topology
 from jdo.transforms.clipped_gossip import ClippedGossip
 from jdo.transforms.gossip import gossip
+from jdo.worker_map import per_worker_compute
 
 
 def _check(loss_fn, optimizer, topology, name, stochastic=("doubly",)):
@@ -27,7 +28,8 @@ def _check(loss_fn, optimizer, topology, name, stochastic=("doubly",)):
 
 
 def _grad(loss_fn, params, batch, key):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+    grad_fn = per_worker_compute(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss, metrics), grads = grad_fn(params, batch, key)  # chunkable: no collectives
     return grads, {"loss": loss, **metrics}
 
 

@@ -178,6 +178,16 @@ class Problem:
     optimizer: Any
 
 
+def model_init(node, **kwargs):
+    """``init_params(key) -> params``: the model of config ``node`` built with
+    ``nnx.Rngs(key)`` (traceable: ``jax.vmap`` it over per-worker keys)."""
+
+    def init_params(key):
+        return functional(instantiate(node, "model", rngs=nnx.Rngs(key), **kwargs))[1]
+
+    return init_params
+
+
 def build(cfg: Mapping, cluster=None) -> Experiment:
     """Data, model and algorithm from a validated config (see ``jdo/conf``). An algorithm whose
     YAML names a ``cluster`` key (an asynchronous parameter server, whose events come from the
@@ -201,7 +211,12 @@ def build(cfg: Mapping, cluster=None) -> Experiment:
     _check_init(algorithm, p.params, cfg["algorithm"])
     fault = instantiate(cfg["faults"], "faults") if cfg.get("faults") else None
     data = poison(p.data, p.dataset, fault)
-    return Experiment(algorithm, p.apply, p.loss_fn, p.params, data, p.dataset)
+    init_params = model_init(
+        cfg["model"], in_shape=p.dataset.in_shape, num_outputs=p.dataset.num_outputs
+    )
+    return Experiment(
+        algorithm, p.apply, p.loss_fn, p.params, data, p.dataset, init_params=init_params
+    )
 
 
 def build_problem(cfg: Mapping) -> Problem:
@@ -339,6 +354,9 @@ def build_rl(cfg: Mapping) -> Experiment:
         None,
         counters=("env_steps",),
         evaluate_worker=evaluate_worker,
+        init_params=model_init(
+            cfg["model"], obs_size=env.observation_size, action_space=env.action_space
+        ),
     )
 
 

@@ -25,6 +25,7 @@ TRAINER_KEYS = (
     "divergence",
     "call_seconds",
     "backup_workers",
+    "init",
 )
 LOGGER_KEYS = ("tensorboard",)
 CHECKPOINT_KEYS = (
@@ -224,6 +225,8 @@ def validate(cfg: Mapping) -> None:
     if _get(cfg, "trainer.divergence") is not None:
         positive_float(cfg, "trainer.divergence")
     positive_float(cfg, "trainer.call_seconds")
+    if "init" in cfg["trainer"]:
+        one_of(cfg, "trainer.init", ("shared", "per_worker"))
     known_keys(cfg, "checkpoint", CHECKPOINT_KEYS)
     boolean(cfg, "checkpoint.enabled")
     every = positive_int(cfg, "checkpoint.every", allow_none=True)

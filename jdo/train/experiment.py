@@ -30,6 +30,9 @@ class Experiment:
         algorithm state (pure; the runner vmaps it over workers at evaluation steps and logs
         ``eval/<name>`` as the mean over workers and ``eval/<name>_min``); RL uses it for the
         return of fresh episodes.
+      init_params: ``init_params(key) -> params``: the model initialised from ``key`` (pure,
+        traceable); ``trainer.init=per_worker`` calls it once per worker with
+        ``fold_in(key(seed), worker)``. None: every worker starts from ``params``.
     """
 
     algorithm: Algorithm
@@ -40,3 +43,4 @@ class Experiment:
     dataset: Dataset | None
     counters: tuple[str, ...] = ()
     evaluate_worker: Callable[[Any, Any], dict] | None = None
+    init_params: Callable[[Any], Any] | None = None

@@ -46,4 +46,8 @@ def guard_nonfinite(algorithm: Algorithm, mode: str, axis_name: str = WORKERS) -
         kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
         return kept, {**metrics, "skipped": 1 - ok.astype(jnp.int32)}
 
-    return algorithm._replace(step=step)
+    guarded = algorithm._replace(step=step)
+    if algorithm.cohort is not None:  # the step a sampled cohort runs, guarded the same way
+        inner = guard_nonfinite(algorithm._replace(step=algorithm.cohort.step, cohort=None), mode)
+        guarded = guarded._replace(cohort=algorithm.cohort._replace(step=inner.step))
+    return guarded

@@ -34,6 +34,7 @@ from jdo.train.restore import CheckpointOptions, restore_or_init
 from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
 
 log = logging.getLogger("jdo")
+INITS = ("shared", "per_worker")  # trainer.init
 
 
 class NonFiniteError(FloatingPointError):
@@ -90,6 +91,8 @@ class FitOptions:
     batch_size: int | None
     lifting: str = "vmap"
     devices: int = 1
+    chunk: int | None = None  # vmap: per-worker compute this many workers at a time
+    map: str = "vmap"  # vmap: per-worker compute by vmap | scan | auto (jdo.worker_map)
     log_every: int = 50
     eval_every: int = 250
     eval_batch_size: int = 1024
@@ -107,8 +110,11 @@ class FitOptions:
     wrappers: Sequence[Callable[[Algorithm], Algorithm]] = ()
     clock: Callable[[Algorithm], Algorithm] | None = None  # see jdo.train.clocked.with_clock
     cluster: Any = None  # a jdo.system.Cluster: its collective algorithm prices bytes/step
+    init: str = "shared"  # "per_worker": each worker initialises its own params (see restore)
 
     def check(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("steps", "eval_every"):
             value = getattr(self, name)
             if value < 1 or value % self.log_every:
@@ -191,6 +197,11 @@ def fit(exp: Experiment, **options) -> dict[str, Any]:
     ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices;
     ``lifting="hybrid"`` puts ``workers / devices`` on each (shard_map × vmap, collectives
     lowered to what crosses devices; ``bytes/step_device`` in the records).
+    ``chunk``/``map`` evaluate the step's per-worker compute ``chunk`` workers at a time or
+    one by one (``map="scan"``; :mod:`jdo.worker_map`).
+    ``init="per_worker"``: each worker initialises its own params from
+    ``exp.init_params(fold_in(key(seed), worker))`` (default ``"shared"``: all from
+    ``exp.params``).
     ``wrappers``: per-step extensions, each ``Algorithm -> Algorithm``, applied in order.
     ``clock``: the simulated cluster's clock (:func:`jdo.train.clocked.with_clock`), applied
     first; ``cluster``: the :class:`~jdo.system.Cluster` whose collective algorithm prices the
@@ -214,6 +225,8 @@ def _algorithm(exp: Experiment, opts: FitOptions, clocked: bool = True) -> Algor
     """The algorithm as the run steps it: the clock innermost (its own collectives are not
     counted in the run's bytes: ``clocked=False``), then ``wrappers``, then the guard."""
     algo = exp.algorithm
+    if opts.clock is not None or opts.wrappers:  # they wrap step: the cohort's would escape
+        algo = algo._replace(cohort=None)
     if clocked and opts.clock is not None:
         algo = opts.clock(algo)
     for wrap in opts.wrappers:
@@ -232,6 +245,8 @@ def _program(exp: Experiment, opts: FitOptions) -> Run:
         batch_size=opts.batch_size,
         length=opts.log_every,
         check_state=opts.nonfinite == "stop",
+        chunk=opts.chunk,
+        map=opts.map,
     )
     data = place(tuple(exp.data), program.per_worker) if exp.data is not None else ()
     init_key, key = jax.random.split(jax.random.key(opts.seed))

@@ -9,6 +9,7 @@ from jax.sharding import AxisType, Mesh
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo.worker_map import WorkerMap
 
 
 def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
@@ -31,15 +32,29 @@ def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
 class Lifting:
     """How the per-worker step is lifted: ``name`` is ``"vmap"`` (the worker axis spread over
     ``devices`` devices, ``workers / devices`` per device), ``"shard_map"`` (one worker per
-    device) or ``"hybrid"`` (``workers / devices`` per device, shard_map × vmap)."""
+    device) or ``"hybrid"`` (``workers / devices`` per device, shard_map × vmap). ``chunk`` and
+    ``map``: how the vmap lifting evaluates the per-worker compute
+    (:class:`jdo.worker_map.WorkerMap`)."""
 
     name: str
     devices: int = 1
+    chunk: int | None = None
+    map: str = "vmap"
 
 
-def vmap_lifting(devices: int = 1) -> Lifting:
-    """All workers with ``jax.vmap``, spread over ``devices`` devices (config: lifting=vmap)."""
-    return Lifting("vmap", checks.positive_int("devices", devices))
+def vmap_lifting(devices: int = 1, chunk: int | None = None, map: str = "vmap") -> Lifting:  # noqa: A002
+    """All workers with ``jax.vmap``, spread over ``devices`` devices (config: lifting=vmap);
+    the per-worker compute ``chunk`` workers at a time or mapped by ``map``
+    (``vmap | scan | auto``; see :mod:`jdo.worker_map`), on one device."""
+    checks.positive_int("devices", devices)
+    policy = WorkerMap(map, chunk)
+    if devices > 1 and not policy.plain:
+        raise checks.InvalidArgument(
+            "chunk" if chunk is not None else "map",
+            f"chunks are evaluated one after another on one device: use devices=1 (got "
+            f"{devices}), or the hybrid lifting to spread workers over devices",
+        )
+    return Lifting("vmap", devices, chunk, map)
 
 
 def shard_map_lifting() -> Lifting:

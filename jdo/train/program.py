@@ -29,10 +29,12 @@ from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
 from jdo.lifting import lift
 from jdo.system.clock import unwrap
+from jdo.train.config import ConfigError
 from jdo.train.evaluate import make_evaluate
 from jdo.train.experiment import Experiment
 from jdo.train.guard import all_finite
 from jdo.train.mesh import make_mesh
+from jdo.worker_map import NoPerWorkerCompute
 
 
 def worker_mesh(workers: int, lifting: str, devices: int) -> Mesh:
@@ -93,6 +95,73 @@ def worker_chunk(
     return chunk
 
 
+def member_step(step: Callable, batch_size: int | None, state, data, key, t, worker):
+    """:func:`worker_step` for a cohort member whose global index ``worker`` is given (the
+    cohort's own axis index is its position in the cohort): the same draws as under the
+    plain lifting."""
+    k = jax.random.fold_in(jax.random.fold_in(key, worker), t)
+    batch_key, step_key = jax.random.split(k)
+    batch = sample_batch(*data, batch_key, batch_size) if data else None
+    return step(state, batch, step_key)
+
+
+def _spread(metrics, idx, workers: int):
+    """Cohort metrics ``[S]`` as ``[W]``: the members' own values, the others get the
+    members' mean (so means over W are means over the cohort; flags: False)."""
+
+    def one(m):
+        fill = jnp.zeros((), m.dtype) if m.dtype == bool else jnp.mean(m).astype(m.dtype)
+        return jnp.full((workers, *m.shape[1:]), fill, m.dtype).at[idx].set(m)
+
+    return jax.tree.map(one, metrics)
+
+
+def cohort_chunk(algo: Algorithm, batch_size, workers: int, length: int, check_state, lifted):
+    """Like :func:`worker_chunk`, lifted, for an algorithm with a
+    :class:`~jdo.algorithms.Cohort`: each step gathers the round's S members' state and data
+    (``[S, ...]``), runs ``cohort.step`` on them only (``lifted``: the vmap lifting; its
+    collectives span the S members), scatters them back, and after a round's last step the
+    other workers adopt the global state (DrJAX, Rush et al. 2024; FedJAX's sampled
+    rounds). Metrics: ``[W, length]`` (:func:`_spread`)."""
+    cohort = algo.cohort
+    step = lifted(
+        functools.partial(member_step, cohort.step, batch_size), in_axes=(0, 0, None, None, 0)
+    )
+
+    def one_step(states, data, key, t):
+        idx = cohort.members(t, workers)
+        take = lambda tree: jax.tree.map(lambda x: x[idx], tree)
+        sub, metrics = step(take(states), take(data), key, t, idx)
+        states = jax.tree.map(lambda x, s: x.at[idx].set(s), states, sub)
+
+        def adopt(states):
+            member = jax.tree.map(lambda x: x[idx[0]], states)
+            adopted = jax.vmap(lambda own: cohort.adopt(member, own))(states)
+            is_member = jnp.zeros((workers,), bool).at[idx].set(True)
+            keep = lambda a, b: jnp.where(is_member.reshape(-1, *[1] * (a.ndim - 1)), a, b)
+            return jax.tree.map(keep, states, adopted)
+
+        ends = (t + 1) % cohort.period == 0
+        states = jax.lax.cond(ends, adopt, lambda s: s, states)
+        return states, _spread(metrics, idx, workers)
+
+    def chunk(states, data, key, step0, n):
+        shapes = jax.eval_shape(one_step, states, data, key, step0)[1]
+        buffers = jax.tree.map(lambda s: jnp.zeros((*s.shape, length), s.dtype), shapes)
+
+        def body(i, carry):
+            states, buffers = carry
+            states, metrics = one_step(states, data, key, step0 + i)
+            buffers = jax.tree.map(lambda b, v: b.at[:, i].set(v), buffers, metrics)
+            return states, buffers
+
+        states, buffers = jax.lax.fori_loop(0, n, body, (states, buffers))
+        finite = all_finite(states) if check_state else jnp.asarray(True)
+        return states, buffers, jnp.broadcast_to(finite, (workers,))
+
+    return chunk
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What the loop calls: jitted and compiled functions over the stacked ``[W, ...]`` state,
@@ -113,6 +182,13 @@ class Program:
     payload_per_step: int = 0
     lift: Callable | None = None  # the run's lifting: lift(fn, in_axes=...) -> stacked fn
     device_bytes: int = 0  # bytes/step_device: what one device sends per step in this run
+    cohort_size: int | None = None  # sampled participation: the S workers a step computes
+
+
+def uses_cohort(algo: Algorithm, lifting: str, devices: int) -> bool:
+    """Sampled participation computes only the sampled workers under the vmap lifting on one
+    device (a gather of the cohort); elsewhere every worker computes, masked."""
+    return algo.cohort is not None and lifting == "vmap" and devices == 1
 
 
 def _one_worker(tree):
@@ -129,9 +205,12 @@ def make_program(
     batch_size: int | None,
     length: int,
     check_state: bool,
+    chunk: int | None = None,
+    map: str = "vmap",  # noqa: A002 - lifting.map
 ) -> Program:
     """Lifts and jits ``algo`` (already wrapped) for ``workers`` workers; nothing compiles
-    yet (see :func:`compile_program`)."""
+    yet (see :func:`compile_program`). ``chunk``, ``map``: how the vmap lifting evaluates
+    the step's per-worker compute (:mod:`jdo.worker_map`; init and evaluation: plain)."""
     mesh = worker_mesh(workers, lifting, devices)
     per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
     lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting != "vmap" else None)
@@ -141,10 +220,16 @@ def make_program(
         stacked_step, state, data, key, jnp.int32(0)
     )[1]
 
-    def chunk(state, data, key, step0, n):
+    mapped = functools.partial(lift_, chunk=chunk, map=map) if lifting == "vmap" else lift_
+
+    def run_chunk(state, data, key, step0, n):
         shapes = _one_worker(one_step_shapes(state, data, key))
         body = worker_chunk(step, length, shapes, check_state, lifting == "shard_map")
-        return lift_(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
+        return mapped(body, in_axes=(0, 0, None, None, None))(state, data, key, step0, n)
+
+    cohort_size = algo.cohort.size(workers) if uses_cohort(algo, lifting, devices) else None
+    if cohort_size is not None:
+        run_chunk = cohort_chunk(algo, batch_size, workers, length, check_state, mapped)
 
     return Program(
         mesh=mesh,
@@ -154,8 +239,11 @@ def make_program(
         init_per_worker=jax.jit(lift_(algo.init, in_axes=(0, 0)), out_shardings=per_worker),
         params_of=jax.jit(jax.vmap(algo.params)),
         # metrics and flags replicated: every process of a multi-process run reads them all
-        chunk=jax.jit(chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)),
+        chunk=jax.jit(
+            run_chunk, donate_argnums=0, out_shardings=(per_worker, replicated, replicated)
+        ),
         lift=lift_,
+        cohort_size=cohort_size,
     )
 
 
@@ -176,9 +264,15 @@ def compile_program(
     bytes per worker from the lowered HLO of ``algo`` (unclocked): wire bytes under
     ``cluster``'s collective algorithm (ring without one) and operand bytes (payload), for a
     step that communicates and (``quiet_bytes``) the other steps of algorithms that
-    communicate on some steps only."""
+    communicate on some steps only. With a sampled cohort: a participant's bytes among the
+    S workers of its round (the others send nothing)."""
     step0 = jnp.zeros((), jnp.int32)
-    chunk = program.chunk.lower(state, data, key, step0, step0).compile()
+    try:
+        chunk = program.chunk.lower(state, data, key, step0, step0).compile()
+    except NoPerWorkerCompute as e:
+        raise ConfigError("lifting", str(e)) from None
+    if program.cohort_size is not None:  # a participant's traffic, among the S of its round
+        algo, workers = algo._replace(step=algo.cohort.step), program.cohort_size
     ops = lambda conditionals: comm.worker_ops(
         functools.partial(worker_step, algo, batch_size),
         workers,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from jdo.train.checkpoint import Checkpointer, IncompatibleCheckpoint
 from jdo.train.config import ConfigError
@@ -79,7 +80,7 @@ def restore_or_init(run) -> None:
         except IncompatibleCheckpoint as e:
             raise ConfigError("checkpoint", f"{e}; use another output directory") from None
     if found is None:
-        run.state = program.init(run.exp.params, keys)
+        run.state = _fresh_state(run, keys)
         return
     start, restored, meta = found
     if start > opts.steps:
@@ -100,6 +101,27 @@ def restore_or_init(run) -> None:
         run.state = program.init_per_worker(place(params, program.per_worker), keys)
         run.resumed["regrouped_from"] = int(meta["workers"])
     log.info("resumed from %s (step %d)", run.resumed["path"], start)
+
+
+def per_worker_params(init_params, seed: int, workers: int, sharding):
+    """Stacked ``[W, ...]`` params, worker ``i``'s from ``init_params(fold_in(key(seed), i))``
+    (each worker initialises independently), placed with ``sharding``."""
+    base = jax.random.key(seed)
+    make = jax.vmap(lambda i: init_params(jax.random.fold_in(base, i)))
+    return jax.jit(make, out_shardings=sharding)(jnp.arange(workers))
+
+
+def _fresh_state(run, keys):
+    """``trainer.init``: ``shared`` (every worker from ``exp.params``) or ``per_worker``."""
+    opts, program, exp = run.opts, run.program, run.exp
+    if opts.init == "shared":
+        return program.init(exp.params, keys)
+    if exp.init_params is None:
+        raise ConfigError(
+            "trainer.init", "per_worker needs a model the runner can initialise (init_params)"
+        )
+    params = per_worker_params(exp.init_params, opts.seed, opts.workers, program.per_worker)
+    return program.init_per_worker(params, keys)
 
 
 def _target(run, abstract):

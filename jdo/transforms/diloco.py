@@ -81,14 +81,30 @@ class _Outer(NamedTuple):
     axis_name: str
 
 
+def cohort_size(participation: float, num_workers: int) -> int:
+    """Workers sampled per round: ``max(1, round(participation · W))``."""
+    return max(1, round(participation * num_workers))
+
+
+def _round_permutation(seed: int, num_workers: int, round_, fragment=0):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), fragment), round_)
+    return jax.random.permutation(key, num_workers)
+
+
+def sampled_workers(seed: int, participation: float, num_workers: int, round_, fragment=0):
+    """The sorted ``[S]`` indices of the workers :func:`diloco` averages in round ``round_``
+    (the first S of the round's permutation; the same draw as its participation mask)."""
+    k = cohort_size(participation, num_workers)
+    return jnp.sort(_round_permutation(seed, num_workers, round_, fragment)[:k])
+
+
 def _participants(cfg: _Outer, round_, fragment):
     """This round's mask over all workers (the same on every worker) and its size."""
     n = axis_size(cfg.axis_name)
-    k = max(1, round(cfg.participation * n))
+    k = cohort_size(cfg.participation, n)
     if k == n:
         return jnp.ones((n,), jnp.float32), n
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), fragment), round_)
-    rank = jnp.argsort(jax.random.permutation(key, n))  # rank[j]: j's position
+    rank = jnp.argsort(_round_permutation(cfg.seed, n, round_, fragment))  # j's position
     return (rank < k).astype(jnp.float32), k
 
 
