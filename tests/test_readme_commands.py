@@ -7,7 +7,8 @@ no checkpoints; RL 20 steps of 8 examples logged at 10 and 20; MNIST and the CNN
 of 4 examples logged at 5 and 10) in-process through Hydra's compose
 and :func:`jdo.train.run`; ``--multirun`` sweeps run as the CLI in a subprocess. A command
 that names a data directory or file gets small ones written by ``tests/helpers.py``.
-Commands for a SLURM cluster (``hydra/launcher=slurm``) cannot run here and are skipped.
+Commands for a SLURM cluster (``hydra/launcher=slurm``) cannot run here and are skipped;
+``backend=ray`` ones are run by tests/train/test_ray.py, which shares one Ray instance.
 
 Not diverging: the last logged training loss is finite and below the first one (for RL
 tasks, whose loss is not a progress measure, finite and the episode return not lower).
@@ -154,6 +155,8 @@ def test_the_readme_has_commands():
 def test_readme_command_runs_and_does_not_diverge(args, tmp_path):
     if "hydra/launcher=slurm" in args:
         pytest.skip("needs a SLURM cluster (hydra/launcher=slurm)")
+    if "backend=ray" in args:  # each would start its own Ray instance and worker processes
+        pytest.skip("covered by tests/train/test_ray.py (the CLI with backend=ray, one Ray)")
     overrides, multirun = _prepare(args, tmp_path)
     if multirun:
         _run_sweep(overrides, tmp_path, args)

@@ -113,7 +113,7 @@ def test_other_axis_name():
 
 def test_registry_and_bad_optimizer():
     assert jdo.algorithms.get("allreduce_sgd") is jdo.algorithms.allreduce_sgd
-    with pytest.raises(KeyError, match="unknown algorithm 'nope'; known: allreduce_sgd"):
+    with pytest.raises(KeyError, match="unknown algorithm 'nope'; known: .*allreduce_sgd"):
         jdo.algorithms.get("nope")
     with pytest.raises(checks.WrongType, match="optax.GradientTransformation") as e:
         jdo.algorithms.allreduce_sgd(lambda p, b, k: (0.0, {}), 0.1)
