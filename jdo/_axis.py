@@ -3,6 +3,7 @@ typing helper every layer needs to keep per-worker values per-worker under ``sha
 (``import jdo`` reads this module: JAX is imported on first use, not here)."""
 
 WORKERS = "workers"
+NODES, LOCAL = "nodes", "local"  # the two levels of a two-level worker mesh (nodes, local)
 
 
 def _varying_axes(aval) -> frozenset:

@@ -22,6 +22,11 @@ independent of the devices):
   different numbers of rows at the same offset (not the case for the shift-invariant ring,
   exponential and one-peer exponential graphs) is padded to the largest.
 
+The shard_map lifting on a two-level mesh (``lifting.nodes=m``: m nodes × k devices, one
+worker per device) realises ``"workers"`` as the mesh axes ``(nodes, local)``; there every
+function is ``jax.lax``'s own over both axes at once (``Realised.mesh_local``), and
+:func:`jdo.comm.hierarchical_mean` can use the levels.
+
 Everywhere else (``vmap``, ``shard_map``, ``pmap`` binding the axis itself) each function is
 ``jax.lax``'s own.
 """
@@ -42,13 +47,21 @@ import numpy as np
 class Realised:
     """The logical axis ``name`` realised as ``devices`` (a ``shard_map`` mesh axis of
     ``num_devices``) × ``local`` (a ``vmap`` axis of ``per_device`` workers): worker
-    ``device · per_device + local``."""
+    ``device · per_device + local``. With ``mesh_local`` both are mesh axes: the two-level
+    ``(nodes, local)`` mesh of the shard_map lifting, one worker per device, where every
+    collective is ``jax.lax``'s own over the pair of axes."""
 
     name: str
     devices: str
     local: str
     num_devices: int
     per_device: int
+    mesh_local: bool = False
+
+    @property
+    def axes(self) -> tuple[str, str]:
+        """The two physical axes, outer first."""
+        return (self.devices, self.local)
 
 
 _REALISED: contextvars.ContextVar[tuple[Realised, ...]] = contextvars.ContextVar(
@@ -85,6 +98,13 @@ def realised(name) -> Realised | None:
     return found[-1]
 
 
+def levels(name) -> tuple[str, str] | None:
+    """The ``(nodes, local)`` mesh axes of the worker axis ``name`` when the shard_map
+    lifting realises it on a two-level mesh; None otherwise (a 1-D or hybrid worker axis)."""
+    r = realised(name)
+    return r.axes if r is not None and r.mesh_local else None
+
+
 def agreed(index):
     """The branch index of control flow around collectives, which every worker must agree on
     (a collective in a branch needs all of them): under the hybrid lifting the first local
@@ -92,7 +112,7 @@ def agreed(index):
     per-worker index runs every branch, and every branch's collectives); elsewhere
     ``index``."""
     active = [r for r in _REALISED.get() if not _bound(r.name)]
-    if not active:
+    if not active or active[-1].mesh_local:  # one worker per device: nothing is batched
         return index
     return jax.lax.all_gather(jnp.asarray(index), active[-1].local)[0]
 
@@ -116,6 +136,8 @@ def _reduce(local_op, device_op, x, name):
     r = realised(name)
     if r is None:
         return device_op(x, name)
+    if r.mesh_local:
+        return device_op(x, r.axes)
     return device_op(local_op(x, r.local), r.devices)
 
 
@@ -146,8 +168,8 @@ def all_gather(x, name):
     """``jax.lax.all_gather(x, name)`` (stacked on a new leading axis): every worker gets the
     ``[W, ...]`` values of all (hybrid: the device's block, then a cross-device all-gather)."""
     r = realised(name)
-    if r is None:
-        return jax.lax.all_gather(x, name)
+    if r is None or r.mesh_local:
+        return jax.lax.all_gather(x, name if r is None else r.axes)
     block = jax.lax.all_gather(x, r.local)  # [k, ...] per leaf, no data moved
     return jax.lax.all_gather(block, r.devices, tiled=True)
 
@@ -157,8 +179,9 @@ def psum_scatter(x, name):
     i of the sum over workers of every leaf's leading axis (hybrid: a local sum, then a
     cross-device reduce-scatter whose tile is the device's k blocks)."""
     r = realised(name)
-    if r is None:
-        return jax.lax.psum_scatter(x, name, scatter_dimension=0, tiled=True)
+    if r is None or r.mesh_local:
+        axes = name if r is None else r.axes
+        return jax.lax.psum_scatter(x, axes, scatter_dimension=0, tiled=True)
     tiles = jax.lax.psum_scatter(
         jax.lax.psum(x, r.local), r.devices, scatter_dimension=0, tiled=True
     )
@@ -258,8 +281,8 @@ def ppermute(x, name, perm):
     ``(src, dst)`` pair, zeros if none (hybrid: see the module docstring; the leaves of one
     dtype travel packed in one buffer, one cross-device message per offset)."""
     r = realised(name)
-    if r is None:
-        return jax.lax.ppermute(x, name, perm)
+    if r is None or r.mesh_local:
+        return jax.lax.ppermute(x, name if r is None else r.axes, perm)
     p = plan(tuple((int(s), int(d)) for s, d in perm), r.num_devices, r.per_device)
     device, mine = jax.lax.axis_index(r.devices), jax.lax.axis_index(r.local)
     leaves, treedef = jax.tree.flatten(x)

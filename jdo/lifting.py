@@ -34,15 +34,45 @@ def normalize_in_axes(in_axes: InAxes, nargs: int) -> tuple[int | None, ...]:
     return axes
 
 
+def _two_level(mesh, axis_name: str) -> Realised | None:
+    """How a two-level ``(nodes, local)`` mesh (no ``axis_name`` axis, two axes) realises the
+    worker axis; None for the 1-D mesh whose axis is ``axis_name``."""
+    names = tuple(mesh.axis_names)
+    if names == (axis_name,):
+        return None
+    if len(names) != 2 or axis_name in names:
+        raise ValueError(
+            f"the shard_map lifting needs a 1-D mesh with axis {axis_name!r} or a two-level "
+            f"(nodes, local) mesh (jdo.train.make_mesh(W, nodes=m)), got axes {names}"
+        )
+    nodes, local = (int(mesh.shape[a]) for a in names)
+    return Realised(axis_name, names[0], names[1], nodes, local, mesh_local=True)
+
+
+def worker_spec(mesh, axis_name: str = WORKERS) -> P:
+    """The ``PartitionSpec`` of stacked ``[W, ...]`` per-worker values on ``mesh``: the
+    worker axis over the mesh's ``axis_name`` axis, or over both axes of a two-level
+    ``(nodes, local)`` mesh."""
+    two_level = _two_level(mesh, axis_name) if axis_name not in mesh.axis_names else None
+    return P(axis_name) if two_level is None else P(two_level.axes)
+
+
 def shard_map_workers(
     fn: Callable, mesh, in_axes: InAxes = 0, axis_name: str = WORKERS
 ) -> Callable:
-    """``fn`` (per worker) as a ``shard_map`` over ``mesh[axis_name]``, one worker per device.
+    """``fn`` (per worker) as a ``shard_map`` over ``mesh``, one worker per device.
 
     Per-worker arguments (``in_axes`` 0) are stacked ``[W, ...]`` values; each device gets its
     ``[1, ...]`` block and ``fn`` sees the block without that axis. Shared arguments (``None``)
     are replicated. Outputs are stacked ``[W, ...]``.
+
+    ``mesh`` is 1-D (its axis is ``axis_name``) or two-level, ``(nodes, local)`` with m × k
+    devices (:func:`jdo.train.make_mesh` with ``nodes=m``): worker ``node·k + local``, and
+    ``axis_name`` is a logical axis over both, on which :mod:`jdo.comm`'s collectives run
+    over the pair of mesh axes, and :func:`jdo.comm.hierarchical_mean` uses the levels.
     """
+    two_level = _two_level(mesh, axis_name)
+    spec = P(axis_name) if two_level is None else P(two_level.axes)
 
     def lifted(*args):
         axes = normalize_in_axes(in_axes, len(args))
@@ -52,10 +82,18 @@ def shard_map_workers(
                 b if a is None else jax.tree.map(lambda x: x[0], b)
                 for b, a in zip(blocks, axes, strict=True)
             ]
-            return jax.tree.map(lambda x: x[None], fn(*local))
+            if two_level is None:
+                return jax.tree.map(lambda x: x[None], fn(*local))
+            with realising(two_level):
+                return jax.tree.map(lambda x: x[None], fn(*local))
 
-        in_specs = tuple(P() if a is None else P(axis_name) for a in axes)
-        return jax.shard_map(block, mesh=mesh, in_specs=in_specs, out_specs=P(axis_name))(*args)
+        in_specs = tuple(P() if a is None else spec for a in axes)
+        # two-level: jdo's varying() types over the logical axis only, so JAX's varying-axes
+        # check cannot follow the values (as under the hybrid lifting)
+        mapped = jax.shard_map(
+            block, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=two_level is None
+        )
+        return mapped(*args)
 
     return lifted
 

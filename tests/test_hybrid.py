@@ -21,7 +21,7 @@ B, STEPS, IN, OUT = 4, 10, 8, 3
 
 
 @functools.cache
-def _problem(workers):
+def problem(workers):
     """Softmax regression (one matrix-shaped leaf, for PowerSGD) and each worker's batch."""
     rng = np.random.default_rng(workers)
     params = {"w": jnp.asarray(0.1 * rng.normal(size=(IN, OUT)), jnp.float32)}
@@ -48,9 +48,9 @@ ALGORITHMS = {
 }
 
 
-def _train(name, workers, lifting, mesh):
+def train_steps(name, workers, lifting, mesh):
     """``STEPS`` steps of ``name`` in one jitted scan; the stacked params after them."""
-    loss_fn, params, batch = _problem(workers)
+    loss_fn, params, batch = problem(workers)
     algo_name = "dpsgd" if name.startswith("dpsgd") else name
     algo = jdo.algorithms.get(algo_name)(loss_fn, optax.sgd(0.1), **ALGORITHMS[name](workers))
     lift = functools.partial(jdo.lift, lifting=lifting, mesh=mesh)
@@ -66,7 +66,7 @@ def _train(name, workers, lifting, mesh):
     return run(params, jax.random.split(jax.random.key(1), workers), batch)
 
 
-def _assert_equal(a, b):
+def assert_equal(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = np.asarray(x), np.asarray(y)
         err = np.abs(x - y) / np.maximum(1.0, np.abs(x))
@@ -75,12 +75,12 @@ def _assert_equal(a, b):
 
 @pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "dpsgd_exponential"])
 def test_hybrid_equals_vmap_16_workers(name, mesh8):  # exponential: at 64 workers below
-    _assert_equal(_train(name, 16, "vmap", None), _train(name, 16, "hybrid", mesh8))
+    assert_equal(train_steps(name, 16, "vmap", None), train_steps(name, 16, "hybrid", mesh8))
 
 
 @pytest.mark.parametrize("name", ["dpsgd_exponential", "choco_sgd"])
 def test_hybrid_equals_vmap_64_workers(name, mesh8):
-    _assert_equal(_train(name, 64, "vmap", None), _train(name, 64, "hybrid", mesh8))
+    assert_equal(train_steps(name, 64, "vmap", None), train_steps(name, 64, "hybrid", mesh8))
 
 
 # ---- collectives against numpy ------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_devices_must_divide_workers(mesh8):
 
 def _step_hlo(name, workers, lifting, mesh):
     """The compiled HLO of one step of ``name`` lifted over the 8 devices."""
-    loss_fn, params, batch = _problem(workers)
+    loss_fn, params, batch = problem(workers)
     algo_name = "dpsgd" if name.startswith("dpsgd") else name
     algo = jdo.algorithms.get(algo_name)(loss_fn, optax.sgd(0.1), **ALGORITHMS[name](workers))
     keys = jax.random.split(jax.random.key(0), workers)
@@ -211,7 +211,7 @@ def test_runner_hybrid_equals_vmap_and_reports_device_bytes(tmp_path):
     )
     vmapped = jdo.train.run(compose_cfg(*RUN, "lifting=vmap"), output_dir=str(tmp_path / "v"))
     params = [jax.device_get(s["state"].inner.params) for s in (vmapped, hybrid)]
-    _assert_equal(*params)
+    assert_equal(*params)
     assert hybrid["time/total"] == pytest.approx(vmapped["time/total"], rel=1e-6)
     row = sum(4 * x[0].size for x in jax.tree.leaves(params[0]))
     assert hybrid["bytes/step"] == vmapped["bytes/step"] == 2 * row  # per worker: 2 messages

@@ -38,8 +38,8 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jdo import checks
-from jdo._axis import WORKERS
-from jdo.lifting import InAxes, normalize_in_axes, shard_map_workers
+from jdo._axis import LOCAL, NODES, WORKERS
+from jdo.lifting import InAxes, normalize_in_axes, shard_map_workers, worker_spec
 
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 
@@ -266,16 +266,22 @@ def worker_bytes(
     return hlo_collective_bytes(hlo, conditionals)
 
 
-def _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform) -> str:
+def _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes=1) -> str:
     """HLO text (before optimisation) of the per-worker ``fn`` under ``shard_map`` on an
-    abstract mesh of ``num_workers`` (see :func:`worker_bytes`)."""
+    abstract mesh of ``num_workers`` (see :func:`worker_bytes`); two-level ``(nodes, local)``
+    with ``nodes > 1``."""
     axes = normalize_in_axes(in_axes, len(args))
-    mesh = AbstractMesh((num_workers,), (axis_name,), axis_types=(AxisType.Explicit,))
+    if nodes == 1:
+        shape, names = (num_workers,), (axis_name,)
+    else:
+        shape, names = (nodes, num_workers // nodes), (NODES, LOCAL)
+    mesh = AbstractMesh(shape, names, axis_types=(AxisType.Explicit,) * len(shape))
+    spec_of_workers = worker_spec(mesh, axis_name)
 
     def global_spec(x, axis):
         x = jax.ShapeDtypeStruct(np.shape(x), jax.numpy.result_type(x))
         shape = x.shape if axis is None else (num_workers, *x.shape)
-        spec = P() if axis is None else P(axis_name)
+        spec = P() if axis is None else spec_of_workers
         return jax.ShapeDtypeStruct(shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
     specs = [
@@ -438,8 +444,10 @@ def worker_ops(
     axis_name: str = WORKERS,
     platform: str = "cpu",
     conditionals: str = "max",
+    nodes: int = 1,
 ) -> list[CollectiveOp]:
     """The collective operations of one call of the per-worker ``fn`` with one worker per
-    device, lowered as :func:`worker_bytes` lowers it (no device needed)."""
-    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform)
+    device, lowered as :func:`worker_bytes` lowers it (no device needed); ``nodes > 1``: on
+    a two-level ``(nodes, local)`` mesh (:func:`jdo.lifting.shard_map_workers`)."""
+    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes)
     return hlo_collective_ops(hlo, conditionals, num_devices=num_workers)

@@ -17,7 +17,7 @@ import numpy as np
 
 from jdo import checks
 from jdo._axis import WORKERS
-from jdo._logical import axis_index, axis_size, ppermute
+from jdo._logical import axis_index, axis_size, levels, ppermute
 from jdo.comm.collectives import gather_mean, mean, varying
 from jdo.system import clock
 from jdo.topology import Schedule, Topology, make_schedule
@@ -192,13 +192,19 @@ def neighbour_sum(x, topology: Topology, axis_name: str = WORKERS, step: int = 0
 
 def group_mean(x, group_size: int, axis_name: str = WORKERS):
     """Mean within consecutive groups of ``group_size`` workers (workers ``[k·g, (k+1)·g)``):
-    ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured)."""
+    ``g − 1`` ppermutes (the block-diagonal averaging matrix, edge-coloured); on a two-level
+    ``(nodes, local)`` mesh whose nodes are the groups, one all-reduce inside each node
+    (``2(g−1)/g · M`` per worker instead of ``(g−1) · M``)."""
     n = axis_size(axis_name)
     checks.positive_int("group_size", group_size)
     if n % group_size:
         raise checks.InvalidArgument("group_size", f"must divide the {n} workers, got {group_size}")
     if group_size == n:
         return varying(mean(x, axis_name), axis_name)
+    two_level = levels(axis_name)
+    if two_level is not None and jax.lax.axis_size(two_level[1]) == group_size:
+        clock.group_barrier("all-reduce", clock.tree_bytes(x), group_size, axis_name)
+        return jax.lax.pmean(x, two_level[1])
     block = np.kron(np.eye(n // group_size), np.full((group_size, group_size), 1.0 / group_size))
     return _apply(make_schedule(block), x, axis_name, lambda v: v)
 

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo import checks
+from jdo._axis import LOCAL, NODES
+from jdo._logical import levels
 from jdo.system import clock
-
-NODES, LOCAL = "nodes", "local"
 
 
 def _axes(axis_name) -> tuple[str, str]:
+    if isinstance(axis_name, str) and levels(axis_name) is not None:
+        return levels(axis_name)  # the worker axis of the two-level shard_map lifting
     if (
         not isinstance(axis_name, tuple | list)
         or len(axis_name) != 2
@@ -35,7 +37,8 @@ def _axes(axis_name) -> tuple[str, str]:
         raise checks.InvalidArgument(
             "axis_name",
             "must name the two levels (nodes, local) of a 2-D worker mesh, e.g. "
-            f"('nodes', 'local'), got {axis_name!r}",
+            "('nodes', 'local'), or be the worker axis of the shard_map lifting on one "
+            f"(lifting=shard_map lifting.nodes=m), got {axis_name!r}",
         )
     return axis_name[0], axis_name[1]
 
@@ -54,13 +57,19 @@ def hierarchical_sum(x, axis_name=(NODES, LOCAL)):
     """``Σ_j x_j`` over all workers of the 2-D axis ``axis_name = (nodes, local)`` by the
     hierarchical all-reduce (module docstring): reduce-scatter inside the node, all-reduce
     across nodes, all-gather inside the node. Each leaf travels flattened (padded to a
-    multiple of the node size)."""
+    multiple of the node size). ``axis_name`` may also be the worker axis of the two-level
+    shard_map lifting (``lifting.nodes=m``), whose levels are then used, and whose clock
+    prices one all-reduce as its cluster's ``collective`` does (``hierarchical``: these
+    three phases on the intra- and inter-node links)."""
     nodes, local = _axes(axis_name)
     k = jax.lax.axis_size(local)
     nbytes = clock.tree_bytes(x)
-    clock.barrier("reduce-scatter", nbytes, local)
-    clock.barrier("all-reduce", -(-nbytes // k), nodes)
-    clock.barrier("all-gather", nbytes, local)
+    if isinstance(axis_name, str):
+        clock.barrier("all-reduce", nbytes, axis_name)
+    else:
+        clock.barrier("reduce-scatter", nbytes, local)
+        clock.barrier("all-reduce", -(-nbytes // k), nodes)
+        clock.barrier("all-gather", nbytes, local)
     return jax.tree.map(lambda a: _leaf_sum(a, nodes, local, k), x)
 
 
@@ -74,11 +83,12 @@ def hierarchical_mean(x, axis_name=(NODES, LOCAL)):
       x: this worker's pytree.
       axis_name: ``(nodes, local)``: the axis across nodes (m) and the one inside a node (k),
         e.g. the two axes of ``jax.make_mesh((m, k), ("nodes", "local"))`` under
-        ``jax.shard_map``, or two nested ``jax.vmap`` axes.
+        ``jax.shard_map``, or two nested ``jax.vmap`` axes; or the worker axis (``"workers"``)
+        of the shard_map lifting on a two-level mesh (``jdo.train.make_mesh(W, nodes=m)``).
     """
     nodes, local = _axes(axis_name)
     n = jax.lax.axis_size(nodes) * jax.lax.axis_size(local)
-    return jax.tree.map(lambda a: a / n, hierarchical_sum(x, (nodes, local)))
+    return jax.tree.map(lambda a: a / n, hierarchical_sum(x, axis_name))
 
 
 def hierarchical_bytes(nbytes: float, nodes: int, local: int) -> dict[str, float]:

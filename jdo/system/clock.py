@@ -269,6 +269,26 @@ def barrier(kind: str, nbytes: int, axis_name: str = WORKERS, wait_for: int | No
     clock.ready = add(start, cost)
 
 
+def group_barrier(kind: str, nbytes: int, group_size: int, axis_name: str = WORKERS) -> None:
+    """A barrier collective of ``kind`` moving ``nbytes`` inside each group of ``group_size``
+    consecutive workers (workers ``[g·k, (g+1)·k)``, e.g. the workers of one node): every
+    clock of a group becomes the group's latest plus the collective's time over
+    ``group_size`` workers (on the intra-node link when the group lies inside a node). Does
+    nothing when no clock runs."""
+    clock = _on(axis_name)
+    if clock is None or group_size == 1:
+        return
+    cost = jnp.float32(clock.cluster.collective_time(kind, nbytes, group_size))
+    hi, lo = _gathered(clock.ready, axis_name)
+    group = axis_index(axis_name) // group_size
+    hi, lo = hi.reshape(-1, group_size)[group], lo.reshape(-1, group_size)[group]
+    last = jnp.lexsort((lo, hi))[-1]
+    start = Time(hi[last], lo[last])
+    clock.wait = clock.wait + diff(start, clock.ready)
+    clock.comm = clock.comm + cost
+    clock.ready = add(start, cost)
+
+
 def _gathered(t: Time, axis_name: str) -> tuple[jax.Array, jax.Array]:
     both = gather_workers(jnp.stack([t.hi, t.lo]), axis_name)  # [W, 2]
     return both[:, 0], both[:, 1]

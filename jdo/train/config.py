@@ -205,6 +205,12 @@ def validate(cfg: Mapping) -> None:
             f"{jax.device_count()} (devices available: {jax.device_count()}), got {workers}; "
             "use lifting=vmap to simulate more workers",
         )
+    if lifting.name == "shard_map" and workers % lifting.nodes:
+        raise ConfigError(
+            "lifting.nodes",
+            f"splits the {workers} workers (one per device) into nodes of equal size: it must "
+            f"divide workers, got {lifting.nodes}",
+        )
     known_keys(cfg, "trainer", TRAINER_KEYS)
     steps = positive_int(cfg, "trainer.steps")
     positive_int(cfg, "trainer.batch_size", allow_none=True)

@@ -93,6 +93,7 @@ class FitOptions:
     devices: int = 1
     chunk: int | None = None  # vmap: per-worker compute this many workers at a time
     map: str = "vmap"  # vmap: per-worker compute by vmap | scan | auto (jdo.worker_map)
+    nodes: int = 1  # shard_map: a two-level (nodes, local) mesh of nodes x workers/nodes
     log_every: int = 50
     eval_every: int = 250
     eval_batch_size: int = 1024
@@ -196,7 +197,9 @@ def fit(exp: Experiment, **options) -> dict[str, Any]:
 
     ``lifting="vmap"`` with ``devices > 1`` spreads the worker axis over that many devices;
     ``lifting="hybrid"`` puts ``workers / devices`` on each (shard_map × vmap, collectives
-    lowered to what crosses devices; ``bytes/step_device`` in the records).
+    lowered to what crosses devices; ``bytes/step_device`` in the records);
+    ``lifting="shard_map"`` with ``nodes=m > 1`` runs on a two-level ``(nodes, local)``
+    mesh (:func:`jdo.train.make_mesh`).
     ``chunk``/``map`` evaluate the step's per-worker compute ``chunk`` workers at a time or
     one by one (``map="scan"``; :mod:`jdo.worker_map`).
     ``init="per_worker"``: each worker initialises its own params from
@@ -247,6 +250,7 @@ def _program(exp: Experiment, opts: FitOptions) -> Run:
         check_state=opts.nonfinite == "stop",
         chunk=opts.chunk,
         map=opts.map,
+        nodes=opts.nodes,
     )
     data = place(tuple(exp.data), program.per_worker) if exp.data is not None else ()
     init_key, key = jax.random.split(jax.random.key(opts.seed))

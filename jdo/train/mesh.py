@@ -8,12 +8,14 @@ import jax
 from jax.sharding import AxisType, Mesh
 
 from jdo import checks
-from jdo._axis import WORKERS
+from jdo._axis import LOCAL, NODES, WORKERS
 from jdo.worker_map import WorkerMap
 
 
-def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
-    """A 1-D mesh of ``num_workers`` devices (the first ones), one worker per device.
+def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None, nodes: int = 1) -> Mesh:
+    """A mesh of ``num_workers`` devices (the first ones), one worker per device: 1-D with axis
+    ``axis_name``, or with ``nodes=m`` (m > 1) two-level, ``(nodes, local)`` of shape
+    ``(m, num_workers / m)`` (worker ``node·k + local``; :func:`jdo.lifting.shard_map_workers`).
 
     Axis type Auto, so a jitted ``shard_map`` also accepts inputs that are not yet sharded.
     """
@@ -23,9 +25,17 @@ def make_mesh(num_workers: int, axis_name: str = WORKERS, devices=None) -> Mesh:
             f"the shard_map lifting puts one worker per device: workers={num_workers} needs "
             f"1..{len(devices)} (devices available: {len(devices)}); use lifting=vmap instead"
         )
-    return jax.make_mesh(
-        (num_workers,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices[:num_workers]
-    )
+    checks.positive_int("nodes", nodes)
+    if nodes == 1:
+        shape, names = (num_workers,), (axis_name,)
+    elif num_workers % nodes:
+        raise checks.InvalidArgument(
+            "nodes", f"must divide the {num_workers} workers (one per device), got {nodes}"
+        )
+    else:
+        shape, names = (nodes, num_workers // nodes), (NODES, LOCAL)
+    types = (AxisType.Auto,) * len(shape)
+    return jax.make_mesh(shape, names, axis_types=types, devices=devices[:num_workers])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +44,14 @@ class Lifting:
     ``devices`` devices, ``workers / devices`` per device), ``"shard_map"`` (one worker per
     device) or ``"hybrid"`` (``workers / devices`` per device, shard_map × vmap). ``chunk`` and
     ``map``: how the vmap lifting evaluates the per-worker compute
-    (:class:`jdo.worker_map.WorkerMap`)."""
+    (:class:`jdo.worker_map.WorkerMap`). ``nodes``: the shard_map lifting's two-level mesh
+    (m nodes × W/m devices; 1: a 1-D mesh)."""
 
     name: str
     devices: int = 1
     chunk: int | None = None
     map: str = "vmap"
+    nodes: int = 1
 
 
 def vmap_lifting(devices: int = 1, chunk: int | None = None, map: str = "vmap") -> Lifting:  # noqa: A002
@@ -57,9 +69,12 @@ def vmap_lifting(devices: int = 1, chunk: int | None = None, map: str = "vmap") 
     return Lifting("vmap", devices, chunk, map)
 
 
-def shard_map_lifting() -> Lifting:
-    """One worker per device with ``jax.shard_map`` (config: lifting=shard_map)."""
-    return Lifting("shard_map", 1)
+def shard_map_lifting(nodes: int = 1) -> Lifting:
+    """One worker per device with ``jax.shard_map`` (config: lifting=shard_map); with
+    ``nodes=m > 1`` on a two-level ``(nodes, local)`` mesh of m nodes × W/m devices, where
+    :func:`jdo.comm.hierarchical_mean` (and ``hierarchical_local_sgd``) use the levels
+    (config: lifting=shard_map lifting.nodes=m)."""
+    return Lifting("shard_map", 1, nodes=checks.positive_int("nodes", nodes))
 
 
 def hybrid_lifting(devices: int = 1) -> Lifting:

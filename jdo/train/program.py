@@ -24,10 +24,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jdo import comm, system
-from jdo._axis import WORKERS
 from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
-from jdo.lifting import lift
+from jdo.lifting import lift, worker_spec
 from jdo.system.clock import unwrap
 from jdo.train.config import ConfigError
 from jdo.train.evaluate import make_evaluate
@@ -37,11 +36,11 @@ from jdo.train.mesh import make_mesh
 from jdo.worker_map import NoPerWorkerCompute
 
 
-def worker_mesh(workers: int, lifting: str, devices: int) -> Mesh:
-    """shard_map: one worker per device; vmap, hybrid: the worker axis spread over
-    ``devices``."""
+def worker_mesh(workers: int, lifting: str, devices: int, nodes: int = 1) -> Mesh:
+    """shard_map: one worker per device (two-level, ``(nodes, local)``, with ``nodes > 1``);
+    vmap, hybrid: the worker axis spread over ``devices``."""
     if lifting == "shard_map":
-        return make_mesh(workers)
+        return make_mesh(workers, nodes=nodes)
     if workers % devices or devices > jax.device_count():
         raise ValueError(
             f"the {lifting} lifting spreads workers={workers} over devices={devices}: devices "
@@ -80,7 +79,7 @@ def worker_chunk(
     def chunk(state, data, key, step0, n):
         buffers = jax.tree.map(lambda s: jnp.zeros((length, *s.shape), s.dtype), metric_shapes)
         if varying:
-            buffers = jax.lax.pcast(buffers, WORKERS, to="varying")
+            buffers = comm.varying(buffers)
 
         def body(i, carry):
             state, buffers = carry
@@ -207,12 +206,14 @@ def make_program(
     check_state: bool,
     chunk: int | None = None,
     map: str = "vmap",  # noqa: A002 - lifting.map
+    nodes: int = 1,
 ) -> Program:
     """Lifts and jits ``algo`` (already wrapped) for ``workers`` workers; nothing compiles
     yet (see :func:`compile_program`). ``chunk``, ``map``: how the vmap lifting evaluates
-    the step's per-worker compute (:mod:`jdo.worker_map`; init and evaluation: plain)."""
-    mesh = worker_mesh(workers, lifting, devices)
-    per_worker, replicated = NamedSharding(mesh, P(WORKERS)), NamedSharding(mesh, P())
+    the step's per-worker compute (:mod:`jdo.worker_map`; init and evaluation: plain).
+    ``nodes``: the shard_map lifting's two-level mesh."""
+    mesh = worker_mesh(workers, lifting, devices, nodes)
+    per_worker, replicated = NamedSharding(mesh, worker_spec(mesh)), NamedSharding(mesh, P())
     lift_ = functools.partial(lift, lifting=lifting, mesh=mesh if lifting != "vmap" else None)
     step = functools.partial(worker_step, algo, batch_size)
     stacked_step = lift_(step, in_axes=(0, 0, None, None))

@@ -127,6 +127,7 @@ def run(
         devices=lifting.devices,
         chunk=lifting.chunk,
         map=lifting.map,
+        nodes=lifting.nodes,
         log_every=trainer["log_every"],
         eval_every=trainer["eval_every"],
         eval_batch_size=trainer["eval_batch_size"],

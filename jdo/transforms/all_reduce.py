@@ -68,7 +68,8 @@ def all_reduce(
         (a run with ``cluster=...``); ``op="mean"``, no ``faults``.
       hierarchical: the hierarchical all-reduce over a two-level worker axis (Horovod, NCCL;
         :func:`jdo.comm.hierarchical_mean`): ``axis_name`` is then ``(nodes, local)``, e.g.
-        ``("nodes", "local")`` of a 2-D mesh; reduce-scatter inside the node, all-reduce
+        ``("nodes", "local")`` of a 2-D mesh, or the worker axis of the shard_map lifting on
+        a two-level mesh (``lifting.nodes=m``); reduce-scatter inside the node, all-reduce
         across nodes, all-gather inside the node (same result; no ``faults``, no backups).
 
     Returns:
@@ -86,12 +87,14 @@ def all_reduce(
             raise checks.InvalidArgument(
                 "hierarchical", "does not combine with faults or backup_workers"
             )
-        if not isinstance(axis_name, tuple | list) or len(axis_name) != 2:
+        if isinstance(axis_name, tuple | list) and len(axis_name) == 2:
+            axis_name = tuple(axis_name)
+        elif not isinstance(axis_name, str):
             raise checks.InvalidArgument(
                 "axis_name",
-                f"must be the pair (nodes, local) with hierarchical=True, got {axis_name!r}",
+                "must be the pair (nodes, local), or the worker axis of a two-level mesh, "
+                f"with hierarchical=True, got {axis_name!r}",
             )
-        axis_name = tuple(axis_name)
     if faults is not None:
         return _all_reduce_with_faults(axis_name, op, faults)
     reduce = collectives.mean if op == "mean" else collectives.sum

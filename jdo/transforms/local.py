@@ -10,9 +10,11 @@ import optax
 
 from jdo import checks
 from jdo._axis import WORKERS
+from jdo._logical import levels
 from jdo.comm.collectives import mean, varying
 from jdo.comm.control import cond, switch
 from jdo.comm.gossip import group_mean
+from jdo.comm.hierarchical import hierarchical_mean
 
 
 class LocalSGDState(NamedTuple):
@@ -41,6 +43,8 @@ def _averaging(
         else:
             branch = jnp.where(done % every == 0, 2, jnp.where(done % group_every == 0, 1, 0))
             in_group = lambda x: group_mean(x, group_size, axis_name)
+            if levels(axis_name) is not None:  # a two-level mesh: the hierarchical all-reduce
+                average = lambda x: hierarchical_mean(x, axis_name)
             new = switch(branch, [keep, in_group, average], local)
         updates = jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new, params)
         return updates, LocalSGDState(state.count + 1)
@@ -68,10 +72,21 @@ def local_sgd(every: int, *, start: int = 0, axis_name: str = WORKERS):
 def hierarchical_local_sgd(
     group_size: int, group_every: int, every: int, *, axis_name: str = WORKERS
 ) -> optax.GradientTransformation:
-    """Two-level local SGD (as in PyTorch's hierarchical model averaging): workers average
+    r"""Two-level local SGD (as in PyTorch's hierarchical model averaging; Lin et al. 2020,
+    "Don't Use Large Mini-Batches, Use Local SGD", hierarchical local SGD): workers average
     within groups of ``group_size`` consecutive workers every ``group_every`` steps (e.g. GPUs
     of one node), and all together every ``every`` steps (``every`` a multiple of
-    ``group_every``)."""
+    ``group_every``):
+
+    .. math:: x_i \leftarrow x_i + u_i; \quad \text{after steps } H_g, 2H_g, \dots:\;
+              x_i \leftarrow \tfrac1g \textstyle\sum_{j \in G(i)} x_j; \quad
+              \text{after } H, 2H, \dots:\; x_i \leftarrow \tfrac1W \textstyle\sum_j x_j.
+
+    On the shard_map lifting's two-level ``(nodes, local)`` mesh with nodes of
+    ``group_size`` (``lifting.nodes=W/group_size``) the group mean is one all-reduce inside
+    the node and the global one the hierarchical all-reduce
+    (:func:`jdo.comm.hierarchical_mean`); elsewhere the group mean is ``g − 1`` ppermutes.
+    """
     checks.positive_int("group_size", group_size)
     checks.positive_int("group_every", group_every)
     checks.positive_int("every", every)

@@ -1,0 +1,190 @@
+"""The shard_map lifting on a two-level (nodes, local) mesh: equal to vmap, hierarchical
+collectives where the algorithm asks for them (checked in the compiled HLO), the clock of a
+node's all-reduce, the runner and its config."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jdo
+from jdo import comm, system
+from jdo.system import Cluster, Link, clock
+from jdo.train import make_mesh, run
+from tests.conftest import compose_cfg
+from tests.test_hybrid import assert_equal, problem, train_steps
+
+W = 8
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2x4", "4x2"])
+def mesh2(request):
+    return make_mesh(W, nodes=request.param)
+
+
+def test_make_mesh_names_the_levels():
+    mesh = make_mesh(W, nodes=2)
+    assert mesh.axis_names == ("nodes", "local") and dict(mesh.shape) == {"nodes": 2, "local": 4}
+    with pytest.raises(jdo.checks.InvalidArgument, match="nodes: must divide the 8 workers"):
+        make_mesh(W, nodes=3)
+
+
+@pytest.mark.parametrize("name", ["allreduce_sgd", "dpsgd_ring", "dpsgd_one_peer", "choco_sgd"])
+def test_two_level_shard_map_equals_vmap(name, mesh2):
+    assert_equal(train_steps(name, W, "vmap", None), train_steps(name, W, "shard_map", mesh2))
+
+
+def _hierarchical_local_sgd(group_size):
+    loss_fn, params, batch = problem(W)
+    algo = jdo.algorithms.local_sgd(
+        loss_fn, optax.sgd(0.1), every=4, group_size=group_size, group_every=2
+    )
+    return algo, params, batch
+
+
+def _run_local_sgd(group_size, lifting, mesh, steps=8):
+    algo, params, batch = _hierarchical_local_sgd(group_size)
+    lift = functools.partial(jdo.lift, lifting=lifting, mesh=mesh)
+    init, step = lift(algo.init, in_axes=(None, 0)), lift(algo.step, in_axes=(0, 0, None))
+
+    @jax.jit
+    def run(params, keys, batch):
+        body = lambda s, t: (step(s, batch, jax.random.key(t))[0], None)
+        state, _ = jax.lax.scan(body, init(params, keys), jnp.arange(steps))
+        return algo.params(state)
+
+    return run(params, jax.random.split(jax.random.key(1), W), batch)
+
+
+def _local_sgd_reference(group_size, steps=8):
+    """numpy: SGD per worker on the softmax regression, group means every 2 steps, the global
+    mean every 4."""
+    loss_fn, params, batch = problem(W)
+    grad = jax.jit(jax.vmap(jax.grad(lambda p, b: loss_fn(p, b, None)[0])))
+    w = np.broadcast_to(np.asarray(params["w"]), (W, *params["w"].shape)).copy()
+    for t in range(1, steps + 1):
+        w = w - 0.1 * np.asarray(grad({"w": jnp.asarray(w)}, batch)["w"])
+        if t % 4 == 0:
+            w[:] = w.mean(0)
+        elif t % 2 == 0:
+            groups = w.reshape(W // group_size, group_size, *w.shape[1:])
+            w = np.repeat(groups.mean(1), group_size, axis=0)
+    return w
+
+
+def test_hierarchical_local_sgd_equals_numpy_on_every_lifting(mesh2):
+    """Nodes of k = the group: the group mean is one all-reduce inside the node, the global
+    mean the hierarchical all-reduce; the same numbers as vmap (ppermutes) and numpy."""
+    k = W // int(mesh2.shape["nodes"])
+    expected = _local_sgd_reference(k)
+    for lifting, mesh in (("vmap", None), ("shard_map", mesh2), ("shard_map", make_mesh(W))):
+        got = np.asarray(_run_local_sgd(k, lifting, mesh)["w"])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=lifting)
+
+
+def _levels_of(hlo, mesh):
+    """Per collective kind: the wire bytes inside nodes and across, from compiled HLO."""
+    node_of = {int(d.id): n for n, row in enumerate(np.asarray(mesh.devices)) for d in row}
+    out = {}
+    for op in comm.hlo_collective_ops(hlo):
+        groups = op.groups or [list(node_of)]
+        inside = all(len({node_of[i] for pair in [g] for i in pair}) == 1 for g in groups)
+        key = (op.kind, "inside" if inside else "across")
+        out[key] = out.get(key, 0.0) + system.wire_bytes(op) * op.count
+    return out
+
+
+def test_hierarchical_local_sgd_compiles_to_node_collectives():
+    """2 nodes of 4: no collective-permute; the group mean is an all-reduce inside each node
+    (2(k−1)/k·M), the global mean reduce-scatter + all-gather inside and an all-reduce of
+    M/k across (conditionals counted at their most expensive branch)."""
+    mesh = make_mesh(W, nodes=2)
+    algo, params, batch = _hierarchical_local_sgd(4)
+    lift = functools.partial(jdo.lift, lifting="shard_map", mesh=mesh)
+    state = jax.jit(lift(algo.init, in_axes=(None, 0)))(
+        params, jax.random.split(jax.random.key(1), W)
+    )
+    step = jax.jit(lift(algo.step, in_axes=(0, 0, None)))
+    hlo = step.lower(state, batch, jax.random.key(0)).compile().as_text()
+    levels = _levels_of(hlo, mesh)
+    m = 4 * 8 * 3  # the float32 [8, 3] weight
+    assert not any(kind == "collective-permute" for kind, _ in levels), levels
+    assert not any(where == "across" and kind != "all-reduce" for kind, where in levels), levels
+    inside = sum(v for (kind, where), v in levels.items() if where == "inside")
+    across = sum(v for (kind, where), v in levels.items() if where == "across")
+    # group all-reduce (2·3/4·M) + reduce-scatter and all-gather (2·3/4·M; M padded to k)
+    assert inside == pytest.approx(2 * (2 * 3 / 4 * m)), levels
+    assert across == pytest.approx(2 * 1 / 2 * m / 4), levels
+    assert comm.hierarchical_bytes(m, 2, 4) == {"inside": 2 * 3 / 4 * m, "across": m / 4}
+
+
+def test_hierarchical_mean_on_the_worker_axis_and_raw_lax_fails(mesh2):
+    xs = np.random.default_rng(0).normal(size=(W, 7)).astype(np.float32)
+    for fn in (comm.hierarchical_mean, comm.mean):
+        out = jax.jit(jdo.lift(fn, "shard_map", mesh=mesh2))(xs)
+        np.testing.assert_allclose(out, np.broadcast_to(xs.mean(0), xs.shape), rtol=1e-6)
+    index = jax.jit(jdo.lift(lambda x: comm.worker_index() + 0 * x[0], "shard_map", mesh=mesh2))
+    np.testing.assert_array_equal(index(xs), np.arange(W))
+    flat = jdo.lift(comm.hierarchical_mean, "shard_map", mesh=make_mesh(W))
+    with pytest.raises(jdo.checks.InvalidArgument, match="lifting.nodes=m"):
+        jax.jit(flat)(xs)
+
+
+INTRA, INTER = Link(2e-4, 2e5), Link(1e-3, 1e4)
+
+
+def test_a_nodes_all_reduce_waits_for_its_node_only(mesh2):
+    """clock.group_barrier: every clock of a node becomes the node's latest plus an all-reduce
+    over its k workers on the intra-node link (ring: 2(k−1)α + 2(k−1)/k·S/B); vmap and the
+    two-level mesh alike."""
+    k = W // int(mesh2.shape["nodes"])
+    cluster = Cluster(workers_per_node=k, nodes=W // k, intra=INTRA, inter=INTER)
+    base = 0.01 * (1 + np.arange(W))
+    step = clock.clocked(lambda v: comm.group_mean(v, k), cluster)
+    values = np.arange(W * 4, dtype=np.float32).reshape(W, 4)
+    expected_t = np.zeros(W)
+    cost = 2 * (k - 1) * INTRA.latency_s + 2 * (k - 1) / k * 16 / INTRA.bandwidth_Bps
+    for _ in range(3):
+        ready = expected_t + base
+        expected_t = np.repeat(ready.reshape(-1, k).max(1), k) + cost
+    for lifting, mesh in (("vmap", None), ("shard_map", mesh2)):
+        lifted = jax.jit(jdo.lift(step, lifting, mesh=mesh, in_axes=(0, 0)))
+        state = jax.jit(
+            jdo.lift(
+                lambda _: clock.start(jnp.asarray(base)[comm.worker_index()]), lifting, mesh=mesh
+            )
+        )(jnp.arange(W))
+        for _ in range(3):
+            out, state = lifted(state, jnp.asarray(values))
+        groups = values.reshape(-1, k, 4).mean(1)
+        np.testing.assert_allclose(np.asarray(out), np.repeat(groups, k, 0), rtol=1e-6)
+        np.testing.assert_allclose(clock.seconds(state.now), expected_t, rtol=1e-6, err_msg=lifting)
+
+
+def test_runner_two_level_equals_vmap_and_counts_node_bytes(tmp_path):
+    common = (
+        "task=logistic",
+        "workers=8",
+        "algorithm=local_sgd",
+        "algorithm.every=4",
+        "algorithm.group_size=4",
+        "algorithm.group_every=2",
+        "trainer.steps=8",
+        "trainer.log_every=4",
+        "trainer.eval_every=8",
+        "trainer.progress=false",
+        "checkpoint=none",
+    )
+    two = run(compose_cfg(*common, "lifting=shard_map", "lifting.nodes=2"), str(tmp_path / "2"))
+    flat = run(compose_cfg(*common, "lifting=vmap"), str(tmp_path / "v"))
+    assert_equal(*(jax.device_get(s["state"].params) for s in (two, flat)))
+    # the group mean as a node all-reduce: 2(k-1)/k M instead of (k-1) M
+    assert two["bytes/step"] < flat["bytes/step"]
+
+
+def test_a_bad_nodes_value_names_its_key():
+    with pytest.raises(jdo.train.ConfigError, match="lifting.nodes"):
+        jdo.train.validate(compose_cfg("workers=8", "lifting=shard_map", "lifting.nodes=3"))
