@@ -1,11 +1,32 @@
-"""Test set-up: 8 simulated CPU devices, set before JAX starts."""
+"""Test set-up: 8 simulated CPU devices and one compilation cache, set before JAX starts."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent XLA compilation cache per test session, made by the first process (pytest, or
+# xdist's controller, whose environment its workers and their CLI subprocesses inherit) and
+# removed at its end: a program another test already compiled (the same config under another
+# option, a resumed run, a README command) is loaded instead of compiled again. What runs is
+# the same program; the cache starts empty every session. Multi-process runs keep none
+# (tests/train/test_reliability.py).
+CACHE_VARS = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="jdo-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 import jax
 import pytest

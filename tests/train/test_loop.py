@@ -62,7 +62,10 @@ def test_logged_throughput_is_the_runs_throughput(lsq, tmp_path):
     np.testing.assert_allclose(summary["steps_per_s"], 400 / seconds, rtol=1e-9)
     assert summary["train_s"] + summary["eval_s"] <= summary["wall_s"]
     assert all("time/eval_s" in x for x in lines if "consensus" in x)
-    assert max(x["steps_per_s"] for x in lines[1:]) < 20 * summary["steps_per_s"]
+    # no interval looks near-instant (timed by a later call's completion); against the median,
+    # since one interval stalled by a loaded machine drags the mean down (seen at 26x)
+    rates = [x["steps_per_s"] for x in lines[1:]]
+    assert max(rates) < 20 * float(np.median(rates)), rates
 
 
 def test_later_calls_neither_trace_nor_compile_again(lsq):
