@@ -93,7 +93,10 @@ def shard_map_workers(
         mapped = jax.shard_map(
             block, mesh=mesh, in_specs=in_specs, out_specs=spec, check_vma=two_level is None
         )
-        return mapped(*args)
+        if two_level is None:
+            return mapped(*args)
+        levels = f"the mesh axes {two_level.axes}"
+        return _calling(mapped, args, axis_name, "the two-level shard_map lifting", levels)
 
     return lifted
 
@@ -154,18 +157,24 @@ def hybrid_workers(fn: Callable, mesh, in_axes: InAxes = 0, axis_name: str = WOR
         mapped = jax.shard_map(
             block, mesh=device_mesh, in_specs=in_specs, out_specs=P(device_axis), check_vma=False
         )
-        try:
-            return mapped(*args)
-        except NameError as err:
-            if f"unbound axis name: {axis_name}" not in str(err):
-                raise
-            raise NameError(
-                f"lifting='hybrid' realises the {axis_name!r} axis as (devices, local): call "
-                f"jdo.comm's collectives (jdo.comm.mean, sum, all_gather, mix, worker_index, ...)"
-                f" instead of jax.lax collectives on {axis_name!r}"
-            ) from None
+        return _calling(mapped, args, axis_name, "lifting='hybrid'", "(devices, local)")
 
     return lifted
+
+
+def _calling(mapped: Callable, args, axis_name: str, lifting: str, axes: str):
+    """``mapped(*args)``, a raw ``jax.lax`` collective on the logical ``axis_name`` (bound by
+    no map) turned into one line naming :mod:`jdo.comm`."""
+    try:
+        return mapped(*args)
+    except NameError as err:
+        if f"unbound axis name: {axis_name}" not in str(err):
+            raise
+        raise NameError(
+            f"{lifting} realises the {axis_name!r} axis as {axes}: call jdo.comm's collectives "
+            f"(jdo.comm.mean, sum, all_gather, mix, worker_index, ...) instead of jax.lax "
+            f"collectives on {axis_name!r}"
+        ) from None
 
 
 def lift(

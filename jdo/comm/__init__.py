@@ -25,6 +25,7 @@ from jdo.comm.cost import (
     hlo_collective_ops,
     hlo_num_devices,
     worker_bytes,
+    worker_hlo,
     worker_ops,
 )
 from jdo.comm.gossip import (
@@ -81,6 +82,7 @@ __all__ = [
     "switch",
     "varying",
     "worker_bytes",
+    "worker_hlo",
     "worker_ops",
     "worker_index",
 ]

@@ -449,5 +449,21 @@ def worker_ops(
     """The collective operations of one call of the per-worker ``fn`` with one worker per
     device, lowered as :func:`worker_bytes` lowers it (no device needed); ``nodes > 1``: on
     a two-level ``(nodes, local)`` mesh (:func:`jdo.lifting.shard_map_workers`)."""
-    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes)
+    hlo = worker_hlo(
+        fn, num_workers, *args, in_axes=in_axes, axis_name=axis_name, platform=platform, nodes=nodes
+    )
     return hlo_collective_ops(hlo, conditionals, num_devices=num_workers)
+
+
+def worker_hlo(
+    fn: Callable,
+    num_workers: int,
+    *args,
+    in_axes: InAxes = 0,
+    axis_name: str = WORKERS,
+    platform: str = "cpu",
+    nodes: int = 1,
+) -> str:
+    """The HLO text :func:`worker_ops` reads (lower once, read it with
+    :func:`hlo_collective_ops` under several ``conditionals``)."""
+    return _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes)

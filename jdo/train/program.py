@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jdo import comm, system
+from jdo._axis import NODES
 from jdo.algorithms import Algorithm
 from jdo.data import sample_batch
 from jdo.lifting import lift, worker_spec
@@ -47,6 +48,11 @@ def worker_mesh(workers: int, lifting: str, devices: int, nodes: int = 1) -> Mes
             f"must divide workers and be <= {jax.device_count()}"
         )
     return make_mesh(devices)
+
+
+def mesh_nodes(mesh: Mesh) -> int:
+    """The nodes of a two-level ``(nodes, local)`` worker mesh; 1 for a 1-D one."""
+    return int(mesh.shape[NODES]) if NODES in mesh.axis_names else 1
 
 
 def place(tree, sharding):
@@ -274,7 +280,7 @@ def compile_program(
         raise ConfigError("lifting", str(e)) from None
     if program.cohort_size is not None:  # a participant's traffic, among the S of its round
         algo, workers = algo._replace(step=algo.cohort.step), program.cohort_size
-    ops = lambda conditionals: comm.worker_ops(
+    hlo = comm.worker_hlo(  # lowered once, read for both bounds
         functools.partial(worker_step, algo, batch_size),
         workers,
         _one_worker(unwrap(state)),  # the algorithm's own state: the clock is not traffic
@@ -283,8 +289,9 @@ def compile_program(
         step0,
         in_axes=(0, 0, None, None),
         platform=jax.default_backend(),
-        conditionals=conditionals,
+        nodes=mesh_nodes(program.mesh) if program.cohort_size is None else 1,
     )
+    ops = lambda conditionals: comm.hlo_collective_ops(hlo, conditionals, num_devices=workers)
     wire, payload = step_traffic(ops("max"), cluster)
     quiet, _ = step_traffic(ops("min"), cluster)
     evaluate = make_state_evaluate(exp, program, eval_batch_size)

@@ -78,7 +78,10 @@ def test_all_reduce_transform_hierarchical_equals_flat(mesh2d):
 
 def test_bad_axes_are_refused():
     with pytest.raises(checks.InvalidArgument, match="axis_name"):
-        jdo.transforms.all_reduce(hierarchical=True)  # the 1-D "workers" axis
+        jdo.transforms.all_reduce(("nodes", "local", "x"), hierarchical=True)
+    tx = jdo.transforms.all_reduce(hierarchical=True)  # "workers": levels only on a 2-D mesh
+    with pytest.raises(checks.InvalidArgument, match="lifting.nodes=m"):
+        jax.vmap(lambda g: tx.update(g, tx.init(g))[0], axis_name="workers")(jnp.ones(4))
     with pytest.raises(checks.InvalidArgument, match="hierarchical"):
         jdo.transforms.all_reduce(AXES, hierarchical=True, backup_workers=1)
     with pytest.raises(checks.InvalidArgument, match="axis_name"):
