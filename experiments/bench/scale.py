@@ -9,9 +9,13 @@ linear model on ``task=logistic``, 16 features) and the digits MLP's architectur
 128 → output, on ``task=logistic`` with 64 features: digits has only 1,348 training images,
 too few for 4,096 workers) — under all-reduce SGD and D-PSGD on a ring, SGD, batch 32 per
 worker, 8 samples per worker; lifted by plain ``vmap`` and by ``vmap`` with
-``lifting.chunk=256`` (the per-worker gradients 256 workers at a time). Reported: ms per step,
+``lifting.chunk=256`` (the per-worker gradients 256 workers at a time), by the hybrid lifting on
+the 8 simulated devices (W/8 workers per device; ``--no-hybrid`` leaves it out) and, at W = 8,
+by ``shard_map`` (one worker per device). The 8 devices share this machine's cores, so the
+hybrid rows show what the lifting's own collectives cost, not a speed-up. Reported: ms per step,
 µs per worker-step, and the compiled program's memory (``memory_analysis``: arguments +
-temporaries, the XLA estimate of the peak; the state itself is W × params).
+temporaries, the XLA estimate of the peak, per device for the hybrid rows; the state itself
+is W × params).
 
 **Sampled FedAvg** (``--part fedavg``): 1,024 clients of the MLP, 10 % sampled per round of
 4 local steps: the cohort computed alone (``Algorithm.cohort``: gather, step, scatter) against
@@ -45,6 +49,8 @@ MODELS = {
 ALGORITHMS = {"allreduce_sgd": ("algorithm=allreduce_sgd",), "dpsgd ring": ("algorithm=dpsgd",)}
 COMMON = ("optimizer=sgd", "optimizer.learning_rate=0.05", "trainer.batch_size=32")
 CHUNK = 256
+DEVICES = 8  # the simulated CPU devices of the hybrid and shard_map rows
+HYBRID = ("lifting=hybrid", f"lifting.devices={DEVICES}")
 
 
 def _cfg(model: str, workers: int, *extra: str):
@@ -57,7 +63,9 @@ def _memory_mb(compiled) -> float:
     return (m.argument_size_in_bytes + m.temp_size_in_bytes) / 1e6
 
 
-def scale_rows(workers, k: int, rounds: int, models=tuple(MODELS)) -> list[dict]:
+def scale_rows(
+    workers, k: int, rounds: int, models=tuple(MODELS), hybrid: bool = True
+) -> list[dict]:
     rows = []
     for model in models:
         for algorithm, algo_overrides in ALGORITHMS.items():
@@ -65,6 +73,10 @@ def scale_rows(workers, k: int, rounds: int, models=tuple(MODELS)) -> list[dict]
                 variants = {"vmap": ()}
                 if w > CHUNK:
                     variants[f"vmap chunk={CHUNK}"] = (f"lifting.chunk={CHUNK}",)
+                if hybrid:
+                    variants[f"hybrid on {DEVICES} devices"] = HYBRID
+                if hybrid and w == DEVICES:
+                    variants[f"shard_map on {DEVICES} devices"] = ("lifting=shard_map",)
                 chunks = {
                     name: Chunk(_cfg(model, w, *algo_overrides, *extra), k)
                     for name, extra in variants.items()
@@ -147,19 +159,23 @@ def main(argv=None) -> None:
     parser.add_argument("--k", type=int, default=4, help="steps per chunk call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--no-hybrid", action="store_true", help="leave the hybrid rows out")
     args = parser.parse_args(argv)
     simulate_cpu_devices(8)
     import jax
 
     header = f"{jax.default_backend()}, jax {jax.__version__}; {load_line()} (at the start)"
     scale = (
-        scale_rows(args.workers, args.k, args.rounds, args.models) if args.part != "fedavg" else []
+        scale_rows(args.workers, args.k, args.rounds, args.models, not args.no_hybrid)
+        if args.part != "fedavg"
+        else []
     )
     fedavg = (
         fedavg_rows(args.fedavg_workers, 2 * args.k, args.rounds) if args.part != "scale" else []
     )
     text = (
-        f"# Step time and memory vs simulated workers (one CPU device, K={args.k} steps per "
+        f"# Step time and memory vs simulated workers (vmap on one CPU device; hybrid on "
+        f"{DEVICES} simulated ones; K={args.k} steps per "
         f"call, {args.rounds} interleaved rounds)\n\n{header}; at the end: {load_line()}\n\n"
         f"{tables(scale, fedavg)}"
     )

@@ -79,6 +79,7 @@ class Chunk:
             check_state=trainer.nonfinite == "stop",
             chunk=lifting.chunk,
             map=lifting.map,
+            nodes=lifting.nodes,
         )
         self.data = place(tuple(exp.data), program.per_worker)
         init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
