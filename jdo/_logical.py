@@ -23,9 +23,12 @@ independent of the devices):
   exponential and one-peer exponential graphs) is padded to the largest.
 
 The shard_map lifting on a two-level mesh (``lifting.nodes=m``: m nodes × k devices, one
-worker per device) realises ``"workers"`` as the mesh axes ``(nodes, local)``; there every
-function is ``jax.lax``'s own over both axes at once (``Realised.mesh_local``), and
-:func:`jdo.comm.hierarchical_mean` can use the levels.
+worker per device) realises ``"workers"`` as the mesh axes ``(nodes, local)``
+(``Realised.mesh_local``): all-reduces and ppermutes are ``jax.lax``'s own over both axes at
+once (:func:`jdo.comm.hierarchical_mean` is the two-level all-reduce), while reduce-scatter and
+all-gather are two-level (NCCL's and Horovod's hierarchical forms): a reduce-scatter inside the
+node on the whole buffer then across nodes on 1/k of it, an all-gather across nodes then
+inside, each in worker order, so the sharded parameter server's shards travel by level.
 
 Everywhere else (``vmap``, ``shard_map``, ``pmap`` binding the axis itself) each function is
 ``jax.lax``'s own.
@@ -168,8 +171,10 @@ def all_gather(x, name):
     """``jax.lax.all_gather(x, name)`` (stacked on a new leading axis): every worker gets the
     ``[W, ...]`` values of all (hybrid: the device's block, then a cross-device all-gather)."""
     r = realised(name)
-    if r is None or r.mesh_local:
-        return jax.lax.all_gather(x, name if r is None else r.axes)
+    if r is None:
+        return jax.lax.all_gather(x, name)
+    if r.mesh_local:
+        return _gather_two_level(x, r)
     block = jax.lax.all_gather(x, r.local)  # [k, ...] per leaf, no data moved
     return jax.lax.all_gather(block, r.devices, tiled=True)
 
@@ -179,9 +184,10 @@ def psum_scatter(x, name):
     i of the sum over workers of every leaf's leading axis (hybrid: a local sum, then a
     cross-device reduce-scatter whose tile is the device's k blocks)."""
     r = realised(name)
-    if r is None or r.mesh_local:
-        axes = name if r is None else r.axes
-        return jax.lax.psum_scatter(x, axes, scatter_dimension=0, tiled=True)
+    if r is None:
+        return jax.lax.psum_scatter(x, name, scatter_dimension=0, tiled=True)
+    if r.mesh_local:
+        return _scatter_two_level(x, r)
     tiles = jax.lax.psum_scatter(
         jax.lax.psum(x, r.local), r.devices, scatter_dimension=0, tiled=True
     )
@@ -192,6 +198,34 @@ def psum_scatter(x, name):
         return blocks[mine]
 
     return jax.tree.map(pick, tiles)
+
+
+def _gather_two_level(x, r: Realised):
+    """The two-level all-gather: across the nodes first (one worker's value each), then inside
+    the node (m of them), reordered to worker order ``node·k + local``."""
+    m, k = r.num_devices, r.per_device
+
+    def leaf(a):
+        across = jax.lax.all_gather(a, r.devices)  # [m, ...]: workers n'·k + l
+        inside = jax.lax.all_gather(across, r.local)  # [k, m, ...]: [l', n']
+        return inside.swapaxes(0, 1).reshape(m * k, *jnp.shape(a))
+
+    return jax.tree.map(leaf, x)
+
+
+def _scatter_two_level(x, r: Realised):
+    """The two-level reduce-scatter: inside the node first (the whole buffer), then across
+    the nodes (1/k of it); the blocks are reordered first so that worker ``(n, l)`` ends
+    with block ``n·k + l``, as the flat reduce-scatter gives."""
+    m, k = r.num_devices, r.per_device
+
+    def leaf(a):
+        rows = a.shape[0] // (m * k)
+        blocks = a.reshape(m, k, rows, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
+        node = jax.lax.psum_scatter(blocks, r.local, scatter_dimension=0, tiled=True)
+        return jax.lax.psum_scatter(node, r.devices, scatter_dimension=0, tiled=True)
+
+    return jax.tree.map(leaf, x)
 
 
 # ---- ppermute -------------------------------------------------------------------------------

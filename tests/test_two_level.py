@@ -211,6 +211,32 @@ def test_runner_two_level_equals_vmap_and_counts_node_bytes(tmp_path):
     assert two["bytes/step"] < flat["bytes/step"]
 
 
+def test_all_gather_is_in_worker_order(mesh2):
+    xs = np.arange(W * 3, dtype=np.float32).reshape(W, 3)
+    out = jax.jit(jdo.lift(comm.all_gather, "shard_map", mesh=mesh2))(xs)
+    np.testing.assert_array_equal(out, comm.all_gather_reference(xs))
+
+
+def test_sharded_server_moves_its_shards_by_level():
+    """The sharded parameter server on 2 nodes of 4: its reduce-scatter and all-gather are
+    two-level, each sending (k−1)/k·M inside the node and (m−1)/m·M/k across (M: the padded
+    parameter vector), the hierarchical all-reduce's bytes split in two."""
+    mesh = make_mesh(W, nodes=2)
+    tx = jdo.transforms.sharded_update(optax.sgd(0.1))
+    params = {"w": np.ones((W, 64), np.float32)}
+    state = jax.jit(jdo.lift(tx.init, "shard_map", mesh=mesh))(params)
+    update = jax.jit(jdo.lift(lambda g, s, p: tx.update(g, s, p)[0], "shard_map", mesh=mesh))
+    hlo = update.lower(params, state, params).compile().as_text()
+    levels = _levels_of(hlo, mesh)
+    m = 4 * 64
+    assert set(levels) == {
+        (kind, where) for kind in ("reduce-scatter", "all-gather") for where in ("inside", "across")
+    }, levels
+    for kind in ("reduce-scatter", "all-gather"):
+        assert levels[kind, "inside"] == pytest.approx(3 / 4 * m), levels
+        assert levels[kind, "across"] == pytest.approx(1 / 2 * m / 4), levels
+
+
 def test_a_bad_nodes_value_names_its_key():
     with pytest.raises(jdo.train.ConfigError, match="lifting.nodes"):
         jdo.train.validate(compose_cfg("workers=8", "lifting=shard_map", "lifting.nodes=3"))

@@ -16,11 +16,23 @@ from jdo.transforms.sharded import shard_size
 W = 8
 
 
+LIFTINGS = (*jdo.LIFTINGS, "two_level")  # two_level: shard_map on 2 nodes x 4 devices
+
+
+def _lifting(lifting, mesh8):
+    """(lifting, mesh) for ``jdo.lift``: ``two_level`` is shard_map on a (nodes, local) mesh,
+    where the reduce-scatter and all-gather run inside the node, then across."""
+    if lifting == "two_level":
+        return "shard_map", jdo.train.make_mesh(W, nodes=2)
+    return lifting, mesh8
+
+
 def _run(fn, lifting, mesh, *args, in_axes=0):
+    lifting, mesh = _lifting(lifting, mesh)
     return jax.jit(jdo.lift(fn, lifting, mesh=mesh, in_axes=in_axes))(*args)
 
 
-@pytest.mark.parametrize("lifting", jdo.LIFTINGS)
+@pytest.mark.parametrize("lifting", LIFTINGS)
 @pytest.mark.parametrize("op", ["mean", "sum"])
 def test_reduce_scatter_matches_reference(lifting, op, mesh8):
     rng = np.random.default_rng(0)  # each test its own draws: the same under any test order
@@ -50,7 +62,7 @@ def _adamw_reference(grads_seq, x, lr=0.1, wd=0.5, b1=0.9, b2=0.999, eps=1e-8):
     return out
 
 
-@pytest.mark.parametrize("lifting", jdo.LIFTINGS)
+@pytest.mark.parametrize("lifting", LIFTINGS)
 def test_each_worker_keeps_adamw_state_of_its_own_padded_shard(lifting, mesh8):
     # P = 3 + 4 + 12 = 19 entries over 8 workers: shards of S = 3, the last 5 entries padding;
     # weight decay reads each worker's shard of the params
@@ -64,7 +76,8 @@ def test_each_worker_keeps_adamw_state_of_its_own_padded_shard(lifting, mesh8):
     ]
     tx = jdo.transforms.sharded_update(optax.adamw(0.1, weight_decay=0.5))
     state = _run(tx.init, lifting, mesh8, params)
-    update = jax.jit(jdo.lift(tx.update, lifting, mesh=mesh8))
+    name, mesh = _lifting(lifting, mesh8)
+    update = jax.jit(jdo.lift(tx.update, name, mesh=mesh))
     flat = lambda g: np.concatenate([g[k].reshape(W, -1) for k in sorted(shapes)], axis=1)
     size = shard_size(19, W)
     x = flat(params)[0].astype(np.float64)
