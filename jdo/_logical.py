@@ -51,8 +51,8 @@ class Realised:
     """The logical axis ``name`` realised as ``devices`` (a ``shard_map`` mesh axis of
     ``num_devices``) × ``local`` (a ``vmap`` axis of ``per_device`` workers): worker
     ``device · per_device + local``. With ``mesh_local`` both are mesh axes: the two-level
-    ``(nodes, local)`` mesh of the shard_map lifting, one worker per device, where every
-    collective is ``jax.lax``'s own over the pair of axes."""
+    ``(nodes, local)`` mesh of the shard_map lifting, one worker per device (collectives: see
+    the module docstring)."""
 
     name: str
     devices: str

@@ -139,6 +139,21 @@ def finish() -> None:
     remove_abort_hook()
 
 
+def meet(name: str, timeout_s: float = 1800.0) -> None:
+    """Every process of a multi-process run waits here until all have arrived (the
+    coordination service's barrier ``jdo/<name>``); nothing in a single-process run. Called
+    once compiling is done: the first collective then starts on every process together. Gloo
+    gives the processes a fixed 30 s to meet for its first collective (its context's
+    key-value wait), and on a loaded machine one process finished compiling more than 30 s
+    after the other (seen here: "Gloo context initialization failed: ... timed out"). A
+    process lost meanwhile is named by the :class:`Watchdog`."""
+    if _watchdog is None:
+        return
+    from jax._src import distributed as jax_distributed
+
+    jax_distributed.global_state.client.wait_at_barrier(f"jdo/{name}", int(1000 * timeout_s))
+
+
 def await_watchdog(timeout_s: float) -> None:
     """After a collective failed: gives the watchdog up to ``timeout_s`` to name a lost peer
     (it ends the process with status 4); returns if it finds none, or if there is none."""

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdo.algorithms import Algorithm
+from jdo.train import distributed
 from jdo.train.checkpoint import Checkpointer, tree_digest
 from jdo.train.experiment import Experiment
 from jdo.train.guard import guard_nonfinite
@@ -284,6 +285,7 @@ def _compile(run: Run) -> None:
         eval_batch_size=opts.eval_batch_size,
         cluster=opts.cluster,
     )
+    distributed.meet("compiled")  # multi-process: the first collective starts on all together
     if run.ckpt is not None:  # the checkpoint digest compiles here, not inside the loop
         tree_digest(run.state)
     run.compile_s += time.perf_counter() - t0

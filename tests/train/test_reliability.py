@@ -515,3 +515,26 @@ def test_the_launcher_drops_gloo_connection_lines_only():
     assert not is_gloo_chatter(b"[2026][jdo][INFO] - step 10: loss 1.0\n")
     assert not is_gloo_chatter(b"[Gloo] Rank 0 lost its connection to rank 1\n")
     assert not is_gloo_chatter(report + b"ranks is : 7; then an error\n")
+
+
+def test_processes_meet_after_compiling_and_one_process_does_not_wait(monkeypatch):
+    """distributed.meet: the coordination service's barrier for a multi-process run (gloo
+    gives processes 30 s to meet at the first collective; one may finish compiling later),
+    nothing for one process. The real two-process runs above pass through it."""
+    from jax._src import distributed as jax_distributed
+
+    from jdo.train import distributed
+
+    calls = []
+
+    class Client:
+        def wait_at_barrier(self, name, timeout_ms):
+            calls.append((name, timeout_ms))
+
+    monkeypatch.setattr(distributed, "_watchdog", None)
+    distributed.meet("compiled")
+    assert calls == []
+    monkeypatch.setattr(distributed, "_watchdog", object())
+    monkeypatch.setattr(jax_distributed.global_state, "client", Client())
+    distributed.meet("compiled", timeout_s=60)
+    assert calls == [("jdo/compiled", 60_000)]

@@ -221,3 +221,25 @@ def test_a_marked_compute_with_a_collective_is_refused_when_chunked():
     np.testing.assert_array_equal(jdo.lift(marked, "vmap")(xs), np.full(6, 15.0))
     with pytest.raises(ValueError, match="calls collectives"):
         jdo.lift(marked, "vmap", chunk=2)(xs)
+
+
+def test_the_runner_compiles_its_chunk_without_xla_ynn_fusions(monkeypatch, make_cfg):
+    """jdo.train.program.compile_chunk: XLA's CPU YNNPACK fusions, 55x slower for FedAvg at
+    256 MLP workers (README, benchmarks), are left out of the runner's chunk; with
+    JDO_CPU_YNN_FUSION=1 XLA's default (which fuses this step so) is kept."""
+    from experiments.bench.worker_map import Chunk
+
+    cfg = lambda: make_cfg(  # noqa: E731
+        "task=logistic",
+        "task.data.dim=16",
+        "task.data.num_samples=64",
+        "model=mlp",
+        "model.hidden=[32]",
+        "workers=8",
+        "algorithm=fedavg",
+        "algorithm.local_steps=2",
+    )
+    monkeypatch.setenv("JDO_CPU_YNN_FUSION", "1")
+    assert "%ynn_fusion" in Chunk(cfg(), 2).fn.as_text()
+    monkeypatch.delenv("JDO_CPU_YNN_FUSION")
+    assert "%ynn_fusion" not in Chunk(cfg(), 2).fn.as_text()
