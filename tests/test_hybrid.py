@@ -48,11 +48,10 @@ ALGORITHMS = {
 }
 
 
-def train_steps(name, workers, lifting, mesh):
-    """``STEPS`` steps of ``name`` in one jitted scan; the stacked params after them."""
-    loss_fn, params, batch = problem(workers)
-    algo_name = "dpsgd" if name.startswith("dpsgd") else name
-    algo = jdo.algorithms.get(algo_name)(loss_fn, optax.sgd(0.1), **ALGORITHMS[name](workers))
+def run_steps(algo, workers, lifting, mesh, steps=STEPS):
+    """``steps`` steps of ``algo`` on :func:`problem`'s batches in one jitted scan; the
+    stacked params after them."""
+    _, params, batch = problem(workers)
     lift = functools.partial(jdo.lift, lifting=lifting, mesh=mesh)
     init = lift(algo.init, in_axes=(None, 0))
     step = lift(algo.step, in_axes=(0, 0, None))
@@ -60,10 +59,18 @@ def train_steps(name, workers, lifting, mesh):
     @jax.jit
     def run(params, keys, batch):
         body = lambda s, t: (step(s, batch, jax.random.key(t))[0], None)
-        state, _ = jax.lax.scan(body, init(params, keys), jnp.arange(STEPS))
+        state, _ = jax.lax.scan(body, init(params, keys), jnp.arange(steps))
         return algo.params(state)
 
     return run(params, jax.random.split(jax.random.key(1), workers), batch)
+
+
+def train_steps(name, workers, lifting, mesh):
+    """``STEPS`` steps of ``name`` (:data:`ALGORITHMS`) lifted by ``lifting``."""
+    loss_fn = problem(workers)[0]
+    algo_name = "dpsgd" if name.startswith("dpsgd") else name
+    algo = jdo.algorithms.get(algo_name)(loss_fn, optax.sgd(0.1), **ALGORITHMS[name](workers))
+    return run_steps(algo, workers, lifting, mesh)
 
 
 def assert_equal(a, b):

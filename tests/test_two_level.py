@@ -15,7 +15,7 @@ from jdo import comm, system
 from jdo.system import Cluster, Link, clock
 from jdo.train import make_mesh, run
 from tests.conftest import compose_cfg
-from tests.test_hybrid import assert_equal, problem, train_steps
+from tests.test_hybrid import assert_equal, problem, run_steps, train_steps
 
 W = 8
 
@@ -46,17 +46,8 @@ def _hierarchical_local_sgd(group_size):
 
 
 def _run_local_sgd(group_size, lifting, mesh, steps=8):
-    algo, params, batch = _hierarchical_local_sgd(group_size)
-    lift = functools.partial(jdo.lift, lifting=lifting, mesh=mesh)
-    init, step = lift(algo.init, in_axes=(None, 0)), lift(algo.step, in_axes=(0, 0, None))
-
-    @jax.jit
-    def run(params, keys, batch):
-        body = lambda s, t: (step(s, batch, jax.random.key(t))[0], None)
-        state, _ = jax.lax.scan(body, init(params, keys), jnp.arange(steps))
-        return algo.params(state)
-
-    return run(params, jax.random.split(jax.random.key(1), W), batch)
+    algo = _hierarchical_local_sgd(group_size)[0]
+    return run_steps(algo, W, lifting, mesh, steps)
 
 
 def _local_sgd_reference(group_size, steps=8):
@@ -91,7 +82,7 @@ def _levels_of(hlo, mesh):
     out = {}
     for op in comm.hlo_collective_ops(hlo):
         groups = op.groups or [list(node_of)]
-        inside = all(len({node_of[i] for pair in [g] for i in pair}) == 1 for g in groups)
+        inside = all(len({node_of[i] for i in g}) == 1 for g in groups)
         key = (op.kind, "inside" if inside else "across")
         out[key] = out.get(key, 0.0) + system.wire_bytes(op) * op.count
     return out

@@ -262,14 +262,25 @@ def worker_bytes(
     optimisation, so the figure is the same whether the run itself uses ``vmap`` or
     ``shard_map``.
     """
-    hlo = _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform)
+    hlo = worker_hlo(
+        fn, num_workers, *args, in_axes=in_axes, axis_name=axis_name, platform=platform
+    )
     return hlo_collective_bytes(hlo, conditionals)
 
 
-def _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes=1) -> str:
+def worker_hlo(
+    fn: Callable,
+    num_workers: int,
+    *args,
+    in_axes: InAxes = 0,
+    axis_name: str = WORKERS,
+    platform: str = "cpu",
+    nodes: int = 1,
+) -> str:
     """HLO text (before optimisation) of the per-worker ``fn`` under ``shard_map`` on an
     abstract mesh of ``num_workers`` (see :func:`worker_bytes`); two-level ``(nodes, local)``
-    with ``nodes > 1``."""
+    with ``nodes > 1``. Lower once, read it with :func:`hlo_collective_ops` under several
+    ``conditionals``."""
     axes = normalize_in_axes(in_axes, len(args))
     if nodes == 1:
         shape, names = (num_workers,), (axis_name,)
@@ -453,17 +464,3 @@ def worker_ops(
         fn, num_workers, *args, in_axes=in_axes, axis_name=axis_name, platform=platform, nodes=nodes
     )
     return hlo_collective_ops(hlo, conditionals, num_devices=num_workers)
-
-
-def worker_hlo(
-    fn: Callable,
-    num_workers: int,
-    *args,
-    in_axes: InAxes = 0,
-    axis_name: str = WORKERS,
-    platform: str = "cpu",
-    nodes: int = 1,
-) -> str:
-    """The HLO text :func:`worker_ops` reads (lower once, read it with
-    :func:`hlo_collective_ops` under several ``conditionals``)."""
-    return _worker_hlo(fn, num_workers, args, in_axes, axis_name, platform, nodes)

@@ -27,8 +27,8 @@ from jdo.system import clock
 
 
 def _axes(axis_name) -> tuple[str, str]:
-    if isinstance(axis_name, str) and levels(axis_name) is not None:
-        return levels(axis_name)  # the worker axis of the two-level shard_map lifting
+    if isinstance(axis_name, str) and (two_level := levels(axis_name)) is not None:
+        return two_level  # the worker axis of the two-level shard_map lifting
     if (
         not isinstance(axis_name, tuple | list)
         or len(axis_name) != 2
