@@ -100,8 +100,6 @@ def read_run(directory: str) -> Run | Skipped:
     partial, notes = [], [] if where == "config.yaml" else [f"config from {where}"]
     summary = _read_summary(directory, partial)
     metrics = read_metrics(os.path.join(directory, "metrics.jsonl"), partial)
-    if summary is None and not partial:
-        partial.append("no summary.json (interrupted, or still running)")
     if summary and summary.get("resumed_from"):
         notes.append(f"resumed from step {summary['resumed_from'].get('step')}")
     if os.path.isfile(os.path.join(directory, "metrics.jsonl.damaged")):
@@ -158,6 +156,7 @@ def flatten(tree, prefix: str = "") -> dict:
 def _read_summary(directory: str, partial: list[str]) -> dict | None:
     path = os.path.join(directory, "summary.json")
     if not os.path.isfile(path):
+        partial.append("no summary.json (interrupted, or still running)")
         return None
     try:
         with open(path, encoding="utf-8") as f:
