@@ -138,6 +138,7 @@ def test_partial_resumed_and_unreadable_runs_are_reported_not_fatal(sweep, tmp_p
     reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in skipped}
     assert reasons["no_config"].startswith("no config.yaml")
     assert reasons["failed"].startswith("no metrics.jsonl or summary.json")
+    assert list(study(runs, skipped).group_table["runs"]) == [2]  # seeds 0 and 1 of one config
     assert main([str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "2 runs read (1 partial), 2 skipped" in text and "line(s) do not parse" in text

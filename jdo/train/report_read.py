@@ -100,8 +100,10 @@ def read_run(directory: str) -> Run | Skipped:
     partial, notes = [], [] if where == "config.yaml" else [f"config from {where}"]
     summary = _read_summary(directory, partial)
     metrics = read_metrics(os.path.join(directory, "metrics.jsonl"), partial)
-    if summary and summary.get("resumed_from"):
-        notes.append(f"resumed from step {summary['resumed_from'].get('step')}")
+    resumed = (summary or {}).get("resumed_from")
+    if resumed:
+        step = resumed.get("step") if isinstance(resumed, dict) else resumed
+        notes.append(f"resumed from step {step}")
     if os.path.isfile(os.path.join(directory, "metrics.jsonl.damaged")):
         notes.append("the runner moved damaged lines to metrics.jsonl.damaged")
     final = _final(metrics, summary)

@@ -70,7 +70,9 @@ def study(
 ) -> Study:
     """Groups ``runs`` and tabulates them (see the module docstring)."""
     if not runs:
-        raise ReportError("no runs to report (every run directory was skipped)")
+        first = f"{skipped[0].path}: {skipped[0].reason}" if skipped else ""
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise ReportError(f"no run could be read; {first}{more}")
     metric = metric or _default_metric(runs)
     _check_metric(runs, metric)
     columns, identity = _grouping(runs, by)
@@ -123,10 +125,11 @@ def _grouping(runs: list[Run], by: list[str] | None):
 def _differing(runs: list[Run]) -> list[str]:
     """Config keys whose values differ between runs, but for the seed and keys following it."""
     keys = sorted(set().union(*(run.config for run in runs)))
-    seeds = [run.seed for run in runs]
 
-    def follows_seed(key):
-        return key == "seed" or [run.config.get(key) for run in runs] == seeds
+    def follows_seed(key):  # in every run that has it
+        return key == "seed" or all(
+            run.config[key] == run.seed for run in runs if key in run.config
+        )
 
     return [
         k
