@@ -151,14 +151,30 @@ def test_partial_resumed_and_unreadable_runs_are_reported_not_fatal(sweep, tmp_p
         (["{missing}"], "no such directory"),
         (["{sweep}", "--metric", "eval/nope"], "'eval/nope' is logged by none of the 4 runs"),
         (["{sweep}", "--by", "nope"], "'nope' is neither an override nor a config key"),
+        (["{sweep}", "--out", "{file}"], "--out: cannot write to"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(sweep, tmp_path, capsys, args, message):
-    args = [a.format(missing=tmp_path / "missing", sweep=sweep) for a in args]
-    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "file").write_text("")
+    names = dict(missing=tmp_path / "missing", sweep=sweep, file=tmp_path / "file")
+    args = [a.format(**names) for a in args]
+    assert main(["--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_a_missing_extra_is_one_line_naming_it(sweep, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "pandas" else find_spec(name)
+    )
+    assert main([str(sweep), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    expected = "reports need pandas and matplotlib: pip install 'jdo[report]' (pandas missing)"
+    assert err == f"jdo-report: error: {expected}\n"
 
 
 def test_by_pools_and_the_module_runs_from_a_checkout(sweep, tmp_path):

@@ -90,7 +90,10 @@ def report(dirs, out=None, target=None, metric=None, by=None, command: str = "")
         raise ReportError(f"no runs under {', '.join(dirs)} (no metrics.jsonl or summary.json)")
     result = study(runs, skipped, metric=metric, target=target, by=by)
     out = out or dirs[0]
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"--out: cannot write to {out}: {e.strerror}") from None
     plots = plot_study(result, out)
     result.run_table.to_csv(os.path.join(out, "runs.csv"), index=False)
     result.group_table.to_csv(os.path.join(out, "groups.csv"), index=False)
@@ -138,7 +141,9 @@ def _legend(study) -> list[str]:
     text = [
         f"Metric `{study.metric}` ({direction} is better). Grouped by {grouped} (seed "
         "excluded). Final values are each run's last logged value; `mean ± std` over the "
-        "group's runs, std the sample standard deviation (ddof=1), omitted for one run.",
+        "group's runs, std the sample standard deviation (ddof=1), omitted for one run; a "
+        "partial run counts with its last logged values, a run that never logged a metric "
+        "is left out of its mean.",
     ]
     if study.target is not None:
         side = "at or above" if study.higher else "at or below"

@@ -62,7 +62,8 @@ def _figure(study: Study, metrics: list[str], x: str, xlabel: str) -> Figure:
         if metric == study.metric and study.target is not None:
             ax.axhline(study.target, color="gray", linestyle="--", linewidth=1, label="target")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize="small")
     figure.suptitle("mean over seeds, band: min–max", fontsize="small")
     return figure
 
@@ -93,6 +94,7 @@ def _group_label(study: Study, members: pd.DataFrame) -> str:
 
 
 def _spans_decades(ax) -> bool:
-    values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.get_lines()])
+    lines = [np.asarray(line.get_ydata(), float) for line in ax.get_lines()]
+    values = np.concatenate(lines) if lines else np.zeros(0)
     values = values[np.isfinite(values)]
     return values.size > 0 and values.min() > 0 and values.max() / values.min() > 100
