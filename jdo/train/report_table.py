@@ -95,7 +95,8 @@ def _check_metric(runs: list[Run], metric: str) -> None:
     if _logged(runs, metric):
         return
     logged = sorted(set().union(*(run.final for run in runs)) - {"step"})
-    some = ", ".join(k for k in logged if not k.startswith(("eval/workers", "bytes/step")))
+    logged = [k for k in logged if not k.startswith(("eval/workers", "bytes/step"))]
+    some = ", ".join(logged[:12]) + (", ..." if len(logged) > 12 else "")
     raise ReportError(
         f"--metric: {metric!r} is logged by none of the {len(runs)} runs; they log: {some}"
     )
@@ -117,8 +118,8 @@ def _grouping(runs: list[Run], by: list[str] | None):
     columns = _override_columns(runs, differing)
     labelled = [tuple(_value(run, k) for k in columns) for run in runs]
     if len(set(zip(labelled, identity, strict=True))) != len(set(labelled)):
-        covered = [k for k in differing if not any(_covers(c, k) for c in columns)]
-        columns += covered  # the overrides do not tell the groups apart: name the keys
+        # the overrides do not tell the groups apart: name the config keys they leave out
+        columns += [k for k in differing if not any(_covers(c, k) for c in columns)]
     return columns, identity
 
 
