@@ -26,6 +26,7 @@ from jdo._logical import ppermute
 from jdo.comm.collectives import mean, varying
 from jdo.comm.control import cond
 from jdo.compress import Compressor, check_compressor, tree_wire_bytes
+from jdo.system import clock
 from jdo.topology import Topology, check_topology
 from jdo.transforms.compressed import (
     ERROR_FEEDBACK,
@@ -348,6 +349,12 @@ def matcha_activations(seed: int, count, probabilities) -> jax.Array:
     return jax.random.bernoulli(key, jnp.asarray(probabilities, jnp.float32))
 
 
+def _exchange(x, perm, axis_name: str):
+    """One matching's swap (unmatched workers keep their own value), clocked."""
+    clock.exchange([perm], clock.tree_bytes(x), axis_name)
+    return varying(ppermute(x, axis_name, perm), axis_name)
+
+
 def matcha(
     topology: Topology, budget: float, seed: int = 0, *, axis_name: str = WORKERS
 ) -> optax.GradientTransformation:
@@ -389,7 +396,7 @@ def matcha(
         active = matcha_activations(seed, state.count, plan.probabilities)
         pull = jax.tree.map(jnp.zeros_like, local)  # Σ_j B_j (x_i − x_partner)
         for j, perm in enumerate(perms):
-            exchange = lambda x, perm=perm: varying(ppermute(x, axis_name, perm), axis_name)
+            exchange = lambda x, perm=perm: _exchange(x, perm, axis_name)
             other = cond(active[j], exchange, lambda x: x, local)
             pull = jax.tree.map(lambda a, x, o: a + (x - o), pull, local, other)
         alpha = plan.alpha
