@@ -51,8 +51,9 @@ class AdaCommState(NamedTuple):
 
 
 def adacomm_period(loss, initial, every: int, min_every: int, max_every: int):
-    r"""AdaComm's period (Wang & Joshi 2019, eq. 17): :math:`\lceil\sqrt{F_l / F_0}\,H_0\rceil`
-    clipped to ``[min_every, max_every]`` (float32, as the transform computes it)."""
+    r"""AdaComm's period (Wang & Joshi 2019, §4, constant learning rate):
+    :math:`\lceil\sqrt{F_l / F_0}\,H_0\rceil` clipped to ``[min_every, max_every]``
+    (float32, as the transform computes it)."""
     ratio = jnp.asarray(loss, jnp.float32) / jnp.asarray(initial, jnp.float32)
     h = jnp.ceil(jnp.sqrt(ratio) * jnp.float32(every))
     return jnp.clip(h, min_every, max_every).astype(jnp.int32)
@@ -77,7 +78,7 @@ def adacomm(
     .. math:: H \leftarrow \operatorname{clip}\big(\lceil \sqrt{F_l / F_0}\; H_0 \rceil,
               H_{\min}, H_{\max}\big)
 
-    (the paper's eq. 17, constant learning rate), with :math:`H_0` = ``every``, :math:`F_l`
+    (the paper's rule for a constant learning rate, §4), with :math:`H_0` = ``every``, :math:`F_l`
     the workers' mean training loss over the local steps of the period just ended (all-reduced
     with the parameters, 4 bytes more) and :math:`F_0` that of the first period. The paper
     re-evaluates at the start of each wall-clock interval of :math:`T_0` seconds; here H is
@@ -164,9 +165,10 @@ class AccordionState(NamedTuple):
 
 
 def accordion_critical(previous, norm, eta: float):
-    r"""Accordion's test (Agarwal et al. 2021, Algorithm 1): the regime is critical when
-    :math:`|\,\|\Delta_{old}\| - \|\Delta_{new}\|\,| / \|\Delta_{old}\| \ge \eta`, and always
-    before a first interval was measured (``previous <= 0``)."""
+    r"""Accordion's test (Agarwal et al. 2021, its critical-regime detection): the regime is
+    critical when
+    :math:`|\,\|\Delta_{old}\| - \|\Delta_{new}\|\,| / \|\Delta_{old}\| \ge \eta`,
+    and always before a first interval was measured (``previous <= 0``)."""
     previous = jnp.asarray(previous, jnp.float32)
     safe = jnp.where(previous > 0, previous, 1.0)
     return (previous <= 0) | (jnp.abs(previous - norm) / safe >= jnp.float32(eta))
@@ -288,8 +290,9 @@ def laplacian(n: int, matching) -> np.ndarray:
 def matcha_rho(alpha: float, laplacians, probabilities) -> float:
     r""":math:`\|\mathbb{E}[W^\top W] - J\|_2` for :math:`W = I - \alpha\sum_j B_j L_j`,
     :math:`B_j \sim \text{Bernoulli}(p_j)` independent (MATCHA's spectral norm, Wang et al.
-    2019, eq. 5): :math:`\mathbb{E}[W^2] = I - 2\alpha\bar L + \alpha^2(\bar L^2 +
-    \sum_j p_j(1-p_j) L_j^2)`, :math:`\bar L = \sum_j p_j L_j`."""
+    2019, the quantity its α minimises):
+    :math:`\mathbb{E}[W^2] = I - 2\alpha\bar L + \alpha^2(\bar L^2 + \sum_j p_j(1-p_j)
+    L_j^2)`, :math:`\bar L = \sum_j p_j L_j`."""
     n = laplacians[0].shape[0]
     mean_l = sum(p * lap for p, lap in zip(probabilities, laplacians, strict=True))
     var = sum(p * (1 - p) * lap @ lap for p, lap in zip(probabilities, laplacians, strict=True))
