@@ -144,7 +144,7 @@ def test_workers_do_not_share_batches(make_cfg):
 
 def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
     run(
-        make_cfg("debug=smoke", "logger.tensorboard=true", "checkpoint=none"),
+        make_cfg("debug=smoke", "logger=[tensorboard]", "checkpoint=none"),
         output_dir=str(tmp_path),
     )
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
