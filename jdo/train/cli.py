@@ -13,7 +13,6 @@ metrics.jsonl, summary.json and checkpoints/.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from omegaconf import DictConfig
 
 import jdo.conf  # noqa: F401 - registers the ${jdo_run_id:} resolver of the run directories
 from jdo.train.sweeps import register_presets
+from jdo.train.tracker import importable
 
 log = logging.getLogger("jdo")
 
@@ -324,7 +324,7 @@ def _check_plugins(argv: list[str]) -> None:
         choice = arg.lstrip("+").replace(" ", "")
         if choice in PLUGINS:
             modules, extra = PLUGINS[choice]
-            missing = [m for m in modules if not _installed(m)]
+            missing = [m for m in modules if not importable(m)]
             if missing:
                 print(
                     f"error: {choice} needs the {extra} extra (no module {missing[0]}): "
@@ -340,13 +340,6 @@ def _check_plugins(argv: list[str]) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # a parent package is missing
-        return False
 
 
 def cli() -> None:

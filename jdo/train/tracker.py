@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -171,6 +172,16 @@ def missing_extra(name: str) -> str:
     return f"logger={name} needs {package} (import {module}): pip install 'jdo[{name}]'"
 
 
+def importable(module: str) -> bool:
+    """Whether ``import module`` would find it (without importing it)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing
+        return False
+
+
 def check_logger(logger: Mapping | None) -> list[str]:
     """The trackers ``logger`` selects (``jsonl`` first, always); raises
     :class:`TrackerConfigError` for an unknown tracker or setting, the old
@@ -197,7 +208,7 @@ def check_logger(logger: Mapping | None) -> list[str]:
                 f"logger.{name}.{unknown[0]}",
                 f"unknown key; allowed keys: {', '.join(allowed) or 'none'}",
             )
-        if module is not None and importlib.util.find_spec(module) is None:
+        if module is not None and not importable(module):
             raise TrackerConfigError("logger", missing_extra(name))
         if name != "jsonl":
             names.append(name)
