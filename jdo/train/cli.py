@@ -313,6 +313,7 @@ PLUGINS = {
     "hydra/sweeper=optuna": (("optuna", "hydra_plugins.hydra_optuna_sweeper"), "sweep"),
     "hydra/launcher=ray": (("ray", "hydra_plugins.hydra_ray_launcher"), "ray"),
 }
+DIRECTIONS = ("maximize", "minimize")
 OLD_LOGGER = re.compile(r"^\+*logger\.(tensorboard|mlflow|wandb)=(true|false)$", re.IGNORECASE)
 
 
@@ -332,6 +333,14 @@ def _check_plugins(argv: list[str]) -> None:
                     file=sys.stderr,
                 )
                 sys.exit(2)
+        if arg.startswith("objective.direction=") and arg.split("=", 1)[1] not in DIRECTIONS:
+            # checked here too: hydra/sweeper=optuna reads it before any job runs
+            print(
+                f"error: objective.direction: must be one of {', '.join(DIRECTIONS)}, "
+                f"got {arg.split('=', 1)[1]!r}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         old = OLD_LOGGER.match(arg)
         if old:
             print(

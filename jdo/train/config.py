@@ -260,6 +260,9 @@ def validate(cfg: Mapping) -> None:
     if "objective" in cfg:
         known_keys(cfg, "objective", ("metric", "direction"))
         one_of(cfg, "objective.direction", ("maximize", "minimize"))
+        metric = _get(cfg, "objective.metric")
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError("objective.metric", f"must be a summary.json key, got {metric!r}")
     optimizer = _get(cfg, "optimizer")
     if "learning_rate" in optimizer:
         positive_float(cfg, "optimizer.learning_rate")
