@@ -181,3 +181,20 @@ def test_the_old_tensorboard_switch_is_refused_naming_the_list_syntax(monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: logger.tensorboard=true: trackers are chosen as a list now")
     assert "logger=[tensorboard]" in err and "\n" not in err
+
+
+def test_a_direction_the_sweeper_cannot_follow_is_one_line(monkeypatch, capsys):
+    argv = ["jdo-train", "--multirun", "hydra/sweeper=optuna", "objective.direction=max"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        cli.cli()
+    assert e.value.code == 2
+    expected = "error: objective.direction: must be one of maximize, minimize, got 'max'\n"
+    assert capsys.readouterr().err == expected
+    with pytest.raises(SystemExit) as e:  # hydra.sweeper.direction= set against the objective
+        cli._check_direction({"metric": "train/loss", "direction": "maximize"}, "minimize")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: hydra.sweeper.direction: minimize but objective.direction is maximize: set "
+        "objective.direction (hydra/sweeper=optuna follows it)\n"
+    )
