@@ -116,7 +116,9 @@ def test_optuna_sweep_runs_its_trials_and_a_diverged_one_gets_the_worst_value(
     assert results["best_params"] == {"seed": best, "trainer.divergence": 1e6}
 
 
-@pytest.mark.slow  # Ray's node and two fresh worker processes (JAX, jdo, a compile each): ~40 s
+# Ray's node and two fresh worker processes (JAX, jdo, a compile each). Not yet seen passing:
+# on 2026-12-02 (2 cores at load ~13) Ray's node never started within its fixed 30 s.
+@pytest.mark.slow
 def test_ray_launcher_runs_two_jobs(monkeypatch, tmp_path):
     from jdo.train.ray_run import init_ray
 
