@@ -116,8 +116,9 @@ def test_optuna_sweep_runs_its_trials_and_a_diverged_one_gets_the_worst_value(
     assert results["best_params"] == {"seed": best, "trainer.divergence": 1e6}
 
 
-# Ray's node and two fresh worker processes (JAX, jdo, a compile each). Not yet seen passing:
-# on 2026-12-02 (2 cores at load ~13) Ray's node never started within its fixed 30 s.
+# Ray's node and two fresh worker processes (JAX, jdo, a compile each): 133 s on 2026-12-02 at
+# load ~13 on 2 cores, where Ray's node also failed to start within its fixed 30 s in 2 of 3 runs
+# of this test (init_ray tries 3 times).
 @pytest.mark.slow
 def test_ray_launcher_runs_two_jobs(monkeypatch, tmp_path):
     from jdo.train.ray_run import init_ray
