@@ -1,7 +1,9 @@
 """Hydra entry point: ``jdo-train [overrides]`` (or ``python -m jdo.train.cli``, or
 ``python -m experiments.train`` in a checkout); see ``jdo/conf/config.yaml``.
 
-A thin wrapper around :func:`jdo.train.run`. Exit statuses: 0 done; 1 a Hydra composition
+A thin wrapper around :func:`jdo.train.run`; ``main`` returns the summary's
+``objective.metric`` (what ``hydra/sweeper=optuna`` optimizes, see :func:`objective_value`).
+Exit statuses: 0 done; 1 a Hydra composition
 error; 2 a bad config or input (one line naming the key; nothing written over); 3 a non-finite
 or diverging loss (the last good checkpoint is kept); 4 a peer process was lost (multi-process);
 75 stopped by SIGTERM/SIGUSR2 after a checkpoint, 130 by Ctrl-C (run the same command to
@@ -12,7 +14,9 @@ metrics.jsonl, summary.json and checkpoints/.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import signal
 import sys
 
@@ -21,6 +25,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import jdo.conf  # noqa: F401 - registers the ${jdo_run_id:} resolver of the run directories
+from jdo.train.sweeps import register_presets
+from jdo.train.tracker import importable
 
 log = logging.getLogger("jdo")
 
@@ -150,8 +156,58 @@ def _require_rl_extra(task) -> None:
         )
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _sweeper_reads_objective() -> bool:
+    """Whether this job's return value is read: a --multirun with a sweeper other than Hydra's
+    basic one (which ignores it), e.g. ``hydra/sweeper=optuna``."""
+    from hydra.types import RunMode
+
+    config = HydraConfig.get()
+    return config.mode == RunMode.MULTIRUN and config.sweeper.get("_target_") != BASIC_SWEEPER
+
+
+def _check_direction(objective, direction) -> None:
+    """A sweeper told another direction than ``objective.direction`` (``hydra.sweeper.direction=``
+    given directly): one line, before anything trains."""
+    wanted = (objective or {}).get("direction")
+    if direction is not None and str(direction) != wanted:
+        _fail(
+            f"hydra.sweeper.direction: {direction} but objective.direction is {wanted}: set "
+            "objective.direction (hydra/sweeper=optuna follows it)",
+            2,
+        )
+
+
+def worst_value(objective) -> float:
+    """What a sweep sees for a run that diverged: -inf when maximizing, +inf when minimizing."""
+    return -math.inf if (objective or {}).get("direction") == "maximize" else math.inf
+
+
+def objective_value(summary: dict, objective, required: bool) -> float | None:
+    """The summary's ``objective.metric`` (a non-finite value becomes :func:`worst_value`), or
+    None when it is absent and not ``required``; absent and ``required``: a ``ConfigError``
+    naming the key and the summary's metrics."""
+    from jdo.train import ConfigError
+
+    metric = (objective or {}).get("metric")
+    if metric is None or metric not in summary:
+        if not required:
+            return None
+        numeric = sorted(
+            k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+        raise ConfigError(
+            "objective.metric",
+            f"{metric!r} is not in this run's summary; available: {', '.join(numeric)}",
+        )
+    value = float(summary[metric])
+    return value if math.isfinite(value) else worst_value(objective)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://jdo.conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     _simulate_cpu_devices(cfg)
     _deterministic_gpu(cfg.get("deterministic", True))
     _require_rl_extra(cfg.task)
@@ -185,14 +241,22 @@ def main(cfg: DictConfig) -> None:
     from jdo.train.loop import NonFiniteError
 
     output_dir = HydraConfig.get().runtime.output_dir
+    sweeping = _sweeper_reads_objective()
+    if sweeping:
+        _check_direction(cfg.get("objective"), HydraConfig.get().sweeper.get("direction"))
     try:
         overrides = list(HydraConfig.get().overrides.task)
         summary = run(cfg, output_dir=output_dir, overrides=overrides)
+        value = objective_value(summary, cfg.get("objective"), required=sweeping)
     except ConfigError as e:
         distributed.finish()  # every process stops alike: not a lost peer
         _fail(str(e), EXIT_CONFIG)
     except NonFiniteError as e:
         distributed.finish()
+        if sweeping:  # a diverged trial is a result, not a crash: the sweep goes on
+            worst = worst_value(cfg.get("objective"))
+            log.error("%s; the sweeper sees objective %s", e, worst)
+            return worst
         _fail(str(e), EXIT_NONFINITE)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
         print("interrupted (no checkpoint taken)", file=sys.stderr)
@@ -210,6 +274,9 @@ def main(cfg: DictConfig) -> None:
     distributed.finish()
     if jax.process_index() == 0:
         log.info("results (%s):\n%s", output_dir, summary_table(summary))
+    if value is not None and sweeping:
+        log.info("objective %s = %s", cfg.objective.metric, value)
+    return value
 
 
 def _log_from_process_0(index: int) -> None:
@@ -241,9 +308,55 @@ def _check_run_dir(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+# hydra/<group>=<option> -> (modules it imports, the extra that installs them)
+PLUGINS = {
+    "hydra/sweeper=optuna": (("optuna", "hydra_plugins.hydra_optuna_sweeper"), "sweep"),
+    "hydra/launcher=ray": (("ray", "hydra_plugins.hydra_ray_launcher"), "ray"),
+}
+DIRECTIONS = ("maximize", "minimize")
+OLD_LOGGER = re.compile(r"^\+*logger\.(tensorboard|mlflow|wandb)=(true|false)$", re.IGNORECASE)
+
+
+def _check_plugins(argv: list[str]) -> None:
+    """A sweeper or launcher whose plugin is not installed: one line naming the extra (Hydra
+    itself fails later, listing config groups), and the old ``logger.tensorboard=true``: one
+    line naming the list syntax (Hydra would say the key is not in the config)."""
+    for arg in argv:
+        choice = arg.lstrip("+").replace(" ", "")
+        if choice in PLUGINS:
+            modules, extra = PLUGINS[choice]
+            missing = [m for m in modules if not importable(m)]
+            if missing:
+                print(
+                    f"error: {choice} needs the {extra} extra (no module {missing[0]}): "
+                    f"pip install 'jdo[{extra}]'",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+        if arg.startswith("objective.direction=") and arg.split("=", 1)[1] not in DIRECTIONS:
+            # checked here too: hydra/sweeper=optuna reads it before any job runs
+            print(
+                f"error: objective.direction: must be one of {', '.join(DIRECTIONS)}, "
+                f"got {arg.split('=', 1)[1]!r}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        old = OLD_LOGGER.match(arg)
+        if old:
+            print(
+                f"error: {arg}: trackers are chosen as a list now: logger=[{old.group(1)}] "
+                "(metrics.jsonl is always written; several: logger=[tensorboard,mlflow,wandb])",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
 def cli() -> None:
-    """``jdo-train``: checks a ``hydra.run.dir=`` override, then runs Hydra's ``main``."""
+    """``jdo-train``: checks a ``hydra.run.dir=`` override and the plugins the command line
+    selects, then runs Hydra's ``main``."""
     _check_run_dir(sys.argv[1:])
+    _check_plugins(sys.argv[1:])
+    register_presets()
     main()
 
 

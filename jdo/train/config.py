@@ -13,6 +13,7 @@ from typing import Any
 import jax
 
 from jdo.lifting import ALL_LIFTINGS
+from jdo.train.tracker import TrackerConfigError, check_logger
 
 TRAINER_KEYS = (
     "steps",
@@ -27,7 +28,6 @@ TRAINER_KEYS = (
     "backup_workers",
     "init",
 )
-LOGGER_KEYS = ("tensorboard",)
 CHECKPOINT_KEYS = (
     "enabled",
     "every",
@@ -64,6 +64,7 @@ TOP_KEYS = (
     "backend",
     "parameter_server",
     "ray",
+    "objective",
 )
 BACKENDS = ("spmd", "ray")
 # Keys a resumed run may change: how long and where it runs, not what it computes.
@@ -82,6 +83,7 @@ RESUME_MAY_DIFFER = (
     "distributed",
     "deterministic",
     "ray",
+    "objective",
 )
 
 
@@ -251,8 +253,16 @@ def validate(cfg: Mapping) -> None:
     if "deterministic" in cfg:
         boolean(cfg, "deterministic")
     known_keys(cfg, "distributed", DISTRIBUTED_KEYS)
-    known_keys(cfg, "logger", LOGGER_KEYS)
-    boolean(cfg, "logger.tensorboard")
+    try:
+        check_logger(cfg.get("logger"))
+    except TrackerConfigError as e:
+        raise ConfigError(e.key, e.message) from None
+    if "objective" in cfg:
+        known_keys(cfg, "objective", ("metric", "direction"))
+        one_of(cfg, "objective.direction", ("maximize", "minimize"))
+        metric = _get(cfg, "objective.metric")
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError("objective.metric", f"must be a summary.json key, got {metric!r}")
     optimizer = _get(cfg, "optimizer")
     if "learning_rate" in optimizer:
         positive_float(cfg, "optimizer.learning_rate")

@@ -16,12 +16,13 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from jdo.algorithms import Algorithm
 from jdo.train import distributed
@@ -32,7 +33,7 @@ from jdo.train.preemption import Preempted, PreemptionWatch, agree
 from jdo.train.program import Program, compile_program, make_program, place
 from jdo.train.records import Progress, line, train_record
 from jdo.train.restore import CheckpointOptions, restore_or_init
-from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
+from jdo.train.tracker import MultiTracker, make_trackers
 
 log = logging.getLogger("jdo")
 INITS = ("shared", "per_worker")  # trainer.init
@@ -100,7 +101,7 @@ class FitOptions:
     eval_batch_size: int = 1024
     seed: int = 0
     output_dir: str | None = None
-    tensorboard: bool = False
+    logger: Mapping | None = None  # trackers besides metrics.jsonl (tracker.make_trackers)
     progress: bool = True
     checkpoint: CheckpointOptions | None = None
     nonfinite: str = "stop"
@@ -299,12 +300,10 @@ def _compile(run: Run) -> None:
 
 def _loop(run: Run, watch: PreemptionWatch) -> None:
     opts = run.opts
-    trackers = []
+    tracker = MultiTracker([])
     if _writer(opts):  # drop lines a killed earlier attempt wrote after this step
-        trackers.append(JsonlTracker(os.path.join(opts.output_dir, "metrics.jsonl"), run.step))
-        if opts.tensorboard:
-            trackers.append(TensorBoardTracker(os.path.join(opts.output_dir, "tb"), run.step))
-    tracker = MultiTracker(trackers)
+        config = yaml.safe_load(opts.config_yaml) if opts.config_yaml else None
+        tracker = make_trackers(opts.output_dir, opts.logger, run.step, config)
     queue: deque[Call] = deque()
     run.device_free = run.last_save = run.started = time.perf_counter()
     try:

@@ -49,7 +49,7 @@ from jdo.train.loop import NonFiniteError
 from jdo.train.ray_ps import MODES, ParameterServer, Spec, Worker, initial_state
 from jdo.train.records import line
 from jdo.train.restore import CheckpointOptions
-from jdo.train.tracker import JsonlTracker, MultiTracker, TensorBoardTracker
+from jdo.train.tracker import make_trackers
 
 log = logging.getLogger("jdo")
 
@@ -375,11 +375,7 @@ class Driver:
         self.kill = _kill_fault()
         self.tracker = self.events_file = None
         if output_dir is not None:  # the runner's trackers; lines after the checkpoint dropped
-            trackers = [JsonlTracker(os.path.join(output_dir, "metrics.jsonl"), self.start)]
-            if container["logger"]["tensorboard"]:
-                tb = os.path.join(output_dir, "tb")
-                trackers.append(TensorBoardTracker(tb, self.start))
-            self.tracker = MultiTracker(trackers)
+            self.tracker = make_trackers(output_dir, container["logger"], self.start, container)
             self.events_file = _open_events(os.path.join(output_dir, "events.csv"), self.start)
 
     def close(self) -> None:

@@ -133,7 +133,7 @@ def run(
         eval_batch_size=trainer["eval_batch_size"],
         seed=container["seed"],
         output_dir=output_dir,
-        tensorboard=bool(container["logger"]["tensorboard"]),
+        logger=container.get("logger"),
         progress=bool(trainer["progress"]),
         checkpoint=checkpoint,
         nonfinite=trainer["nonfinite"],

@@ -142,15 +142,6 @@ def test_workers_do_not_share_batches(make_cfg):
     assert summary["train/loss_min"] < summary["train/loss_max"]
 
 
-def test_tensorboard_logger_writes_event_files(make_cfg, tmp_path):
-    run(
-        make_cfg("debug=smoke", "logger.tensorboard=true", "checkpoint=none"),
-        output_dir=str(tmp_path),
-    )
-    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
-
-
 def test_non_finite_loss_stops_the_run(make_cfg, tmp_path):
     cfg = make_cfg("debug=smoke", "optimizer=sgd", "optimizer.learning_rate=1e30")
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2 \(workers \[0"):
