@@ -1,0 +1,106 @@
+"""The paper presets (``jdo/conf/experiment/*.yaml`` with a sweep): every job of every preset's
+own sweep composes, the command line narrows a preset's sweep, and one reduced sweep runs
+through the CLI. Each preset's default arm also smoke-runs in tests/train/test_config.py."""
+
+import json
+import math
+import os
+import re
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from tests.conftest import CONF
+from tests.helpers import run_cli
+
+PRESETS = ("choco_ring", "dpsgd_noniid", "diloco_h", "local_sgd_h", "byzantine", "async_stragglers")
+EXPERIMENTS = os.path.join(CONF, "experiment")
+
+
+def _jobs(params: dict, cli: tuple[str, ...] = ()) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for a preset's ``hydra.sweeper.params`` and the
+    command line's overrides (its own expansion, as in ``BasicSweeper.sweep``)."""
+    parsed = OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *cli])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+@pytest.fixture(scope="module")
+def sweeps():
+    """``{preset: (its sweep params, every job's composed config)}``."""
+    out = {}
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        for name in PRESETS:
+            base = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            params = dict(base.hydra.sweeper.params)
+            cfgs = [compose("config", overrides=[f"experiment={name}", *j]) for j in _jobs(params)]
+            out[name] = (params, cfgs)
+    return out
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_job_of_a_presets_sweep_composes(name, sweeps):
+    params, cfgs = sweeps[name]
+    sizes = [len(v.split(",")) for v in params.values()]
+    assert len(cfgs) == math.prod(sizes) >= 2
+    for cfg in cfgs:  # a job's config is a runnable config: no preset-only keys left over
+        assert cfg.algorithm._target_.startswith("jdo.algorithms.")
+        assert cfg.trainer.steps % cfg.trainer.log_every == 0
+        assert cfg.trainer.eval_every % cfg.trainer.log_every == 0
+    with open(os.path.join(EXPERIMENTS, f"{name}.yaml"), encoding="utf-8") as f:
+        header = f.read().split("\ndefaults:")[0]
+    assert f"--multirun experiment={name}" in header
+    assert re.search(r"EXPECTED \(measured", header), "the header gives the measured result"
+    assert re.search(r"(19|20)\d\d", header), "the header names the paper (author, year)"
+
+
+def test_the_arms_are_what_the_presets_compare(sweeps):
+    arm = lambda cfg: cfg.algorithm._target_.rsplit(".", 1)[-1]
+    assert sorted(arm(c) for c in sweeps["choco_ring"][1]) == sorted(
+        ["choco_sgd", "dpsgd", "allreduce_sgd"] * 2
+    )
+    choco = next(c for c in sweeps["choco_ring"][1] if arm(c) == "choco_sgd")
+    assert choco.compression._target_ == "jdo.compress.top_k" and choco.compression.ratio == 0.01
+    assert {c.partition.alpha for c in sweeps["dpsgd_noniid"][1]} == {0.1}
+    assert sorted({c.algorithm.get("sync_every", 1) for c in sweeps["diloco_h"][1]}) == [1, 8, 32, 128]
+    assert sorted({c.algorithm.every for c in sweeps["local_sgd_h"][1]}) == [1, 4, 16, 64]
+    modes = {(c.algorithm.mode, c.algorithm.staleness) for c in sweeps["async_stragglers"][1]}
+    assert modes == {("sync", None), ("async", None), ("ssp", 4)}
+    byz = sweeps["byzantine"][1]
+    assert {c.faults.attack for c in byz} == {"sign_flip", "alie"} and len(byz) == 8
+    assert all(list(c.faults.workers) == [0, 1] for c in byz)
+
+
+def test_the_command_line_narrows_a_presets_sweep(sweeps):
+    """A key given on the command line replaces the preset's values for it; others multiply."""
+    params = sweeps["local_sgd_h"][0]
+    assert len(_jobs(params, ("seed=0",))) == 4
+    assert _jobs(params, ("seed=3", "algorithm.every=2")) == [["algorithm.every=2", "seed=3"]]
+    assert len(_jobs(params, ("optimizer.learning_rate=0.1,0.05",))) == 16
+
+
+def test_a_reduced_preset_sweep_runs_through_the_cli(tmp_path):
+    """``--multirun experiment=local_sgd_h`` with H and the seed narrowed to 2 jobs: one run
+    directory each, its overrides recorded, H = 4 sending a quarter of H = 1's bytes."""
+    out = run_cli(
+        "--multirun",
+        "experiment=local_sgd_h",
+        "algorithm.every=1,4",
+        "seed=0",
+        "trainer.steps=8",
+        "trainer.log_every=4",
+        "trainer.eval_every=8",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]
+    summaries = [json.loads((p / "summary.json").read_text()) for p in runs]
+    assert [s["overrides"][:2] for s in summaries] == [
+        ["algorithm.every=1", "seed=0"],
+        ["algorithm.every=4", "seed=0"],
+    ]
+    assert all(s["steps"] == 8 and s["time/total"] > 0 for s in summaries)
+    assert summaries[1]["bytes/total"] * 4 == summaries[0]["bytes/total"]
