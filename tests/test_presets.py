@@ -81,8 +81,16 @@ def test_the_arms_are_what_the_presets_compare(sweeps):
         128,
     ]
     assert sorted({c.algorithm.every for c in sweeps["local_sgd_h"][1]}) == [1, 4, 16, 64]
-    modes = {(c.algorithm.mode, c.algorithm.staleness) for c in sweeps["async_stragglers"][1]}
-    assert modes == {("sync", None), ("async", None), ("ssp", 4)}
+    modes = {
+        (c.algorithm.mode, c.algorithm.staleness, c.algorithm.lr_scaling)
+        for c in sweeps["async_stragglers"][1]
+    }
+    assert modes == {
+        ("sync", None, None),
+        ("async", None, None),
+        ("ssp", 4, None),
+        ("async", None, "inverse"),
+    }
     byz = sweeps["byzantine"][1]
     assert {c.faults.attack for c in byz} == {"sign_flip", "label_flip"} and len(byz) == 8
     assert all(list(c.faults.workers) == [0, 1] for c in byz)
