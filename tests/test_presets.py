@@ -1,6 +1,6 @@
 """The paper presets (``jdo/conf/experiment/*.yaml`` with a sweep): every job of every preset's
-own sweep composes, the command line narrows a preset's sweep, and one reduced sweep runs
-through the CLI. Each preset's default arm also smoke-runs in tests/train/test_config.py."""
+own sweep composes, the command line narrows a preset's sweep, and one reduced sweep runs. Each
+preset's default arm also smoke-runs in tests/train/test_config.py."""
 
 import json
 import math
@@ -13,8 +13,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from jdo.train import run
 from tests.conftest import CONF
-from tests.helpers import run_cli
 
 PRESETS = ("choco_ring", "dpsgd_noniid", "diloco_h", "local_sgd_h", "byzantine", "async_stragglers")
 EXPERIMENTS = os.path.join(CONF, "experiment")
@@ -104,29 +104,23 @@ def test_the_command_line_narrows_a_presets_sweep(sweeps):
     assert len(_jobs(params, ("optimizer.learning_rate=0.1,0.05",))) == 16
 
 
-def test_a_reduced_preset_sweep_runs_through_the_cli(tmp_path):
-    """``--multirun experiment=local_sgd_h`` with H and the seed narrowed to 2 jobs: one run
-    directory each, its overrides recorded, H = 4 spending a quarter of H = 1's simulated
+def test_a_reduced_preset_sweep_runs(sweeps, tmp_path):
+    """``--multirun experiment=local_sgd_h algorithm.every=1,4 seed=0`` at 8 steps, its 2 jobs
+    run in-process as the launcher runs them (the CLI's sweeps: tests/test_cli.py): each run
+    directory records its overrides, and H = 4 spends a quarter of H = 1's simulated
     communication time (the clock: 8 steps of a fixed 10 ms gradient, all-reduce every H)."""
-    out = run_cli(
-        "--multirun",
-        "experiment=local_sgd_h",
-        "algorithm.every=1,4",
-        "seed=0",
-        "trainer.steps=8",
-        "trainer.log_every=4",
-        "trainer.eval_every=8",
-        "trainer.progress=false",
-        f"hydra.sweep.dir={tmp_path}",
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert [p.name for p in runs] == ["0", "1"]
-    summaries = [json.loads((p / "summary.json").read_text()) for p in runs]
-    assert [s["overrides"][:2] for s in summaries] == [
+    cli = ("algorithm.every=1,4", "seed=0", "trainer.steps=8", "trainer.log_every=4")
+    jobs = _jobs(sweeps["local_sgd_h"][0], (*cli, "trainer.eval_every=8", "trainer.progress=false"))
+    assert [j[:2] for j in jobs] == [
         ["algorithm.every=1", "seed=0"],
         ["algorithm.every=4", "seed=0"],
     ]
-    assert all(s["steps"] == 8 and s["time/total"] > 0 for s in summaries)
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        cfgs = [compose("config", overrides=["experiment=local_sgd_h", *j]) for j in jobs]
+    for i, (cfg, job) in enumerate(zip(cfgs, jobs, strict=True)):
+        run(cfg, output_dir=str(tmp_path / str(i)), overrides=job)
+    summaries = [json.loads((tmp_path / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["overrides"] for s in summaries] == jobs
+    assert all(s["steps"] == 8 and s["eval/avg_model/accuracy"] > 0.2 for s in summaries)
     comm = [s["time/total"] - 8 * 0.01 for s in summaries]
     assert comm[1] > 0 and comm[0] == pytest.approx(4 * comm[1], rel=1e-4)
