@@ -6,6 +6,7 @@ from jdo.algorithms.ad_psgd import (
     ad_psgd,
     gossip_simulation_of,
 )
+from jdo.algorithms.adaptive import accordion, adacomm, matcha
 from jdo.algorithms.allreduce_sgd import (
     AllReduceSGDState,
     TrainState,
@@ -42,7 +43,9 @@ __all__ = [
     "PushSumState",
     "TrainState",
     "LossFn",
+    "accordion",
     "ad_psgd",
+    "adacomm",
     "allreduce_sgd",
     "available",
     "choco_sgd",
@@ -55,6 +58,7 @@ __all__ = [
     "gossip_simulation_of",
     "gradient_tracking",
     "local_sgd",
+    "matcha",
     "parameter_server",
     "powersgd",
     "push_sum",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -27,11 +28,21 @@ class TrainState(NamedTuple):
 AllReduceSGDState = TrainState  # the name allreduce_sgd's state had first
 
 
-def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorithm:
+def from_transform(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    with_loss: bool = False,
+    report: Callable[[Any], dict] | None = None,
+) -> Algorithm:
     """The algorithm ``x ← x + tx(∇f(x; ξ), x)`` for one worker, where ``tx`` may communicate
-    (all-reduce, gossip, compressed exchange, periodic averaging, ...)."""
+    (all-reduce, gossip, compressed exchange, periodic averaging, ...). ``with_loss``: ``tx``
+    also receives the worker's loss, ``tx.update(g, s, x, loss=f(x; ξ))`` (AdaComm);
+    ``report(opt_state)``: step metrics read off the new transform state."""
     checks.function("loss_fn", loss_fn)
     checks.optimizer("tx", tx)
+    extra = lambda loss: {"loss": loss} if with_loss else {}
+    reported = report if report is not None else (lambda opt_state: {})
 
     def init(params, key):
         del key
@@ -40,9 +51,10 @@ def from_transform(loss_fn: LossFn, tx: optax.GradientTransformation) -> Algorit
     def step(state, batch, key):
         grad_fn = per_worker_compute(jax.value_and_grad(loss_fn, has_aux=True))
         (loss, metrics), grads = grad_fn(state.params, batch, key)  # chunkable: no collectives
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra(loss))
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), {"loss": loss, **metrics}
+        metrics = {"loss": loss, **metrics, **reported(opt_state)}
+        return TrainState(params, opt_state, state.step + 1), metrics
 
     return Algorithm(init, step)
 

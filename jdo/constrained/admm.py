@@ -120,6 +120,12 @@ def _size(tree) -> int:
     return sum(a.size for a in jax.tree.leaves(tree))
 
 
+def balanced_penalty(rho, primal, dual, mu: float, tau: float):
+    """Residual balancing (Boyd et al. 2011, §3.4.1): ``rho · tau`` when the primal residual
+    exceeds ``mu`` times the dual one, ``rho / tau`` in the opposite case, else ``rho``."""
+    return jnp.where(primal > mu * dual, rho * tau, jnp.where(dual > mu * primal, rho / tau, rho))
+
+
 @register("consensus_admm")
 def consensus_admm(
     loss_fn: LossFn,
@@ -200,7 +206,7 @@ def consensus_admm(
         # 5. residual balancing (Boyd §3.4.1): the scaled dual u = y/ρ is rescaled with ρ
         new_rho = rho_t
         if residual_balancing:
-            new_rho = jnp.where(r > mu * s, rho_t * tau, jnp.where(s > mu * r, rho_t / tau, rho_t))
+            new_rho = balanced_penalty(rho_t, r, s, mu, tau)
             u = jax.tree.map(lambda a: a * (rho_t / new_rho), u)
         loss, metrics = loss_fn(z, batch, key)
         metrics = {
@@ -221,6 +227,8 @@ class DecentralizedADMMState(NamedTuple):
     x: Any  # x_i^k
     dual: Any  # α_i^{k-1}: the dual update that x^k owes is made at the start of step k
     step: jax.Array
+    c: Any = ()  # residual balancing: the penalty of the last x-update (else ())
+    previous: Any = ()  # residual balancing: x_i^{k-1} (else ())
 
 
 @register("decentralized_admm")
@@ -232,6 +240,9 @@ def decentralized_admm(
     c: float = 1.0,
     solver: str | LocalSolver = "auto",
     inner_steps: int = 50,
+    residual_balancing: bool = False,
+    mu: float = 10.0,
+    tau: float = 2.0,
     axis_name: str = WORKERS,
 ) -> Algorithm:
     r"""Decentralized consensus ADMM (Shi, Ling, Yuan, Wu & Yin 2014, "On the Linear
@@ -248,9 +259,19 @@ def decentralized_admm(
     which is the sum the next x-update needs too, so it is made at the start of the next
     step (``state.dual`` holds :math:`\alpha^{k-1}` beside :math:`x^k`; the x iterates are
     the paper's). Converges to the minimiser of :math:`\sum_i f_i` for convex f_i.
+
+    ``residual_balancing`` adapts c as :func:`consensus_admm` adapts ρ (Boyd et al. 2011,
+    §3.4.1, :func:`balanced_penalty`) from the primal residual
+    :math:`r^k = \|Lx^k\|` (the constraint's: :math:`(Lx)_i = d_i x_i - \sum_{j\in N_i}
+    x_j`, from the step's exchange) and the dual one :math:`s^k = c\,\|D(x^k - x^{k-1})\|`,
+    both over all workers (one all-reduce of two scalars per step, the only one); the dual
+    :math:`\alpha` is unscaled, so it keeps its value when c changes. Metrics ``rho`` (c),
+    ``primal_residual``, ``dual_residual``.
     """
     checks.function("loss_fn", loss_fn)
     checks.positive("c", c)
+    for name, value in (("mu", mu), ("tau", tau)):
+        checks.positive(name, value)
     solve, check = _local_solver(solver, optimizer, inner_steps, "decentralized_admm")
     check_topology("topology", topology)
     if topology.period != 1:
@@ -268,28 +289,39 @@ def decentralized_admm(
     def init(params, key):
         del key
         check(params)
-        return DecentralizedADMMState(
-            params, jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32)
-        )
+        zeros, step0 = jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.int32)
+        if not residual_balancing:
+            return DecentralizedADMMState(params, zeros, step0)
+        return DecentralizedADMMState(params, zeros, step0, jnp.asarray(c, float), params)
 
     def step(state, batch, key):
         d = jnp.asarray(degree, float)[axis_index(axis_name)]  # the default float
         # 1. the step's one exchange: Σ_{j∈N_i} x_j^k
         others = neighbour_sum(state.x, topology, axis_name)
         # 2. the dual update x^k owes, α^k = α^{k-1} + c Σ_j (x_i^k − x_j^k) (none at k = 0,
-        #    where α^0 = 0)
+        #    where α^0 = 0), with the c of the x-update that made x^k
         owed = (state.step > 0).astype(d.dtype)
-        dual = jax.tree.map(
-            lambda a, xi, xs: a + owed * c * (d * xi - xs), state.dual, state.x, others
-        )
+        c_old = state.c if residual_balancing else c
+        laplacian_x = jax.tree.map(lambda xi, xs: d * xi - xs, state.x, others)
+        dual = jax.tree.map(lambda a, lx: a + owed * c_old * lx, state.dual, laplacian_x)
+        c_new, extra = c_old, {}
+        if residual_balancing:  # 2b. c from the residuals of x^k (none before x^1 exists)
+            moved = jax.tree.map(lambda a, b: d * (a - b), state.x, state.previous)
+            r, s = jnp.sqrt(psum(jnp.stack([_sq(laplacian_x), _sq(moved)]), axis_name))
+            s = c_old * s
+            c_new = jnp.where(state.step > 1, balanced_penalty(c_old, r, s, mu, tau), c_old)
+            extra = {"rho": c_old, "primal_residual": r, "dual_residual": s}
         # 3. the x-update: argmin f + αᵀx + c Σ_j ||x − (x_i + x_j)/2||² is a prox step at
         #    m − α/ρ_i with m = (d x_i + Σ_j x_j) / (2d)
-        rho_i = 2.0 * c * d
+        rho_i = 2.0 * c_new * d
         v = jax.tree.map(
             lambda xi, xs, a: (d * xi + xs) / (2.0 * d) - a / rho_i, state.x, others, dual
         )
         x = solve(loss_fn, state.x, v, rho_i, batch, key)
         loss, metrics = loss_fn(x, batch, key)
-        return DecentralizedADMMState(x, dual, state.step + 1), {"loss": loss, **metrics}
+        new = DecentralizedADMMState(x, dual, state.step + 1)
+        if residual_balancing:
+            new = new._replace(c=c_new, previous=state.x)
+        return varying(new, axis_name), {"loss": loss, **metrics, **extra}
 
     return Algorithm(init, step, params=lambda s: s.x)

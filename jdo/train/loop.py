@@ -155,6 +155,7 @@ class Run:
     state: Any = None
     step: int = 0
     skipped: int = 0
+    sent: int | None = None  # bytes sent so far, counted per step (steps that report traffic)
     resumed: dict | None = None
     ckpt: Checkpointer | None = None
     compile_s: float = 0.0
@@ -362,6 +363,7 @@ def _drain(run, queue, tracker, progress, keep: int) -> None:
         run.interval_s += seconds
         run.step_s = seconds / item.n
         _check_call(run, item, *outputs)
+        _count_traffic(run, outputs[0], item.n)
         run.interval.append((outputs[0], item.n))
         end = item.step0 + item.n
         if end % run.opts.log_every == 0 or end == run.stop_at:
@@ -369,6 +371,19 @@ def _drain(run, queue, tracker, progress, keep: int) -> None:
             evaluated = queue and queue[0].kind == "eval" and queue[0].step0 == end
             if not evaluated:
                 _log_record(run, end, tracker, progress, evaluated=False)
+
+
+def _count_traffic(run: Run, metrics, n: int) -> None:
+    """Adds the bytes of the call's ``n`` steps to ``run.sent`` when the algorithm reports
+    each step's ``traffic`` (:mod:`jdo.transforms.adaptive`: the fraction ``φ`` of the way
+    from the compiled step's cheapest branch to its costliest that the step took): each step
+    sends ``round(quiet + φ · (full − quiet))``, the branch taken."""
+    traffic = metrics.pop("traffic", None)
+    if traffic is None:
+        return
+    quiet, full = run.program.quiet_bytes, run.program.bytes_per_step
+    phi = np.asarray(traffic, np.float64)[0, :n]  # the same on every worker
+    run.sent = (run.sent or 0) + int(np.sum(np.round(quiet + phi * (full - quiet))))
 
 
 def _check_call(run: Run, item: Call, metrics, finite) -> None:
@@ -440,6 +455,8 @@ def _close_interval(run: Run, end: int) -> None:
     )
     if skips is not None:
         record["skipped_steps"] = run.skipped
+    if run.sent is not None:  # counted per step: the branch each step took
+        record["bytes/total"] = run.sent
     seconds = max(run.interval_s, 1e-9)
     run.interval_s = 0.0
     record["steps_per_s"] = steps / seconds
@@ -493,6 +510,7 @@ def _save(run: Run, end: int) -> None:
         **run.opts.checkpoint.meta,
         "workers": run.opts.workers,
         "skipped_steps": run.skipped,
+        "bytes_sent": run.sent,
         "first_loss": run.first_loss,
     }
     run.save_s.append(run.ckpt.save(end, run.state, meta))

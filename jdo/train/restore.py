@@ -92,6 +92,7 @@ def restore_or_init(run) -> None:
         )
     run.step = start
     run.skipped = int(meta.get("skipped_steps", 0))
+    run.sent = meta.get("bytes_sent")
     run.first_loss = meta.get("first_loss")
     run.resumed = {"step": start, "path": run.ckpt.path(start)}
     if int(meta.get("workers", opts.workers)) == opts.workers:

@@ -1,5 +1,14 @@
 """Optax transforms that communicate over the worker axis: the import-into-your-loop surface."""
 
+from jdo.transforms.adaptive import (
+    AccordionState,
+    AdaCommState,
+    MatchaState,
+    accordion,
+    adacomm,
+    adaptive_metrics,
+    matcha,
+)
 from jdo.transforms.all_reduce import all_reduce
 from jdo.transforms.choco import ChocoState, choco
 from jdo.transforms.clipped_gossip import ClippedGossip, ClippedGossipState, clipped_gossip
@@ -12,6 +21,9 @@ from jdo.transforms.robust import RobustAllReduceState, robust_all_reduce
 from jdo.transforms.sharded import ShardedState, sharded_update
 
 __all__ = [
+    "AccordionState",
+    "AdaCommState",
+    "MatchaState",
     "ChocoState",
     "ClippedGossip",
     "ClippedGossipState",
@@ -22,6 +34,9 @@ __all__ = [
     "PowerSGDState",
     "RobustAllReduceState",
     "ShardedState",
+    "accordion",
+    "adacomm",
+    "adaptive_metrics",
     "all_reduce",
     "choco",
     "clipped_gossip",
@@ -30,6 +45,7 @@ __all__ = [
     "gossip",
     "hierarchical_local_sgd",
     "local_sgd",
+    "matcha",
     "powersgd",
     "robust_all_reduce",
     "sharded_update",
