@@ -199,7 +199,6 @@ def _built(cfg):
 def step_cost(cfg) -> StepCost:
     """Predicted seconds and bytes per step of the run ``cfg`` describes (see the module
     docstring): its clocked step stepped alone for :func:`probe_steps` steps."""
-    import jax
 
     from jdo.system import clock as sim_clock
 
@@ -295,3 +294,368 @@ def _traffic(algo, exp, workers: int, batch_size, cluster) -> tuple[int, int]:
     busy = sum(step_traffic(ops("max"), cluster)[0].values())
     quiet = sum(step_traffic(ops("min"), cluster)[0].values())
     return int(busy), int(quiet)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pilot runs and the loss curve
+# ----------------------------------------------------------------------------------------------
+
+
+def run_metrics(cfg) -> list[dict]:
+    """``metrics.jsonl`` of one :func:`jdo.train.run` of ``cfg`` (a temporary run directory)."""
+    from jdo.train.runner import run
+
+    with tempfile.TemporaryDirectory(prefix="jdo-plan-") as out:
+        run(cfg, output_dir=out)
+        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+def curve(lines: Sequence[Mapping], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(steps, times, values)`` of the lines that hold ``metric`` (``times``: the latest
+    worker's simulated clock, ``time/total``)."""
+    rows = [x for x in lines if metric in x and np.isfinite(x[metric])]
+    if not rows:
+        raise PlanError(f"--metric: the runs log no {metric!r} (an eval/... or train/... key)")
+    as_array = lambda key: np.array([x.get(key, np.nan) for x in rows], np.float64)
+    return as_array("step"), as_array("time/total"), as_array(metric)
+
+
+def first_crossing(steps, times, values, target: float) -> tuple[float, float] | None:
+    """``(step, time)`` of the first logged value ``<= target`` (None: never)."""
+    hit = np.flatnonzero(np.asarray(values) <= target)
+    return (float(steps[hit[0]]), float(times[hit[0]])) if hit.size else None
+
+
+def fit_curve(steps, values) -> tuple[float, float, float]:
+    r"""Least-squares fit of :math:`v(s) = a + b e^{-c s}` to a loss curve.
+
+    For each rate :math:`c` on a log grid from :math:`10^{-2}/s_{max}` to :math:`10/s_{min}`
+    (200 points), :math:`(a, b)` is the linear least-squares solution; the :math:`(a, b, c)`
+    with the smallest squared error among those with :math:`b > 0` (a decreasing curve) wins.
+    Returns ``(a, b, c)``; ``b = 0`` when no decreasing fit exists (the curve is flat or
+    rising: its floor ``a`` is its mean)."""
+    s, v = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+    best, result = np.inf, (float(np.mean(v)), 0.0, 0.0)
+    for c in np.geomspace(1e-2 / s.max(), 10.0 / max(s.min(), 1.0), 200):
+        basis = np.stack([np.ones_like(s), np.exp(-c * s)], axis=1)
+        (a, b), *_ = np.linalg.lstsq(basis, v, rcond=None)
+        err = float(np.sum((basis @ (a, b) - v) ** 2))
+        if b > 0 and err < best:
+            best, result = err, (float(a), float(b), float(c))
+    return result
+
+
+def steps_to_target(fit: tuple[float, float, float], target: float) -> float:
+    """Where the fitted curve reaches ``target``: :math:`\\ln(b / (T - a)) / c`; ``inf`` when
+    the target lies at or below the fitted floor ``a``."""
+    a, b, c = fit
+    if b <= 0 or target <= a:
+        return math.inf
+    return max(0.0, math.log(b / (target - a)) / c)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One algorithm's prediction (and, after ``--run-top``, what it achieved)."""
+
+    algorithm: str
+    cost: StepCost
+    predicted_steps: float
+    source: str  # "pilot": the pilot crossed the target; "fit": extrapolated
+    fit: tuple[float, float, float]
+    pilot_steps: int
+    pilot_seconds_per_step: float  # the pilot's own clock: time/total / steps
+    pilot_final: float  # the metric at the pilot's end
+    rank: int = 0
+    achieved_time: float | None = None
+    achieved_steps: float | None = None
+    achieved_rank: int | None = None
+
+    @property
+    def predicted_time(self) -> float:
+        return self.predicted_steps * self.cost.seconds_per_step
+
+
+def plan_one(base, name: str, target: float, metric: str, pilot_steps: int, every: int):
+    """:class:`Candidate` of ``name``: its step cost and its pilot's extrapolated curve."""
+    overrides = run_overrides(base, name, pilot_steps, every)
+    cost = step_cost(compose(overrides))
+    lines = run_metrics(compose(overrides))
+    steps, times, values = curve(lines, metric)
+    fit = fit_curve(steps, values)
+    hit = first_crossing(steps, times, values, target)
+    return Candidate(
+        algorithm=name,
+        cost=cost,
+        predicted_steps=hit[0] if hit else steps_to_target(fit, target),
+        source="pilot" if hit else "fit",
+        fit=fit,
+        pilot_steps=pilot_steps,
+        pilot_seconds_per_step=float(lines[-1]["time/total"]) / float(lines[-1]["step"]),
+        pilot_final=float(values[-1]),
+    )
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Sorted by predicted time to target (ties: fewer seconds per step first), ``rank``
+    1, 2, ... set."""
+    order = sorted(candidates, key=lambda c: (c.predicted_time, c.cost.seconds_per_step))
+    for i, c in enumerate(order):
+        c.rank = i + 1
+    return order
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of ``values`` (ties get their mean rank; ``inf`` ties last)."""
+    v = np.asarray(values, np.float64)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v), np.float64)
+    r[order] = np.arange(1, len(v) + 1)
+    for value in np.unique(v):
+        same = v == value
+        r[same] = r[same].mean()
+    return r
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: the Pearson correlation of the (mean-tie) ranks; nan when
+    either side has a single rank."""
+    rx, ry = ranks(x), ranks(y)
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def achieve(base, c: Candidate, target: float, metric: str, max_steps: int, every: int):
+    """Runs ``c``'s algorithm for ``max_steps`` steps and records when the target was first
+    crossed (``time/total`` of that line of ``metrics.jsonl``)."""
+    lines = run_metrics(compose(run_overrides(base, c.algorithm, max_steps, every)))
+    hit = first_crossing(*curve(lines, metric), target)
+    c.achieved_steps, c.achieved_time = hit if hit else (None, math.inf)
+
+
+def run_top(base, ranked: list[Candidate], k: int, target, metric, max_steps, every) -> float:
+    """Runs the ``k`` best to the target; sets their achieved rank; returns Spearman's ρ
+    between predicted and achieved times."""
+    top = ranked[:k]
+    for c in top:
+        achieve(base, c, target, metric, max_steps, every)
+    achieved = ranks([c.achieved_time for c in top])
+    for c, r in zip(top, achieved, strict=True):
+        c.achieved_rank = float(r)
+    return spearman([c.predicted_time for c in top], [c.achieved_time for c in top])
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def as_records(ranked: Sequence[Candidate]) -> list[dict]:
+    """The ``--json`` list: ``algorithm``, ``seconds_per_step``, ``bytes_per_step`` (mean over
+    the period), ``predicted_time_to_target`` (simulated seconds; null: never), ``rank``,
+    then the details."""
+    return [
+        {
+            "algorithm": c.algorithm,
+            "seconds_per_step": c.cost.seconds_per_step,
+            "bytes_per_step": c.cost.bytes_per_step,
+            "predicted_time_to_target": _finite(c.predicted_time),
+            "rank": c.rank,
+            "predicted_steps_to_target": _finite(c.predicted_steps),
+            "prediction_from": c.source,
+            "bytes_per_communicating_step": c.cost.bytes_communicating,
+            "bytes_per_quiet_step": c.cost.bytes_quiet,
+            "period": c.cost.period,
+            "compute_s": c.cost.compute_s,
+            "comm_s_per_step": c.cost.comm_s,
+            "fit_a_b_c": list(c.fit),
+            "pilot_steps": c.pilot_steps,
+            "pilot_seconds_per_step": c.pilot_seconds_per_step,
+            "pilot_final": c.pilot_final,
+            "achieved_time_to_target": _finite(c.achieved_time),
+            "achieved_steps_to_target": c.achieved_steps,
+            "achieved_rank": c.achieved_rank,
+        }
+        for c in ranked
+    ]
+
+
+def _num(x: float | None, unit: str = "") -> str:
+    if x is None or not math.isfinite(x):
+        return "never"
+    return f"{x:.4g}{unit}"
+
+
+def table(ranked: Sequence[Candidate], achieved: bool = False) -> str:
+    """The ranking as aligned text."""
+    head = ["rank", "algorithm", "s/step", "bytes/step", "steps to target", "time to target"]
+    head += ["achieved time", "achieved rank"] if achieved else []
+    rows = [head]
+    for c in ranked:
+        src = "" if c.source == "fit" else " (pilot)"
+        row = [str(c.rank), c.algorithm, f"{c.cost.seconds_per_step:.4g}"]
+        row += [f"{c.cost.bytes_per_step:.4g}", _num(c.predicted_steps) + src]
+        row += [_num(c.predicted_time, " s")]
+        if achieved:
+            done = c.achieved_rank is not None
+            row += [_num(c.achieved_time, " s") if done else "-"]
+            row += [f"{c.achieved_rank:g}" if done else "-"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def recommendation(ranked: Sequence[Candidate], target: float, metric: str) -> str:
+    """One paragraph: the recommended algorithm and why (its bytes, seconds per step and
+    predicted convergence against the baseline and the runner-up)."""
+    best = ranked[0]
+    if not math.isfinite(best.predicted_time):
+        return (
+            f"No recommendation: no algorithm is predicted to reach {metric} <= {target:g} "
+            "(every fitted curve levels off above it); lower the target or lengthen the pilot."
+        )
+    how = "its pilot crossed it" if best.source == "pilot" else "extrapolated from its pilot"
+    text = (
+        f"Recommended: {best.algorithm}. It is predicted to reach {metric} <= {target:g} in "
+        f"{best.predicted_time:.4g} simulated s ({best.predicted_steps:.4g} steps, {how}) at "
+        f"{best.cost.seconds_per_step:.4g} s/step, sending {best.cost.bytes_per_step:.4g} "
+        "bytes per step per worker."
+    )
+    base = next((c for c in ranked if c.algorithm == BASELINE), None)
+    if base is not None and base is not best:
+        text += (
+            f" {BASELINE} would take {_num(base.predicted_time, ' s')} "
+            f"({_num(base.predicted_steps)} steps at {base.cost.seconds_per_step:.4g} s/step, "
+            f"{base.cost.bytes_per_step:.4g} bytes/step)"
+        )
+        if math.isfinite(base.predicted_time):
+            text += f": {base.predicted_time / best.predicted_time:.3g}x slower"
+        text += "."
+    if len(ranked) > 1:
+        second = ranked[1]
+        text += (
+            f" Runner-up: {second.algorithm} ({_num(second.predicted_time, ' s')}, "
+            f"{second.cost.seconds_per_step:.4g} s/step)."
+        )
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    overrides: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    target: float
+    metric: str
+    pilot_steps: int
+    every: int
+    run_top: int
+    max_steps: int
+    json_path: str | None
+
+
+def _parser():
+    import argparse
+
+    class OneLine(argparse.ArgumentParser):
+        def error(self, message):
+            raise PlanError(message)
+
+    p = OneLine(
+        prog="jdo-plan",
+        description="Rank algorithms by predicted simulated time to a target loss.",
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. task=logistic workers=16")
+    p.add_argument("--algorithms", default=",".join(DEFAULT_SET))
+    p.add_argument("--target", type=float, default=None, help="the loss to reach (required)")
+    p.add_argument("--metric", default="eval/avg_model/loss")
+    p.add_argument("--pilot-steps", type=int, default=256)
+    p.add_argument("--every", type=int, default=16, help="log and evaluate every N steps")
+    p.add_argument("--run-top", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="--run-top's budget per run")
+    p.add_argument("--json", dest="json_path", default=None)
+    return p
+
+
+def parse(argv: Sequence[str]) -> Options:
+    """Command-line options, checked (:class:`PlanError`, one line, on bad input)."""
+    a = _parser().parse_args(list(argv))
+    if a.target is None or not math.isfinite(a.target):
+        raise PlanError("--target: required, a finite loss to reach (e.g. --target 0.36)")
+    names = check_algorithms(a.algorithms.split(","))
+    if a.every < 1 or a.pilot_steps < a.every or a.pilot_steps % a.every:
+        raise PlanError("--pilot-steps: must be a positive multiple of --every")
+    if not 0 <= a.run_top <= len(names):
+        raise PlanError(f"--run-top: must be between 0 and the {len(names)} algorithms")
+    max_steps = a.max_steps if a.max_steps is not None else 8 * a.pilot_steps
+    if max_steps < a.every or max_steps % a.every:
+        raise PlanError("--max-steps: must be a positive multiple of --every")
+    return Options(
+        overrides=check_base(a.overrides),
+        algorithms=names,
+        target=a.target,
+        metric=a.metric,
+        pilot_steps=a.pilot_steps,
+        every=a.every,
+        run_top=a.run_top,
+        max_steps=max_steps,
+        json_path=a.json_path,
+    )
+
+
+def plan(opts: Options, echo=print) -> tuple[list[Candidate], float | None]:
+    """Plans (and with ``run_top`` runs) as :func:`main` does: ``(ranked, rho)``."""
+    candidates = []
+    for name in opts.algorithms:
+        echo(f"pilot: {name} ({opts.pilot_steps} steps)")
+        args = (opts.target, opts.metric, opts.pilot_steps, opts.every)
+        candidates.append(plan_one(opts.overrides, name, *args))
+    ranked = rank(candidates)
+    rho = None
+    if opts.run_top:
+        echo(f"running the top {opts.run_top} for {opts.max_steps} steps")
+        args = (opts.target, opts.metric, opts.max_steps, opts.every)
+        rho = run_top(opts.overrides, ranked, opts.run_top, *args)
+    return ranked, rho
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``jdo-plan``: exit 0 done, 2 bad input (one line on stderr)."""
+    import sys
+
+    from jdo.train.config import ConfigError
+
+    try:
+        opts = parse(sys.argv[1:] if argv is None else argv)
+        ranked, rho = plan(opts)
+    except (PlanError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # Hydra's composition errors: an unknown group or key
+        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(table(ranked, achieved=bool(opts.run_top)))
+    print()
+    print(recommendation(ranked, opts.target, opts.metric))
+    if rho is not None:
+        print(f"Predicted vs achieved ranking of the top {opts.run_top}: Spearman's rho {rho:.3g}")
+    if opts.json_path:
+        with open(opts.json_path, "w", encoding="utf-8") as f:
+            json.dump(as_records(ranked), f, indent=1)
+    return 0
+
+
+def cli() -> None:
+    raise SystemExit(main())
