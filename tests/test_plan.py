@@ -26,9 +26,9 @@ NAMES = "allreduce_sgd,local_sgd_h4,dpsgd_ring"
 KEYS = ("algorithm", "seconds_per_step", "bytes_per_step", "predicted_time_to_target", "rank")
 
 
-def _plan(path):
+def _plan(path, *more):
     argv = [*BASE, "--target", "0.36", "--algorithms", NAMES]
-    argv += ["--pilot-steps", "64", "--every", "16", "--json", str(path)]
+    argv += ["--pilot-steps", "64", "--every", "16", "--json", str(path), *more]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert plan.main(argv) == 0
@@ -38,9 +38,10 @@ def _plan(path):
 
 @pytest.fixture(scope="module")
 def two_plans(tmp_path_factory):
-    """The same plan twice, in-process, as ``python -m experiments.plan`` runs it."""
+    """The same plan twice, in-process, as ``python -m experiments.plan`` runs it; the second
+    also runs its top 2 for 64 steps (the pilots' own length: their runs again)."""
     tmp = tmp_path_factory.mktemp("plan")
-    return _plan(tmp / "a.json"), _plan(tmp / "b.json")
+    return _plan(tmp / "a.json"), _plan(tmp / "b.json", "--run-top", "2", "--max-steps", "64")
 
 
 def test_predicted_seconds_per_step_equal_the_runners_clock(two_plans):
@@ -68,7 +69,21 @@ def test_ranking_is_stable_and_the_json_has_the_names_tools_use(two_plans):
     assert [r["algorithm"] for r in first] == [r["algorithm"] for r in second]
     times = lambda rs: [r["predicted_time_to_target"] for r in rs]
     assert times(first) == times(second)
-    local = next(r for r in first if r["algorithm"] == "local_sgd_h4")
+    assert [r["achieved_rank"] is not None for r in second] == [True, True, False]
+    assert [r["achieved_rank"] for r in first] == [None] * 3
+
+
+def test_run_top_reads_the_crossing_of_the_pilots_own_run(two_plans):
+    """``--run-top 2 --max-steps 64`` reruns the two best pilots: the same seeds give the same
+    crossing step as their pilots; Spearman's rho is printed."""
+    records, out = two_plans[1]
+    assert "Spearman's rho" in out
+    for r in records[:2]:
+        if r["prediction_from"] == "pilot":
+            assert r["achieved_steps_to_target"] == r["predicted_steps_to_target"]
+        else:
+            assert r["achieved_time_to_target"] is None
+    local = next(r for r in records if r["algorithm"] == "local_sgd_h4")
     assert local["bytes_per_step"] == local["bytes_per_communicating_step"] / 4
 
 
@@ -85,13 +100,14 @@ def test_seconds_per_step_is_the_alpha_beta_formula():
         assert cost.bytes_communicating == round(2 * (n - 1) / n * s)
 
 
-def test_fit_curve_recovers_an_exponential_and_its_crossing():
-    steps = np.arange(16, 257, 16, dtype=np.float64)
-    a, b, c = 0.3, 0.5, 0.02
-    fit = plan.fit_curve(steps, a + b * np.exp(-c * steps))
-    assert fit == pytest.approx((a, b, c), rel=2e-2)
-    target = 0.31  # crossed at ln(b / 0.01) / c = 195.6 steps
-    assert plan.steps_to_target(fit, target) == pytest.approx(math.log(50) / c, rel=2e-2)
+def test_fit_curve_recovers_a_power_law_and_its_crossing():
+    steps = np.arange(8, 65, 8, dtype=np.float64)
+    a, b = 0.3, 2.0  # p: a point of the fit's grid (0.05 * 80 ** (k / 199), k = 150)
+    p = float(np.geomspace(0.05, 4.0, 200)[150])
+    fit = plan.fit_curve(steps, a + b * steps**-p)
+    assert fit == pytest.approx((a, b, p), rel=1e-6)
+    target = 0.31  # crossed at (b / 0.01) ** (1 / p) steps
+    assert plan.steps_to_target(fit, target) == pytest.approx(200 ** (1 / p), rel=1e-5)
     assert plan.steps_to_target(fit, 0.29) == math.inf  # below the floor
     assert plan.fit_curve(steps, 1.0 + 1e-3 * steps)[1] == 0.0  # rising: no decreasing fit
 
