@@ -559,7 +559,7 @@ def recommendation(ranked: Sequence[Candidate], target: float, metric: str) -> s
             f"{base.cost.bytes_per_step:.4g} bytes/step)"
         )
         if math.isfinite(base.predicted_time):
-            text += f": {base.predicted_time / best.predicted_time:.3g}x slower"
+            text += f": {base.predicted_time / best.predicted_time:.3g}x the recommended time"
         text += "."
     if len(ranked) > 1:
         second = ranked[1]
