@@ -17,7 +17,7 @@ For every algorithm of a set (:data:`ALGORITHMS`, ``--algorithms``) it
    length is the run's;
 2. **counts bytes per step** from the step's compiled HLO, as the runner does
    (``bytes/step``: a communicating step; ``bytes/step_quiet``: the others), and reports their
-   mean over the period (the communicating steps are those whose clock paid for a collective);
+   mean over the pilot's steps (communicating: those whose clock paid for a collective);
 3. **runs a short pilot** through the real runner (:func:`jdo.train.run`, seeds fixed,
    ``checkpoint=none``) and fits its loss curve ``loss(s) = a + b s^-p`` over steps ``s``
    (:func:`fit_curve`); the predicted steps to the target are where the fit crosses it
