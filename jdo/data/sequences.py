@@ -49,13 +49,14 @@ def _generate(args: dict) -> dict:
     full = get_dataset_args(as_dict=True)
     full.update(args)
     full.pop("url", None)  # only get_dataset's download reads it
-    np_state, py_state = np.random.get_state(), random.getstate()
+    # the package draws from NumPy's legacy global generator: save it to put it back
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     try:
         from mnist1d.utils import ObjectView
 
         return make_dataset(ObjectView(full))
     finally:
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
 
 

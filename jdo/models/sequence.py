@@ -28,6 +28,40 @@ def _sequence_shape(model: str, in_shape) -> tuple[int, int]:
     return in_shape[0], in_shape[1]
 
 
+def conv1d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``y[b, t, f] = Σ_{i, c} x_pad[b, s·t + i, c] · kernel[i, c, f]``: a 1-D convolution
+    (cross-correlation, as PyTorch's ``Conv1d`` and ``lax.conv``) with zero padding on both
+    sides, as k strided slices and one einsum. On CPU this is ~10× faster than XLA's
+    convolution for these small shapes (its gradient most of all), and it is the same on GPUs.
+
+    Args:
+      x: ``f32[B, T, C]``; kernel: ``f32[k, C, F]``.
+
+    Returns:
+      ``f32[B, (T + 2·padding − k) // stride + 1, F]``.
+    """
+    k = kernel.shape[0]
+    x = jnp.pad(x, ((0, 0), (padding, padding), (0, 0)))
+    n = (x.shape[1] - k) // stride + 1
+    span = stride * (n - 1) + 1
+    patches = jnp.stack([x[:, i : i + span : stride] for i in range(k)], axis=2)  # [B, n, k, C]
+    return jnp.einsum("bnkc,kcf->bnf", patches, kernel)
+
+
+class Conv1D(nnx.Module):
+    """A 1-D convolution layer with bias (:func:`conv1d`); its kernel ``[k, C, F]`` and
+    initialisation (LeCun normal, zero bias) are those of ``nnx.Conv``."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *, rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (kernel_size, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.stride = stride
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # x: f32[B, T, C] -> f32[B, T', F]
+        return conv1d(x, self.kernel[...], self.stride, padding=1) + self.bias[...]
+
+
 class CNN1D(nnx.Module):
     """1-D convolutions (stride 2, padding 1) with ReLU, flattened into a linear head.
 
@@ -53,7 +87,8 @@ class CNN1D(nnx.Module):
         checks.positive_int("stride", stride)
         if len(kernel_sizes) != len(features):
             raise checks.InvalidArgument(
-                "kernel_sizes", f"needs one size per layer of features {features}, got {kernel_sizes}"
+                "kernel_sizes",
+                f"needs one size per layer of features {features}, got {kernel_sizes}",
             )
         sizes = [channels, *features]
         self.convs = nnx.List()
@@ -63,7 +98,7 @@ class CNN1D(nnx.Module):
                 raise checks.InvalidArgument(
                     "in_shape", f"is too short for kernels {kernel_sizes} at stride {stride}"
                 )
-            self.convs.append(nnx.Conv(a, b, (k,), (stride,), padding=((1, 1),), rngs=rngs))
+            self.convs.append(Conv1D(a, b, k, stride, rngs=rngs))
         self.head = nnx.Linear(length * sizes[-1], num_outputs, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:  # x: f32[B, T, C]
@@ -74,7 +109,9 @@ class CNN1D(nnx.Module):
 
 def _uniform(bound: float):
     """PyTorch's recurrent-layer initialisation: every weight and bias U(−bound, bound)."""
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+    )
 
 
 def gru_scan(xi: jax.Array, w_h: jax.Array, b_h: jax.Array, reverse: bool = False) -> jax.Array:
@@ -103,7 +140,7 @@ def gru_scan(xi: jax.Array, w_h: jax.Array, b_h: jax.Array, reverse: bool = Fals
         h = (1 - z) * jnp.tanh(a_n + r * g_n) + z * h
         return h, h
 
-    h0 = jnp.zeros((xi.shape[0], hidden), xi.dtype)
+    h0 = jnp.zeros_like(xi[:, 0, :hidden])  # from xi: varying over the same axes (shard_map)
     _, hs = jax.lax.scan(step, h0, jnp.swapaxes(xi, 0, 1), reverse=reverse)
     return jnp.swapaxes(hs, 0, 1)
 
@@ -217,9 +254,7 @@ class Transformer(nnx.Module):
         self.embed = nnx.Linear(patch_size * channels, dim, rngs=rngs)
         init = nnx.initializers.normal(0.02)
         self.position = nnx.Param(init(rngs.params(), (length // patch_size, dim)))
-        self.blocks = nnx.List(
-            [EncoderBlock(dim, heads, mlp_dim, rngs=rngs) for _ in range(depth)]
-        )
+        self.blocks = nnx.List([EncoderBlock(dim, heads, mlp_dim, rngs=rngs) for _ in range(depth)])
         self.norm = nnx.LayerNorm(dim, rngs=rngs)
         self.head = nnx.Linear(dim, num_outputs, rngs=rngs)
 

@@ -59,6 +59,10 @@ def _needs(option_override, tmp_path):
         # vmapped CNN gradients are grouped convolutions, slow on CPU: 4 examples, not 32
         "model=cnn": ["trainer.batch_size=4"],
         "experiment=digits_cnn": ["trainer.batch_size=4"],
+        # sequence models read [T, C] inputs
+        "model=cnn1d": ["task=mnist1d"],
+        "model=gru": ["task=mnist1d"],
+        "model=transformer": ["task=mnist1d"],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
