@@ -20,6 +20,15 @@ def _count(factory, *args, **kwargs) -> int:
     return sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
+def _random_model(factory, in_shape, num_outputs, rng, workers=(), **kwargs):
+    """``apply`` of ``factory``'s model and params drawn by numpy (N(0, 0.3²), shape
+    ``[*workers, ...]`` per leaf): the forward pass checks need no JAX initialiser compiled."""
+    model = nnx.eval_shape(lambda: factory(in_shape, num_outputs, **kwargs, rngs=nnx.Rngs(0)))
+    apply, shapes = models.functional(model)
+    draw = lambda s: jnp.asarray(0.3 * rng.normal(size=(*workers, *s.shape)), jnp.float32)
+    return apply, jax.tree.map(draw, shapes)
+
+
 def test_cnn1d_has_the_reference_parameter_count():
     # mnist1d's ConvBase (notebooks/models.py): Conv1d(1, 25, 5, stride 2, padding 1),
     # Conv1d(25, 25, 3, 2, 1) twice, Linear(125, 10). Lengths 40 -> 19 -> 10 -> 5
@@ -93,9 +102,9 @@ def _gru_reference(x, w_i, b_i, w_h, b_h, reverse):
 
 
 def test_gru_matches_numpy_in_both_directions():
-    module = models.GRU((9, 2), 3, hidden=4, rngs=nnx.Rngs(1))
-    apply, params = models.functional(module)
-    x = np.random.default_rng(0).normal(size=(5, 9, 2))
+    rng = np.random.default_rng(0)
+    apply, params = _random_model(models.GRU, (9, 2), 3, rng, hidden=4)
+    x = rng.normal(size=(5, 9, 2))
     p = jax.tree.map(np.asarray, params)
     weights = [
         [p["directions"][d][m][a] for m in ("inputs", "hidden") for a in ("kernel", "bias")]
@@ -117,12 +126,10 @@ def test_gru_matches_numpy_in_both_directions():
 
 @pytest.fixture(scope="module", params=SEQUENCE_MODELS, ids=lambda f: f.__name__)
 def workers_forward(request):
-    """A model's ``apply``, 8 workers' own params (the init plus per-worker noise) and inputs,
-    and each worker's logits computed on its own (one jitted forward, worker by worker)."""
-    apply, params = models.functional(request.param((40, 1), 10, rngs=nnx.Rngs(0)))
+    """A model's ``apply``, 8 workers' own params and inputs, and each worker's logits
+    computed on its own (one jitted forward, worker by worker)."""
     rng = np.random.default_rng(0)
-    stacked = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=(8, *p.shape)), params)
-    stacked = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), stacked)
+    apply, stacked = _random_model(request.param, (40, 1), 10, rng, workers=(8,))
     xs = jnp.asarray(rng.normal(size=(8, 4, 40, 1)), jnp.float32)
     one = jax.jit(apply)
     expected = np.stack([one(jax.tree.map(lambda p, w=w: p[w], stacked), xs[w]) for w in range(8)])
