@@ -21,11 +21,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = tempfile.mkdtemp(prefix="jdo-test-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+# Generated datasets (task=mnist1d) are cached in this session's own folder, never the user's
+# ~/.cache/jdo: made once per session, and no test reads what an earlier session left.
+_OWN_DATA_CACHE = None
+if "JDO_CACHE_DIR" not in os.environ:
+    _OWN_DATA_CACHE = tempfile.mkdtemp(prefix="jdo-test-data-cache-")
+    os.environ["JDO_CACHE_DIR"] = _OWN_DATA_CACHE
 
 
 def pytest_unconfigure(config):
-    if _OWN_CACHE is not None:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    for own in (_OWN_CACHE, _OWN_DATA_CACHE):
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
 
 
 import jax

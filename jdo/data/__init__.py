@@ -6,6 +6,7 @@ from jdo.data.batching import sample_batch
 from jdo.data.datasets import Dataset, digits, from_npz, load_idx, mnist_idx
 from jdo.data.losses import make_loss
 from jdo.data.partition import WorkerData
+from jdo.data.sequences import mnist1d
 from jdo.data.synthetic import heterogeneous_least_squares, least_squares, logistic_regression
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "load_idx",
     "logistic_regression",
     "make_loss",
+    "mnist1d",
     "mnist_idx",
     "partition",
     "sample_batch",

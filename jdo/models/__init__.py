@@ -2,5 +2,6 @@
 
 from jdo.models.functional import functional
 from jdo.models.nets import CNN, MLP, Linear
+from jdo.models.sequence import CNN1D, GRU, Transformer
 
-__all__ = ["CNN", "Linear", "MLP", "functional"]
+__all__ = ["CNN", "CNN1D", "GRU", "Linear", "MLP", "Transformer", "functional"]

@@ -60,6 +60,12 @@ def _needs(option_override, tmp_path):
         # vmapped CNN gradients are grouped convolutions, slow on CPU: 4 examples, not 32
         "model=cnn": ["trainer.batch_size=4"],
         "experiment=digits_cnn": ["trainer.batch_size=4"],
+        # sequence models read [T, C] inputs; task=mnist1d with model=cnn1d is one program
+        # (the second of the two loads it from the compilation cache)
+        "task=mnist1d": ["model=cnn1d"],
+        "model=cnn1d": ["task=mnist1d"],
+        "model=gru": ["task=mnist1d"],
+        "model=transformer": ["task=mnist1d", "model.depth=1"],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
