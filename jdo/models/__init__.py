@@ -2,5 +2,6 @@
 
 from jdo.models.functional import functional
 from jdo.models.nets import CNN, MLP, Linear
+from jdo.models.resnet import BatchNorm, ResNet
 
-__all__ = ["CNN", "Linear", "MLP", "functional"]
+__all__ = ["CNN", "BatchNorm", "Linear", "MLP", "ResNet", "functional"]
