@@ -25,6 +25,7 @@ SMOKE = ("debug=smoke",)
 # Checkpointing is the checkpoint group's own case (checkpoint=default below); elsewhere it only
 # adds an orbax save per run (tests/train/test_checkpoint.py tests it).
 NO_CHECKPOINT = ("checkpoint=none",)
+SMALL_SYNTHETIC = ("task.data.num_train=64", "task.data.num_test=32")
 
 
 def _is_rl(group, option):
@@ -59,6 +60,19 @@ def _needs(option_override, tmp_path):
         # vmapped CNN gradients are grouped convolutions, slow on CPU: 4 examples, not 32
         "model=cnn": ["trainer.batch_size=4"],
         "experiment=digits_cnn": ["trainer.batch_size=4"],
+        # image workloads: the loaders and task.augment with a linear model; ResNet-20 itself on
+        # 2 examples (ResNet-32/56 differ only in depth: their forward is in tests/models)
+        "task=cifar10": [f"task.data.path={write_npz(str(tmp_path / 'c.npz'))}", "model=linear"],
+        "task=cifar10_synthetic": [*SMALL_SYNTHETIC, "model=linear"],
+        "model=resnet20": ["trainer.batch_size=2"],
+        "model=resnet32": ["trainer.batch_size=2", "model.depth=8"],
+        "model=resnet56": ["trainer.batch_size=2", "model.depth=8"],
+        "experiment=resnet20_cifar": [
+            "task=cifar10_synthetic",
+            *SMALL_SYNTHETIC,
+            "trainer.batch_size=2",
+            "trainer.eval_batch_size=32",
+        ],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
