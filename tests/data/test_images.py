@@ -176,8 +176,8 @@ def cfg_overrides(path):
 
 
 # task=mnist_small model=cnn through the runner, the cheapest config found here (4 workers x 16
-# images, Adam 3e-3, a 3-layer pooled CNN): the averaged model's test accuracy was 0.900 at
-# step 100, 0.956 at 250, 0.965 at 300 (one run, seed 0, 1,000 test images).
+# images, Adam 3e-3, a 3-layer pooled CNN): the averaged model's test accuracy was 0.796 at
+# step 50, 0.900 at 100, 0.956 at 250, 0.965 at 300 (one run, seed 0, 1,000 test images).
 MNIST_CNN = (
     "task=mnist_small",
     "model=cnn",
@@ -202,8 +202,8 @@ def mnist_accuracy(steps: int, tmp_path) -> float:
 
 
 def test_mnist_small_cnn_learns_fast_variant(tmp_path):
-    """100 steps (the fast variant of the next test): >= 0.85 (0.900 measured)."""
-    assert mnist_accuracy(100, tmp_path) >= 0.85
+    """50 steps (the fast variant of the next test): >= 0.70 (0.796 measured)."""
+    assert mnist_accuracy(50, tmp_path) >= 0.70
 
 
 @pytest.mark.slow
