@@ -80,13 +80,15 @@ def test_batchnorm_statistics_are_per_worker_and_groupnorm_per_image():
     x = x.at[1].multiply(5.0).at[1].add(2.0)  # worker 1's data looks different
     apply, params = models.functional(resnet(20, norm="batch"))
     stacked = jax.jit(jax.vmap(apply, in_axes=(None, 0), axis_name="workers"))(params, x)
+    one = jax.jit(apply)  # (op by op, an unjitted ResNet compiles each of its ops)
     for w in range(2):  # each worker's output is the model on its own batch alone
-        np.testing.assert_allclose(stacked[w], apply(params, x[w]), rtol=1e-5, atol=1e-5)
-    pooled = apply(params, x.reshape(6, 32, 32, 3)).reshape(2, 3, 10)
+        np.testing.assert_allclose(stacked[w], one(params, x[w]), rtol=1e-5, atol=1e-5)
+    pooled = one(params, x.reshape(6, 32, 32, 3)).reshape(2, 3, 10)
     assert not np.allclose(pooled, stacked, atol=1e-3)  # not one statistic over all workers
     apply, params = models.functional(resnet(20))
-    whole = apply(params, x[1])
-    np.testing.assert_allclose(whole[2:], apply(params, x[1, 2:]), rtol=1e-5, atol=1e-5)
+    one = jax.jit(apply)
+    whole = one(params, x[1])
+    np.testing.assert_allclose(whole[2:], one(params, x[1, 2:]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("depth,norm", [(20, "group"), (20, "batch"), (32, "group"), (56, "group")])
@@ -100,7 +102,7 @@ def test_forward_under_vmap_and_shard_map(depth, norm, mesh8):
     assert mapped.shape == sharded.shape == (8, 2, 10)
     assert np.all(np.isfinite(mapped))
     np.testing.assert_allclose(sharded, mapped, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(mapped[3], apply(params, x[3]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mapped[3], jax.jit(apply)(params, x[3]), rtol=1e-5, atol=1e-5)
 
 
 def test_resnet20_loss_falls_under_four_workers():
