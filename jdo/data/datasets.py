@@ -44,7 +44,8 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
-def _split(x, y, test_fraction, seed):
+def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    """``(x_train, y_train, x_test, y_test)``: a random ``test_fraction`` held out (``seed``)."""
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
@@ -60,7 +61,7 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     raw = load_digits()
     x = (raw.images / 16.0).astype(np.float32)[..., None]
     y = raw.target.astype(np.int32)
-    return Dataset("digits", *_split(x, y, test_fraction, seed), "classification", 10)
+    return Dataset("digits", *split(x, y, test_fraction, seed), "classification", 10)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -23,17 +23,25 @@ def _l2(params, l2):
     return 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
 
 
-def make_loss(apply: Callable, kind: str, l2: float = 0.0):
+def make_loss(apply: Callable, kind: str, l2: float = 0.0, augment: Callable | None = None):
     """The loss for data ``kind``: ``"classification"`` (softmax cross-entropy; metric
     ``accuracy``), ``"binary"`` (logistic loss on one logit; ``accuracy``) or
-    ``"regression"`` (half mean squared error)."""
+    ``"regression"`` (half mean squared error).
+
+    ``augment(x, key) -> x`` (e.g. :func:`jdo.data.augment.image_augment`) transforms the
+    batch's inputs inside the loss when it is given a key (training: every algorithm passes its
+    per-worker step key), and not when the key is None (evaluation)."""
     checks.function("apply", apply)
     checks.one_of("kind", kind, ("classification", "binary", "regression"))
     checks.non_negative("l2", l2)
+    if augment is not None:
+        checks.function("augment", augment)
 
     def loss_fn(params, batch, key=None):
-        del key
-        out = apply(params, batch["x"])
+        x = batch["x"]
+        if augment is not None and key is not None:
+            x = augment(x, key)
+        out = apply(params, x)
         w = batch["weight"]
         if kind == "classification":
             losses = optax.softmax_cross_entropy_with_integer_labels(out, batch["y"])

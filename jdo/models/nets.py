@@ -60,7 +60,13 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-    """Two 3x3 convolutions with ReLU, global average pooling, a linear head. Input NHWC."""
+    """3x3 convolutions (``features`` channels) with ReLU, each followed by 2x2 max pooling
+    when ``pool``, then global average pooling and a linear head. Input NHWC.
+
+    ``pool=None`` (default) pools when the image is at least 16x16 (MNIST, CIFAR) and not on
+    smaller ones (8x8 digits): without it, two 3x3 layers see 5x5 patches of a 28x28 digit
+    before the global average, too little to tell digits apart (55% on mnist_small after 600
+    steps, against 97% pooled with ``features=(32, 64, 128)``)."""
 
     def __init__(
         self,
@@ -68,6 +74,7 @@ class CNN(nnx.Module):
         num_outputs: int,
         *,
         features: Sequence[int] = (32, 64),
+        pool: bool | None = None,
         rngs: nnx.Rngs,
     ):
         in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
@@ -77,6 +84,9 @@ class CNN(nnx.Module):
             raise checks.InvalidArgument(
                 "in_shape", f"must be an image shape (H, W, C) for the CNN, got {in_shape}"
             )
+        if pool is not None and not isinstance(pool, bool):
+            raise checks.WrongType("pool", f"must be true, false or null, got {pool!r}")
+        self.pool = min(in_shape[:2]) >= 16 if pool is None else pool
         channels = [in_shape[-1], *features]
         self.convs = nnx.List(
             [
@@ -89,4 +99,6 @@ class CNN(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:  # x: f32[B, H, W, C]
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
+            if self.pool:
+                x = nnx.max_pool(x, (2, 2), strides=(2, 2))
         return self.head(jnp.mean(x, axis=(1, 2)))

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from jdo._axis import WORKERS
 from jdo.checks import ArgumentError
 from jdo.data import make_loss, partition
+from jdo.data.augment import image_augment
 from jdo.data.synthetic import optimum_of_parts
 from jdo.faults import flip_labels
 from jdo.models import functional
@@ -245,9 +246,41 @@ def build_problem(cfg: Mapping) -> Problem:
         rngs=nnx.Rngs(seed),
     )
     apply, params = functional(model)
-    loss_fn = make_loss(apply, dataset.kind, dataset.l2)
+    loss_fn = make_loss(apply, dataset.kind, dataset.l2, augment_of(cfg["task"], dataset))
     optimizer = instantiate(cfg["optimizer"], "optimizer")
     return Problem(dataset, data, apply, params, loss_fn, optimizer)
+
+
+AUGMENT_KEYS = ("crop_padding", "flip")
+
+
+def augment_of(task: Mapping, dataset):
+    """``task.augment`` (``{crop_padding: 4, flip: true}``, or null/absent for none) as the
+    loss's ``augment(x, key)`` (:func:`jdo.data.augment.image_augment`): random crops and flips
+    of each training batch inside the jitted step, none at evaluation."""
+    node = task.get("augment")
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise ConfigError(
+            "task.augment",
+            f"must be a mapping such as {{crop_padding: 4, flip: true}} or null, got {node!r}",
+        )
+    unknown = sorted(set(node) - set(AUGMENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"task.augment.{unknown[0]}", f"unknown key; allowed keys: {', '.join(AUGMENT_KEYS)}"
+        )
+    if np.ndim(dataset.x_train) != 4:
+        raise ConfigError(
+            "task.augment",
+            f"crops and flips need images [N, H, W, C], but task {dataset.name} has inputs of "
+            f"shape {tuple(np.shape(dataset.x_train)[1:])}: set task.augment=null",
+        )
+    try:
+        return image_augment(**node)
+    except ArgumentError as e:
+        raise ConfigError(f"task.augment.{e.argument}", e.message) from None
 
 
 def poison(data: partition.WorkerData, dataset, fault) -> partition.WorkerData:

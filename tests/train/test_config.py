@@ -26,6 +26,7 @@ SMOKE = ("debug=smoke",)
 # Checkpointing is the checkpoint group's own case (checkpoint=default below); elsewhere it only
 # adds an orbax save per run (tests/train/test_checkpoint.py tests it).
 NO_CHECKPOINT = ("checkpoint=none",)
+SMALL_SYNTHETIC = ("task.data.num_train=64", "task.data.num_test=32")
 
 
 def _is_rl(group, option):
@@ -66,6 +67,19 @@ def _needs(option_override, tmp_path):
         "model=cnn1d": ["task=mnist1d"],
         "model=gru": ["task=mnist1d"],
         "model=transformer": ["task=mnist1d", "model.depth=1"],
+        # image workloads: the loaders and task.augment with a linear model; the ResNets on 2
+        # examples at depth 8 (one program for the three; tests/models runs their full depths)
+        "task=cifar10": [f"task.data.path={write_npz(str(tmp_path / 'c.npz'))}", "model=linear"],
+        "task=cifar10_synthetic": [*SMALL_SYNTHETIC, "model=linear"],
+        "model=resnet20": ["trainer.batch_size=2", "model.depth=8"],
+        "model=resnet32": ["trainer.batch_size=2", "model.depth=8"],
+        "model=resnet56": ["trainer.batch_size=2", "model.depth=8"],
+        "experiment=resnet20_cifar": [
+            "task=cifar10_synthetic",
+            *SMALL_SYNTHETIC,
+            "trainer.batch_size=2",
+            "trainer.eval_batch_size=32",
+        ],
     }
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
