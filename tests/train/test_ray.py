@@ -150,23 +150,3 @@ def test_cli_joins_the_cluster_and_a_killed_driver_resumes(ray_instance, tmp_pat
     assert [x["step"] for x in lines] == [50, 100, 150, 200]
     rows = (tmp_path / "events.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[3]) for r in rows] == list(range(1, 201))
-
-
-# Two fresh Ray worker processes (JAX, jdo, a compile each) on the module's Ray instance.
-@pytest.mark.slow
-def test_hydra_ray_launcher_runs_two_jobs(ray_instance, monkeypatch, tmp_path):
-    """``--multirun hydra/launcher=ray`` (tests/train/test_sweeps.py checks the preset) on
-    this module's Ray instance: each job in a fresh Ray worker process."""
-    from tests.train.test_sweeps import TINY, _cli
-
-    _cli(
-        monkeypatch,
-        "--multirun",
-        "hydra/launcher=ray",
-        "seed=0,1",
-        *TINY,
-        f"hydra.sweep.dir={tmp_path}",
-    )
-    summaries = [json.loads((tmp_path / j / "summary.json").read_text()) for j in ("0", "1")]
-    assert [s["steps"] for s in summaries] == [20, 20]
-    assert summaries[0]["eval/avg_model/loss"] != summaries[1]["eval/avg_model/loss"]
