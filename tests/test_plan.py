@@ -44,6 +44,7 @@ def two_plans(tmp_path_factory):
     return _plan(tmp / "a.json"), _plan(tmp / "b.json", "--run-top", "2", "--max-steps", "64")
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_predicted_seconds_per_step_equal_the_runners_clock(two_plans):
     """The prediction (the clocked step stepped alone, 64 steps) against the pilot's own clock
     (jdo.train.run, 64 steps): same model, same straggler draws, to 1e-6."""
@@ -56,6 +57,7 @@ def test_predicted_seconds_per_step_equal_the_runners_clock(two_plans):
     assert all(r["seconds_per_step"] > r["compute_s_per_step"] for r in records)
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_ranking_is_stable_and_the_json_has_the_names_tools_use(two_plans):
     (first, _), (second, _) = two_plans
     for records in (first, second):
@@ -73,6 +75,7 @@ def test_ranking_is_stable_and_the_json_has_the_names_tools_use(two_plans):
     assert [r["achieved_rank"] for r in first] == [None] * 3
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_run_top_reads_the_crossing_of_the_pilots_own_run(two_plans):
     """``--run-top 2 --max-steps 64`` reruns the two best pilots: the same seeds give the same
     crossing step as their pilots; Spearman's rho is printed."""

@@ -118,6 +118,7 @@ CNN1D_RUN = (
 )
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_cnn1d_on_8_workers_reaches_90_percent(dataset, cache_dir, tmp_path):
     summary = run(compose_cfg(*CNN1D_RUN, f"task.data.cache_dir={cache_dir}"), str(tmp_path))
     assert summary["eval/avg_model/accuracy"] >= 0.90, summary["eval/avg_model/accuracy"]

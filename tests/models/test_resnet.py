@@ -75,6 +75,7 @@ def test_batchnorm_uses_the_batch_statistics_and_holds_no_state():
     assert jax.tree.leaves(nnx.state(model, nnx.Param)) == jax.tree.leaves(nnx.state(model))
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_batchnorm_statistics_are_per_worker_and_groupnorm_per_image():
     x = jax.random.normal(jax.random.key(1), (2, 3, 32, 32, 3))  # [W=2, B=3, ...]
     x = x.at[1].multiply(5.0).at[1].add(2.0)  # worker 1's data looks different
@@ -105,6 +106,7 @@ def test_forward_under_vmap_and_shard_map(depth, norm, mesh8):
     np.testing.assert_allclose(mapped[3], jax.jit(apply)(params, x[3]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # moved out of the not-slow suite (its 15-minute budget); CI runs it
 def test_resnet20_loss_falls_under_four_workers():
     """20 steps of all-reduce SGD with 4 workers, each fitting its own 2 random 32x32 images
     with random labels: the mean training loss falls. (Gradients one worker at a time,

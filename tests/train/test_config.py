@@ -96,6 +96,9 @@ CASES = [f"{g}={o}" for g in GROUPS for o in _options(g)] + [
     for o in _options("experiment")
     if o not in (*PRESETS, "resnet20_cifar")
 ]
+# compiles of ~20 s each, out of the not-slow suite's 15-minute budget (CI runs them)
+SLOW_CASES = ("model=resnet20", "model=transformer")
+CASES = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
 
 
 @pytest.mark.parametrize("override", CASES)

@@ -78,6 +78,7 @@ def test_ray_launcher_composes():
     assert path.split(os.pathsep)[0] == os.path.dirname(root)
 
 
+@pytest.mark.slow  # a 4-trial sweep (~20 s): out of the not-slow suite's budget; CI runs it
 def test_optuna_sweep_runs_its_trials_and_a_diverged_one_gets_the_worst_value(
     monkeypatch, tmp_path
 ):
