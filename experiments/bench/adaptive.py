@@ -25,8 +25,14 @@ import argparse
 import json
 import os
 
-from experiments.bench.common import run_config, simulate_cpu_devices
-from experiments.bench.time_to_target import DIGITS_TARGET, LOGISTIC_TARGET, first_at_target
+from experiments.bench.common import simulate_cpu_devices
+from experiments.bench.time_to_target import (
+    DIGITS_TARGET,
+    LOGISTIC_TARGET,
+    first_at_target,
+    run_one,
+    system_overrides,
+)
 
 COMPUTE_S = 0.001
 EVERY = 16
@@ -49,22 +55,7 @@ COMPRESSION = {
     "fixed high (top-k 1%)": (*FIXED, "compression.ratio=0.01"),
     "Accordion 10%/1%": ("algorithm=accordion", f"algorithm.interval={EVERY}"),
 }
-
-
-def run_one(overrides, steps: int, workers: int) -> list[dict]:
-    common = (
-        f"workers={workers}",
-        "optimizer=sgd",
-        f"trainer.steps={steps}",
-        f"trainer.log_every={EVERY}",
-        f"trainer.eval_every={EVERY}",
-        "trainer.progress=false",
-        "checkpoint=none",
-        "cluster=cloud",
-        "cluster/compute=fixed",
-        f"cluster.compute.seconds={COMPUTE_S}",
-    )
-    return run_config([*common, *overrides])[1]
+SYSTEM = system_overrides("cloud", COMPUTE_S)  # the preset's stragglers: none
 
 
 def row(problem, method, lines, target) -> dict:
@@ -91,11 +82,12 @@ def measure(workers: int, problems) -> list[dict]:
     for problem in problems:
         base, target, steps = PROBLEMS[problem]
         for method, overrides in PERIODS.items():
-            rows.append(row(problem, method, run_one((*base, *overrides), steps, workers), target))
+            lines = run_one((*SYSTEM, *base, *overrides), steps, workers, EVERY)
+            rows.append(row(problem, method, lines, target))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "levels"}), flush=True)
     base, target, steps = PROBLEMS["digits_mlp"]
     for method, overrides in COMPRESSION.items():
-        lines = run_one((*base, *overrides), steps, workers)
+        lines = run_one((*SYSTEM, *base, *overrides), steps, workers, EVERY)
         rows.append(row("digits_mlp (compression)", method, lines, target))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "periods"}), flush=True)
     return rows

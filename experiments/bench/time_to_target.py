@@ -27,20 +27,17 @@ import json
 import os
 
 from experiments.bench.common import run_config, simulate_cpu_devices
+from jdo.train.plan import ALGORITHMS
 
+# display name -> overrides: the planner's algorithm set (jdo.train.plan.ALGORITHMS) where the
+# two coincide, and one graph of this benchmark's own
 METHODS = {
-    "all-reduce SGD": ("algorithm=allreduce_sgd",),
-    "D-PSGD ring": ("algorithm=dpsgd", "topology=ring"),
+    "all-reduce SGD": ALGORITHMS["allreduce_sgd"],
+    "D-PSGD ring": ALGORITHMS["dpsgd_ring"],
     "D-PSGD one-peer exp": ("algorithm=dpsgd", "topology=one_peer_exponential"),
-    "CHOCO top-1%": (
-        "algorithm=choco_sgd",
-        "topology=ring",
-        "compression=top_k",
-        "compression.ratio=0.01",
-        "algorithm.gamma=0.05",
-    ),
-    "local SGD H=16": ("algorithm=local_sgd", "algorithm.every=16"),
-    "DiLoCo H=64": ("algorithm=diloco",),
+    "CHOCO top-1%": ALGORITHMS["choco_sgd_topk"],
+    "local SGD H=16": ALGORITHMS["local_sgd_h16"],
+    "DiLoCo H=64": ALGORITHMS["diloco"],
 }
 CLUSTERS = ("datacenter", "cloud", "edge")
 STRAGGLERS = ("none", "shifted_exponential")
@@ -58,18 +55,33 @@ def _target(problem: str) -> float:
     return LOGISTIC_TARGET if problem == "logistic" else DIGITS_TARGET
 
 
-def run_one(overrides, steps: int, workers: int) -> list[dict]:
-    """``metrics.jsonl`` of one run of the composed config."""
+def run_one(overrides, steps: int, workers: int, every: int = EVERY) -> list[dict]:
+    """``metrics.jsonl`` of one run of the composed config: ``workers`` workers, plain SGD,
+    ``steps`` steps, logged and evaluated every ``every`` steps, no checkpoint, then
+    ``overrides``."""
     common = (
         f"workers={workers}",
         "optimizer=sgd",
         f"trainer.steps={steps}",
-        f"trainer.log_every={EVERY}",
-        f"trainer.eval_every={EVERY}",
+        f"trainer.log_every={every}",
+        f"trainer.eval_every={every}",
         "trainer.progress=false",
         "checkpoint=none",
     )
     return run_config([*common, *overrides])[1]
+
+
+def system_overrides(
+    cluster: str, compute_s: float, stragglers: str | None = None
+) -> tuple[str, ...]:
+    """The simulated system: the ``cluster`` preset, its ``stragglers`` (``None``: the preset's
+    own, not overridden) and ``cluster/compute=fixed`` at ``compute_s`` seconds per step."""
+    return (
+        f"cluster={cluster}",
+        *(() if stragglers is None else (f"cluster/stragglers={stragglers}",)),
+        "cluster/compute=fixed",
+        f"cluster.compute.seconds={compute_s}",
+    )
 
 
 def first_at_target(lines: list[dict], metric: str, target: float) -> dict | None:
@@ -86,12 +98,7 @@ def measure(workers: int, problems, clusters=CLUSTERS) -> list[dict]:
         for method, overrides in METHODS.items():
             for cluster in clusters:
                 for stragglers in STRAGGLERS:
-                    system = (
-                        f"cluster={cluster}",
-                        f"cluster/stragglers={stragglers}",
-                        "cluster/compute=fixed",
-                        f"cluster.compute.seconds={COMPUTE_S}",
-                    )
+                    system = system_overrides(cluster, COMPUTE_S, stragglers)
                     lines = run_one(
                         (*base, *overrides, *system),
                         steps,

@@ -45,7 +45,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# name -> Hydra overrides. Plain SGD-style settings come from the user's overrides.
+# name -> Hydra overrides. Plain SGD-style settings come from the user's overrides. The benchmark
+# experiments.bench.time_to_target runs these same overrides for the methods it shares.
 ALGORITHMS: dict[str, tuple[str, ...]] = {
     "allreduce_sgd": ("algorithm=allreduce_sgd",),
     "local_sgd_h4": ("algorithm=local_sgd", "algorithm.every=4"),
