@@ -20,9 +20,11 @@ a custom batching rule (``jax.custom_batching.custom_vmap``) that evaluates it w
   (the ``[W, d]`` state, gradients and optimizer temporaries remain: they are the state);
 - ``map="scan"``: worker by worker (``lax.map`` without ``batch_size``): what a grouped
   convolution needs on CPU;
-- ``map="auto"``: ``scan`` when the compute contains a convolution and the backend is the
-  CPU (measured: ``experiments/bench/results/worker_map.json``), else ``vmap`` (with ``chunk``
-  when given).
+- ``map="auto"``: ``scan`` when the compute contains an XLA convolution
+  (``conv_general_dilated``) and the backend is the CPU (measured:
+  ``experiments/bench/results/worker_map.json``), else ``vmap`` (with ``chunk`` when given).
+  jdo's CNN and ResNets compute convolutions as matmuls on the CPU (``jdo.models.conv``), fast
+  under ``vmap``, so ``auto`` vmaps them.
 
 Results equal plain ``vmap`` up to float reassociation. The lifting (``jdo.lift(fn, "vmap",
 chunk=..., map=...)``) opens the scope; without one, or with plain ``vmap``, a marked function

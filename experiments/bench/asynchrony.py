@@ -42,7 +42,7 @@ import shlex
 import sys
 
 from experiments.bench.common import load_line, run_config, simulate_cpu_devices
-from experiments.bench.time_to_target import COMPUTE_S, first_at_target
+from experiments.bench.time_to_target import COMPUTE_S, first_at_target, system_overrides
 
 DC_LAMBDA = 2.0  # Zheng et al. 2017 try λ0 in 0.04-2 (CIFAR); at 0.04 g⊙g⊙Δw is ~1e-3 of g here
 PS = ("algorithm=parameter_server",)
@@ -75,12 +75,7 @@ def kind(method: str) -> str:
 
 
 def system(stragglers: str) -> tuple[str, ...]:
-    return (
-        "cluster=cloud",
-        f"cluster/stragglers={stragglers}",
-        "cluster/compute=fixed",
-        f"cluster.compute.seconds={COMPUTE_S}",
-    )
+    return system_overrides("cloud", COMPUTE_S, stragglers)
 
 
 def overrides(problem: str, method: str, stragglers: str, steps: int, workers: int) -> list[str]:

@@ -27,9 +27,10 @@ from experiments.bench.time_to_target import (
     COMPUTE_S,
     EVERY,
     PROBLEMS,
-    _target,
     first_at_target,
     run_one,
+    system_overrides,
+    target_of,
 )
 
 DROPS = (0.0, 0.1, 0.3, 0.5)
@@ -54,7 +55,7 @@ def link_drop_rows(workers: int) -> list[str]:
                 lines = run_one((*base, *overrides, *faults), steps, workers)
                 final = sum(x[metric] for x in lines[-3:]) / 3
                 clean = final if p == 0 else clean
-                hit = first_at_target(lines, metric, _target(problem))
+                hit = first_at_target(lines, metric, target_of(problem))
                 change = "" if p == 0 else f" ({100 * (final / clean - 1):+.1f} %)"
                 cells.append(f"{final:.4f}{change}, {hit['step'] if hit else '—'}")
                 print(problem, method, p, cells[-1], flush=True)
@@ -64,12 +65,7 @@ def link_drop_rows(workers: int) -> list[str]:
 
 def backup_rows(workers: int) -> list[str]:
     base, metric, steps = PROBLEMS["digits_mlp"]
-    system = (
-        "cluster=cloud",
-        "cluster/stragglers=shifted_exponential",
-        "cluster/compute=fixed",
-        f"cluster.compute.seconds={COMPUTE_S}",
-    )
+    system = system_overrides("cloud", COMPUTE_S, "shifted_exponential")
     rows = [
         "| backup workers b | steps to target | simulated time to target (s) | × b = 0 |",
         "|---:|---:|---:|---:|",
@@ -77,7 +73,7 @@ def backup_rows(workers: int) -> list[str]:
     first = None
     for b in BACKUPS:
         lines = run_one((*base, *system, f"trainer.backup_workers={b}"), steps, workers)
-        hit = first_at_target(lines, metric, _target("digits_mlp"))
+        hit = first_at_target(lines, metric, target_of("digits_mlp"))
         t = hit["time/total"] if hit else None
         first = t if b == 0 else first
         ratio = f"{t / first:.2f}" if t and first else "—"

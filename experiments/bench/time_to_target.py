@@ -51,7 +51,7 @@ PROBLEMS = {
 }
 
 
-def _target(problem: str) -> float:
+def target_of(problem: str) -> float:
     return LOGISTIC_TARGET if problem == "logistic" else DIGITS_TARGET
 
 
@@ -104,7 +104,7 @@ def measure(workers: int, problems, clusters=CLUSTERS) -> list[dict]:
                         steps,
                         workers,
                     )
-                    hit = first_at_target(lines, metric, _target(problem))
+                    hit = first_at_target(lines, metric, target_of(problem))
                     rows.append(
                         {
                             "problem": problem,
@@ -187,7 +187,7 @@ def plot(rows: list[dict], path: str) -> None:
                     xs = [t for t, v in r["curve"] if v is not None]
                     ys = [v for _, v in r["curve"] if v is not None]
                     ax.plot(xs, ys, label=r["method"])
-            ax.axhline(_target(problem), color="grey", lw=0.8, ls=":")
+            ax.axhline(target_of(problem), color="grey", lw=0.8, ls=":")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{problem} on {cluster}")

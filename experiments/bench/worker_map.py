@@ -2,7 +2,8 @@
 
     nice -n 19 python -m experiments.bench.worker_map --rounds 5
 
-For each model (the linear model on ``task=logistic``, the MLP and the CNN on digits; 8
+For each model (the linear model on ``task=logistic``, the MLP and the CNN on digits, the CNN
+once with its default matmul convolutions and once with ``model.conv=xla``; 8
 workers, all-reduce SGD, batch 32 per worker) the runner's compiled chunk of K steps, built
 the way :func:`jdo.train.loop.fit` builds it (composed config, ``build``, the non-finite guard,
 ``make_program``, ``program.init``, ``compile_program``), is timed under each
@@ -31,7 +32,8 @@ RESULTS = os.path.join(ROOT, "experiments", "bench", "results", "worker_map")
 MODELS = {
     "linear (logistic)": ("task=logistic",),
     "mlp (digits)": ("model=mlp",),
-    "cnn (digits)": ("model=cnn",),
+    "cnn (digits)": ("model=cnn",),  # conv=auto: one matmul per convolution on CPU
+    "cnn (digits), conv=xla": ("model=cnn", "model.conv=xla"),
 }
 VARIANTS = {
     "vmap": (),

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdo import checks
+from jdo.models.conv import Conv
 
 
 class Linear(nnx.Module):
@@ -66,7 +67,11 @@ class CNN(nnx.Module):
     ``pool=None`` (default) pools when the image is at least 16x16 (MNIST, CIFAR) and not on
     smaller ones (8x8 digits): without it, two 3x3 layers see 5x5 patches of a 28x28 digit
     before the global average, too little to tell digits apart (55% on mnist_small after 600
-    steps, against 97% pooled with ``features=(32, 64, 128)``)."""
+    steps, against 97% pooled with ``features=(32, 64, 128)``).
+
+    ``conv`` chooses the convolutions' program (:class:`jdo.models.conv.Conv`): ``"auto"``
+    (default) one matmul over shifted views on the CPU, XLA's convolution elsewhere;
+    ``"matmul"``; ``"xla"``. The parameters and outputs do not depend on it."""
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class CNN(nnx.Module):
         *,
         features: Sequence[int] = (32, 64),
         pool: bool | None = None,
+        conv: str = "auto",
         rngs: nnx.Rngs,
     ):
         in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
@@ -90,7 +96,7 @@ class CNN(nnx.Module):
         channels = [in_shape[-1], *features]
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, kernel_size=(3, 3), rngs=rngs)
+                Conv(a, b, kernel_size=(3, 3), impl=conv, rngs=rngs)
                 for a, b in zip(channels[:-1], channels[1:], strict=True)
             ]
         )

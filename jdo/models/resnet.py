@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdo import checks
+from jdo.models.conv import Conv
 
 NORMS = ("group", "batch")
 SHORTCUTS = ("A", "B")
@@ -48,8 +49,8 @@ def _norm(kind: str, channels: int, groups: int, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-5, rngs=rngs)
 
 
-def _conv(a: int, b: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(
+def _conv(a: int, b: int, kernel: int, stride: int, impl: str, rngs: nnx.Rngs) -> Conv:
+    return Conv(
         a,
         b,
         kernel_size=(kernel, kernel),
@@ -57,6 +58,7 @@ def _conv(a: int, b: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
         padding=_PAD1 if kernel == 3 else "VALID",
         use_bias=False,
         kernel_init=nnx.initializers.he_normal(),  # He et al. 2015, as the paper
+        impl=impl,
         rngs=rngs,
     )
 
@@ -67,14 +69,14 @@ class BasicBlock(nnx.Module):
     ``stride`` and zero-pads the new channels, half on each side (parameter-free, the paper's
     option A); ``"B"`` is a 1x1 convolution with stride ``stride`` followed by a norm."""
 
-    def __init__(self, a, b, stride, *, norm: str, groups: int, shortcut: str, rngs):
-        self.conv1 = _conv(a, b, 3, stride, rngs)
+    def __init__(self, a, b, stride, *, norm: str, groups: int, shortcut: str, conv: str, rngs):
+        self.conv1 = _conv(a, b, 3, stride, conv, rngs)
         self.norm1 = _norm(norm, b, groups, rngs)
-        self.conv2 = _conv(b, b, 3, 1, rngs)
+        self.conv2 = _conv(b, b, 3, 1, conv, rngs)
         self.norm2 = _norm(norm, b, groups, rngs)
         self.stride, self.pad = stride, b - a
         project = (stride != 1 or a != b) and shortcut == "B"
-        self.project = _conv(a, b, 1, stride, rngs) if project else None
+        self.project = _conv(a, b, 1, stride, conv, rngs) if project else None
         self.project_norm = _norm(norm, b, groups, rngs) if project else None
 
     def shortcut(self, x: jax.Array) -> jax.Array:
@@ -128,6 +130,9 @@ class ResNet(nnx.Module):
       groups: GroupNorm's groups; must divide every width.
       shortcut: ``"A"`` (zero-padding identity, no parameters; the paper's CIFAR choice) or
         ``"B"`` (1x1 convolution projections where the shape changes).
+      conv: the convolutions' program (:class:`jdo.models.conv.Conv`): ``"auto"`` (one
+        matmul over shifted views on the CPU, XLA's convolution elsewhere), ``"matmul"``,
+        ``"xla"``; parameters and outputs do not depend on it.
       rngs: the initialisation's random streams.
 
     References:
@@ -144,6 +149,7 @@ class ResNet(nnx.Module):
         norm: str = "group",
         groups: int = 2,
         shortcut: str = "A",
+        conv: str = "auto",
         rngs: nnx.Rngs,
     ):
         in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)
@@ -168,14 +174,23 @@ class ResNet(nnx.Module):
                 "groups", f"must divide every width {widths}, got {groups}"
             )
         n = (depth - 2) // 6
-        self.conv = _conv(in_shape[-1], widths[0], 3, 1, rngs)
+        self.conv = _conv(in_shape[-1], widths[0], 3, 1, conv, rngs)
         self.norm = _norm(norm, widths[0], groups, rngs)
         blocks, a = [], widths[0]
         for stage, b in enumerate(widths):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(
-                    BasicBlock(a, b, stride, norm=norm, groups=groups, shortcut=shortcut, rngs=rngs)
+                    BasicBlock(
+                        a,
+                        b,
+                        stride,
+                        norm=norm,
+                        groups=groups,
+                        shortcut=shortcut,
+                        conv=conv,
+                        rngs=rngs,
+                    )
                 )
                 a = b
         self.blocks = nnx.List(blocks)

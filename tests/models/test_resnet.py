@@ -110,7 +110,7 @@ def test_forward_under_vmap_and_shard_map(depth, norm, mesh8):
 def test_resnet20_loss_falls_under_four_workers():
     """20 steps of all-reduce SGD with 4 workers, each fitting its own 2 random 32x32 images
     with random labels: the mean training loss falls. (Gradients one worker at a time,
-    ``map="scan"``: vmapped convolution gradients are slow to compile and run on CPU.)"""
+    ``map="scan"``, so the sequential map runs a ResNet too.)"""
     workers, batch = 4, 2
     apply, params = models.functional(resnet(20))
     loss_fn = make_loss(apply, "classification")

@@ -58,9 +58,6 @@ def _needs(option_override, tmp_path):
         "lifting=shard_map": ["workers=8"],
         "algorithm=consensus_admm": ["task=least_squares", "trainer.batch_size=null"],
         "algorithm=decentralized_admm": ["task=least_squares", "trainer.batch_size=null"],
-        # vmapped CNN gradients are grouped convolutions, slow on CPU: 4 examples, not 32
-        "model=cnn": ["trainer.batch_size=4"],
-        "experiment=digits_cnn": ["trainer.batch_size=4"],
         # sequence models read [T, C] inputs; task=mnist1d with model=cnn1d is one program
         # (the second of the two loads it from the compilation cache)
         "task=mnist1d": ["model=cnn1d"],
