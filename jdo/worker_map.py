@@ -23,8 +23,8 @@ a custom batching rule (``jax.custom_batching.custom_vmap``) that evaluates it w
 - ``map="auto"``: ``scan`` when the compute contains an XLA convolution
   (``conv_general_dilated``) and the backend is the CPU (measured:
   ``experiments/bench/results/worker_map.json``), else ``vmap`` (with ``chunk`` when given).
-  jdo's CNN and ResNets compute convolutions as matmuls on the CPU (``jdo.models.conv``), fast
-  under ``vmap``, so ``auto`` vmaps them.
+  jdo's CNN computes its convolutions as matmuls on the CPU (``jdo.models.conv``), fast under
+  ``vmap``, so ``auto`` vmaps it.
 
 Results equal plain ``vmap`` up to float reassociation. The lifting (``jdo.lift(fn, "vmap",
 chunk=..., map=...)``) opens the scope; without one, or with plain ``vmap``, a marked function

@@ -73,6 +73,15 @@ def readme_commands(text: str) -> list[str]:
     return found
 
 
+def not_run_here(args: str) -> str | None:
+    """Why this test does not run a README command, or None if it does."""
+    if "hydra/launcher=slurm" in args:
+        return "needs a SLURM cluster (hydra/launcher=slurm)"
+    if "backend=ray" in args:  # each would start its own Ray instance and worker processes
+        return "covered by tests/train/test_ray.py (the CLI with backend=ray, one Ray)"
+    return None
+
+
 def _key(token: str) -> str:
     return token.split("=", 1)[0].lstrip("+~")
 
@@ -153,10 +162,9 @@ def test_the_readme_has_commands():
 
 @pytest.mark.parametrize("args", COMMANDS, ids=[c or "(defaults)" for c in COMMANDS])
 def test_readme_command_runs_and_does_not_diverge(args, tmp_path):
-    if "hydra/launcher=slurm" in args:
-        pytest.skip("needs a SLURM cluster (hydra/launcher=slurm)")
-    if "backend=ray" in args:  # each would start its own Ray instance and worker processes
-        pytest.skip("covered by tests/train/test_ray.py (the CLI with backend=ray, one Ray)")
+    reason = not_run_here(args)
+    if reason:
+        pytest.skip(reason)
     overrides, multirun = _prepare(args, tmp_path)
     if multirun:
         _run_sweep(overrides, tmp_path, args)

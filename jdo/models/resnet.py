@@ -130,9 +130,12 @@ class ResNet(nnx.Module):
       groups: GroupNorm's groups; must divide every width.
       shortcut: ``"A"`` (zero-padding identity, no parameters; the paper's CIFAR choice) or
         ``"B"`` (1x1 convolution projections where the shape changes).
-      conv: the convolutions' program (:class:`jdo.models.conv.Conv`): ``"auto"`` (one
-        matmul over shifted views on the CPU, XLA's convolution elsewhere), ``"matmul"``,
-        ``"xla"``; parameters and outputs do not depend on it.
+      conv: the convolutions' program (:class:`jdo.models.conv.Conv`): ``"xla"`` (default:
+        XLA's convolution), ``"matmul"`` (one matmul over shifted views) or ``"auto"`` (matmul
+        on the CPU); parameters and outputs do not depend on it. Measured on this project's
+        2-core CPU, ResNet-20, 4 vmapped workers x 2 images: a gradient step 0.17 s (matmul)
+        against 0.26 s (XLA), but its compile 7.0 s against 4.6 s and the forward pass's 5.7 s
+        against 0.6 s; so XLA's by default, ``"matmul"`` for long CPU runs.
       rngs: the initialisation's random streams.
 
     References:
@@ -149,7 +152,7 @@ class ResNet(nnx.Module):
         norm: str = "group",
         groups: int = 2,
         shortcut: str = "A",
-        conv: str = "auto",
+        conv: str = "xla",
         rngs: nnx.Rngs,
     ):
         in_shape = checks.int_sequence("in_shape", in_shape, allow_empty=False)

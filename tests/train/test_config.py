@@ -1,13 +1,22 @@
-"""Every Hydra group option composes and smoke-runs (bad values: tests/test_bad_input.py)."""
+"""Every Hydra group option composes, validates and builds, and smoke-runs (bad values:
+tests/test_bad_input.py)."""
 
 import os
+import shlex
 
+import jax
 import pytest
+from omegaconf import OmegaConf
 
 from jdo.train import run
+from jdo.train.builder import build
+from jdo.train.clocked import cluster_from_config
+from jdo.train.config import validate
 from tests.conftest import CONF
 from tests.helpers import write_mnist_dir, write_npz
 from tests.test_presets import PRESETS
+from tests.test_readme_commands import COMMANDS as README_COMMANDS
+from tests.test_readme_commands import not_run_here
 
 GROUPS = (
     "task",
@@ -56,6 +65,8 @@ def _needs(option_override, tmp_path):
         "partition=natural": ["task=quadratics"],
         "partition=shard": ["partition.shards_per_worker=2"],
         "lifting=shard_map": ["workers=8"],
+        "model=cnn": ["trainer.batch_size=4"],  # 4 examples keep the CNN's smoke run cheap
+        "experiment=digits_cnn": ["trainer.batch_size=4"],
         "algorithm=consensus_admm": ["task=least_squares", "trainer.batch_size=null"],
         "algorithm=decentralized_admm": ["task=least_squares", "trainer.batch_size=null"],
         # sequence models read [T, C] inputs; task=mnist1d with model=cnn1d is one program
@@ -93,12 +104,33 @@ CASES = [f"{g}={o}" for g in GROUPS for o in _options(g)] + [
     for o in _options("experiment")
     if o not in (*PRESETS, "resnet20_cifar")
 ]
-# compiles of ~20 s each, out of the not-slow suite's 15-minute budget (CI runs them)
-SLOW_CASES = ("model=resnet20", "model=transformer")
-CASES = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES]
+# Groups whose options are whole objects the builder makes (data, model, algorithm and its
+# parts): building one checks its config; its 3-step run is a compile of ~5-20 s, so those runs
+# are slow (CI runs every one). The options of the other groups act inside the training loop
+# (lifting, trainer, logger, checkpoint): they smoke-run in the not-slow suite too.
+# An option that a README command names is run for 100 steps by tests/test_readme_commands.py
+# (slow too): its smoke run here would repeat that program, so it is not run twice.
+BUILT = ("task", "model", "algorithm", "topology", "compression", "optimizer", "partition")
+BUILT_CASES = [c for c in CASES if c.split("=")[0] in (*BUILT, "experiment")]
+IN_README = {t for c in README_COMMANDS if not not_run_here(c) for t in shlex.split(c)}
+RUN_CASES = [
+    c if c not in BUILT_CASES else pytest.param(c, marks=pytest.mark.slow)
+    for c in CASES
+    if c not in BUILT_CASES or c not in IN_README
+]
 
 
-@pytest.mark.parametrize("override", CASES)
+@pytest.mark.parametrize("override", BUILT_CASES)
+def test_every_built_option_composes_validates_and_builds(override, make_cfg, tmp_path):
+    cfg = make_cfg(*NO_CHECKPOINT, override, *_needs(override, tmp_path), *SMOKE)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    validate(container)
+    cluster = cluster_from_config(cfg.get("cluster"), container["workers"])
+    exp = build(cfg, cluster=cluster)
+    assert callable(exp.algorithm.step) and jax.tree.leaves(exp.params), override
+
+
+@pytest.mark.parametrize("override", RUN_CASES)
 def test_every_option_composes_and_smoke_runs(override, make_cfg, tmp_path):
     checkpoint = () if override.startswith("checkpoint=") else NO_CHECKPOINT
     cfg = make_cfg(*checkpoint, override, *_needs(override, tmp_path), *SMOKE)
