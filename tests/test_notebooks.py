@@ -8,7 +8,9 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-SLOW = ("05_rl.ipynb",)  # trains four CartPole agents (~90 s): in CI's full run only
+# 05 trains four CartPole agents (~90 s), 03 compares compressors and local methods (~30 s):
+# in CI's full run only
+SLOW = ("03_communication.ipynb", "05_rl.ipynb")
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,11 @@ SMALL = (
 @pytest.mark.parametrize(
     "algorithm,extra",
     [
-        ("decentralized_ppo", ("algorithm.num_minibatches=2", "topology=ring")),
+        pytest.param(  # ~30 s; the README's decentralized_ppo command runs it too
+            "decentralized_ppo",
+            ("algorithm.num_minibatches=2", "topology=ring"),
+            marks=pytest.mark.slow,
+        ),
         ("a2c", ("task.normalize_reward_gamma=0.99", "task.normalize_obs=true")),
         ("a3c", ("algorithm.staleness=3",)),
     ],

@@ -230,6 +230,8 @@ def test_fit_without_data_passes_no_batch():
     assert out["consensus"] == 0.0
 
 
+@pytest.mark.slow  # four 50-step runs (~40 s); tests/transforms/test_faults.py and the
+# clock's tests check the parts in the not-slow suite
 def test_backup_workers_and_faults_run_from_the_config(make_cfg, tmp_path):
     """trainer.backup_workers=2 on a cluster with stragglers drops the two latest workers each
     step, so the same run reaches its step sooner in simulated time; faults and a robust
