@@ -207,8 +207,11 @@ def test_mnist_small_cnn_reaches_95_percent(tmp_path):
     assert mnist_accuracy(300, tmp_path) >= 0.95
 
 
-def test_mnist_small_cnn_learns_fast_variant(tmp_path):
-    """The same program for 50 steps (the slow test above is the bar): 0.799 measured."""
+def test_mnist_small_cnn_learns_fast_variant(tmp_path, request):
+    """The same program for 50 steps (the slow test above is the bar): 0.799 measured. Not run
+    when the session runs the 300-step test too (CI's whole suite), which passes step 50."""
+    if any(i.name == "test_mnist_small_cnn_reaches_95_percent" for i in request.session.items):
+        pytest.skip("test_mnist_small_cnn_reaches_95_percent runs the same program for 300 steps")
     assert mnist_accuracy(50, tmp_path) >= 0.7
 
 
