@@ -29,14 +29,6 @@ if "JDO_CACHE_DIR" not in os.environ:
     os.environ["JDO_CACHE_DIR"] = _OWN_DATA_CACHE
 
 
-def pytest_collection_modifyitems(config, items):
-    """Slow tests first, the order otherwise kept: pytest-xdist hands tests to its workers in
-    this order, so the long ones (Ray, multi-process, convergence, the RL notebook; many of them
-    in tests/train, collected last) start early and the workers finish together, instead of
-    one worker idling while the other runs the last long test."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def pytest_unconfigure(config):
     for own in (_OWN_CACHE, _OWN_DATA_CACHE):
         if own is not None:
