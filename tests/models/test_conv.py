@@ -62,6 +62,12 @@ def test_conv_layer_equals_xla_and_has_its_parameters(padding, strides):
     )
 
 
+def assert_same_parameters(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_resnet_block_has_the_same_parameters_and_outputs():
     """A ResNet's stride-2 basic block with its 1x1 projection: the same parameters and XLA's
     outputs with the matmul program (tests/models/test_resnet.py runs whole ResNets, with their
@@ -70,33 +76,21 @@ def test_resnet_block_has_the_same_parameters_and_outputs():
         4, 8, 2, norm="group", groups=2, shortcut="B", conv=conv, rngs=nnx.Rngs(1)
     )
     (apply_m, params_m), (apply_x, params_x) = functional(block("matmul")), functional(block("xla"))
-    assert jax.tree.structure(params_m) == jax.tree.structure(params_x)
-    for a, b in zip(jax.tree.leaves(params_m), jax.tree.leaves(params_x), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_parameters(params_m, params_x)
     x = jax.random.normal(jax.random.key(2), (3, 8, 8, 4))
     got, want = jax.jit(apply_m)(params_m, x), jax.jit(apply_x)(params_x, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-MODELS = {
-    "cnn": (
-        lambda conv: models.CNN((16, 16, 1), 10, features=(4, 6), conv=conv, rngs=nnx.Rngs(0)),
-        (16, 16, 1),
-    ),
-}
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_models_match_xla_under_vmap_and_shard_map(name, mesh8):
+def test_cnn_matches_xla_under_vmap_and_shard_map(mesh8):
     """Same parameters; 8 workers with their own parameters and images: the matmul program
     under vmap and under shard_map equals XLA's convolution under vmap."""
     from jax.sharding import PartitionSpec as P
 
-    make, shape = MODELS[name]
+    shape = (16, 16, 1)
+    make = lambda conv: models.CNN(shape, 10, features=(4, 6), conv=conv, rngs=nnx.Rngs(0))  # noqa: E731
     (apply_m, params_m), (apply_x, params_x) = functional(make("matmul")), functional(make("xla"))
-    assert jax.tree.structure(params_m) == jax.tree.structure(params_x)
-    for a, b in zip(jax.tree.leaves(params_m), jax.tree.leaves(params_x), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_parameters(params_m, params_x)
     scale = jnp.linspace(0.5, 1.5, 8)
     stacked = jax.tree.map(lambda p: p * scale.reshape(8, *[1] * p.ndim), params_m)
     x = jax.random.normal(jax.random.key(2), (8, 3, *shape))

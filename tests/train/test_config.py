@@ -126,7 +126,7 @@ CASES = [f"{g}={o}" for g in GROUPS for o in _options(g)] + [
 ]
 # Groups whose options are whole objects the builder makes (data, model, algorithm and its
 # parts): building one checks its config; its 3-step run is a compile of ~5-20 s, so those runs
-# are slow (CI runs every one). The options of the other groups act inside the training loop
+# are slow (CI runs them). The options of the other groups act inside the training loop
 # (lifting, trainer, logger, checkpoint): they smoke-run in the not-slow suite too.
 # An option that a README command names is run for 100 steps by tests/test_readme_commands.py
 # (slow too): its smoke run here would repeat that program, so it is not run twice.
