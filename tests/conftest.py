@@ -1,8 +1,12 @@
 """Test set-up: 8 simulated CPU devices and one compilation cache, set before JAX starts."""
 
+import json
 import os
 import shutil
 import tempfile
+import time
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -29,6 +33,20 @@ if "JDO_CACHE_DIR" not in os.environ:
     os.environ["JDO_CACHE_DIR"] = _OWN_DATA_CACHE
 
 
+# JDO_TEST_TIMELINE=FILE appends one JSON line per test (id, xdist worker, start, end): where
+# a session's wall time goes, idle workers at its end included.
+_TIMELINE = os.environ.get("JDO_TEST_TIMELINE")
+if _TIMELINE:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        start = time.time()
+        yield
+        line = {"id": item.nodeid, "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}
+        with open(_TIMELINE, "a") as f:
+            f.write(json.dumps({**line, "start": start, "end": time.time()}) + "\n")
+
+
 def pytest_unconfigure(config):
     for own in (_OWN_CACHE, _OWN_DATA_CACHE):
         if own is not None:
@@ -36,7 +54,6 @@ def pytest_unconfigure(config):
 
 
 import jax
-import pytest
 from hydra import compose, initialize_config_dir
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "jdo", "conf")
