@@ -3,9 +3,6 @@ RL state (envs, normalisers, episode statistics, param history) checkpoints and 
 
 import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -58,32 +55,6 @@ def test_rl_configs_run_through_the_runner(algorithm, extra, make_cfg, tmp_path)
         hist = [lines[-1][f"train/staleness/{k}"] for k in range(4)]
         np.testing.assert_allclose(hist, [np.mean(lags == k) for k in range(4)], rtol=1e-6)
         np.testing.assert_allclose(lines[-1]["train/staleness"], lags.mean(), rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_cli_runs_ppo_on_cartpole_over_a_ring(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "task=cartpole",
-            "algorithm=ppo",
-            "workers=8",
-            "topology=ring",
-            "debug=smoke",
-            "algorithm.num_steps=16",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "train/episode_return" in (tmp_path / "train.log").read_text()
 
 
 @pytest.mark.parametrize(
