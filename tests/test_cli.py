@@ -1,11 +1,10 @@
-"""``python -m experiments.train`` (``jdo-train``) as a user runs it: files written, sweeps,
-``--help``. Bad command lines are in tests/test_bad_input.py."""
+"""``python -m experiments.train`` (``jdo-train``) as a user runs it: files written,
+``--help``. Sweeps: the README's ``--multirun`` commands (tests/test_readme_commands.py). Bad
+command lines are in tests/test_bad_input.py."""
 
 import json
 import os
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import CONF
 from tests.helpers import run_cli
@@ -32,18 +31,6 @@ def test_summary_table_shows_the_asynchrony_keys():
         assert any(line.split()[0] == key for line in lines), key
     assert any(line.split()[0] == "bytes/wire_per_update" for line in lines)
     assert not any(line.split()[0] == "other" for line in lines)
-
-
-@pytest.mark.slow
-def test_multirun_sweep(tmp_path):
-    out = run_cli("--multirun", "debug=smoke", "workers=1,4", f"hydra.sweep.dir={tmp_path}")
-    assert out.returncode == 0, out.stderr
-    workers = sorted(
-        json.loads((p / "summary.json").read_text())["workers"]
-        for p in tmp_path.iterdir()
-        if p.is_dir() and p.name.isdigit()
-    )
-    assert workers == [1, 4]
 
 
 def test_help_is_jdos_own_short_usage():
