@@ -228,25 +228,30 @@ def test_a_signal_to_a_slow_run_checkpoints_and_exits_within_seconds(tmp_path):
         )
         for signum, (_, run_dir) in runs.items()
     }
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not all(
-        (run_dir / "config.yaml").exists() for _, run_dir in runs.values()
-    ):
-        time.sleep(0.5)  # written once the checkpoint was checked, before compiling
-    time.sleep(20)  # both compile at once (on 2 loaded cores), then run calls of ~1 s
-    sent = time.monotonic()
-    for signum, proc in procs.items():
-        proc.send_signal(signum)
-    for signum, proc in procs.items():
-        status, run_dir = runs[signum]
-        _, err = proc.communicate(timeout=300)
-        took = time.monotonic() - sent
-        assert proc.returncode == status, err
-        assert "Traceback" not in err
-        assert err.strip().splitlines()[-1].startswith(f"preempted: {signum.name}")
-        assert took < 60, took  # compile (if still running) + one call + the save
-        with Checkpointer(str(run_dir / "checkpoints")) as ckpt:
-            assert ckpt.steps() and ckpt.steps()[-1] % 500  # mid-interval
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not all(
+            (run_dir / "config.yaml").exists() for _, run_dir in runs.values()
+        ):
+            time.sleep(0.5)  # written once the checkpoint was checked, before compiling
+        time.sleep(20)  # both compile at once (on 2 loaded cores), then run calls of ~1 s
+        sent = time.monotonic()
+        for signum, proc in procs.items():
+            proc.send_signal(signum)
+        for signum, proc in procs.items():
+            status, run_dir = runs[signum]
+            _, err = proc.communicate(timeout=300)
+            took = time.monotonic() - sent
+            assert proc.returncode == status, err
+            assert "Traceback" not in err
+            assert err.strip().splitlines()[-1].startswith(f"preempted: {signum.name}")
+            assert took < 60, took  # compile (if still running) + one call + the save
+            with Checkpointer(str(run_dir / "checkpoints")) as ckpt:
+                assert ckpt.steps() and ckpt.steps()[-1] % 500  # mid-interval
+    finally:  # a failed check leaves no run behind
+        for proc in procs.values():
+            proc.kill()
+            proc.communicate()
 
 
 def test_without_a_terminal_progress_is_a_log_line_every_so_often(caplog):
