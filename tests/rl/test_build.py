@@ -3,7 +3,6 @@ RL state (envs, normalisers, episode statistics, param history) checkpoints and 
 
 import functools
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,6 @@ import jdo
 from jdo.train import ConfigError, build, run
 from tests.helpers import orbax_round_trip
 
-ROOT = Path(__file__).parent.parent.parent
 SMALL = (
     "trainer.steps=4",
     "trainer.log_every=2",

@@ -92,7 +92,7 @@ def _needs(option_override, tmp_path):
     if option_override.startswith("compression="):
         return ["algorithm=compressed_sgd"]
     # gossip under the default lifting: mixing over every topology under every lifting is
-    # checked against numpy in tests/comm/test_gossip.py (shard_map doubles these compiles)
+    # checked against numpy in tests/comm/test_gossip.py (under shard_map, ~1.5x as long)
     if option_override.startswith("topology=") and option_override in PAIRED:
         # CHOCO-SGD gossips the compressed differences over the topology
         return ["algorithm=choco_sgd", *PAIRED[option_override]]
